@@ -1,0 +1,211 @@
+"""The one settings object. Every field is an `OCR_*` environment variable and a CLI flag.
+
+The README's configuration table is generated from this class (`python -m consumer.config`)
+and a test fails when the two disagree.
+"""
+
+from __future__ import annotations
+
+import argparse
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class EngineName(StrEnum):
+    AUTO = "auto"
+    VLLM = "vllm"
+    RAPIDOCR = "rapidocr"
+
+
+class ResolutionMode(StrEnum):
+    """DeepSeek-OCR's resolution modes; vLLM fixes one per engine."""
+
+    TINY = "tiny"
+    SMALL = "small"
+    BASE = "base"
+    LARGE = "large"
+    GUNDAM = "gundam"
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # console on a terminal, JSON otherwise
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OCR_", extra="ignore", validate_default=True)
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_security_protocol: str = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    )
+    kafka_sasl_mechanism: str | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (with SASL_*)."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mTLS).")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client key (mTLS).")
+    group_id: str = Field("ocr-stream", description="Consumer group id.")
+    group_instance_id: str | None = Field(
+        None, description="Static membership id: a quick restart causes no rebalance."
+    )
+    consumer_id: str | None = Field(
+        None, description="Name in events and Redis ownership; default host-pid."
+    )
+    topic_requests: str = Field("ocr.requests", description="Requests topic.")
+    topic_results: str = Field("ocr.results", description="Per-page results topic (compacted).")
+    topic_progress: str = Field("ocr.progress", description="Task progress topic.")
+    topic_timing: str = Field("ocr.timing", description="Timing topic.")
+    topic_dlq: str = Field("ocr.requests.dlq", description="Dead-letter topic for bad requests.")
+    topic_partitions: int = Field(6, ge=1, description="Partitions when ocr-topics creates topics.")
+    topic_replication: int = Field(1, ge=1, description="Replication factor for ocr-topics.")
+    session_timeout_ms: int = Field(30_000, ge=6_000, description="Kafka group session timeout.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="Max time between polls before the group evicts us."
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="How often finished offsets commit.")
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request record accepted; bigger go to DLQ."
+    )
+
+    # Redis
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS).")
+    redis_password: SecretStr | None = Field(None, description="Redis password (AUTH).")
+    redis_key_prefix: str = Field("ocr:", description="Prefix of every Redis key.")
+    state_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Expiry of task state keys.")
+    lease_ttl_s: int = Field(60, ge=5, description="Ownership lease of a running task.")
+
+    # Scheduling
+    max_inflight_pages: int = Field(
+        32, ge=1, description="Pages rendered or in the engine at once (the in-flight budget)."
+    )
+    max_inflight_tasks: int = Field(
+        64, ge=1, description="Tasks open at once; partitions pause beyond it."
+    )
+    render_workers: int = Field(2, ge=1, description="Threads rendering pages off the loop.")
+    render_prefetch_pages: int = Field(
+        2, ge=1, description="Rendered pages a task may hold ahead of the engine."
+    )
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, time for in-flight pages to finish."
+    )
+
+    # Inputs and limits
+    allowed_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["file", "http", "https", "inline"],
+        description="URI schemes a request may use (comma list).",
+    )
+    file_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=lambda: [Path("/srv/ocr-blobs")],
+        description="Directories file:// URIs must resolve under (comma list).",
+    )
+    blob_root: Path = Field(
+        Path(".run/blobs"), description="Where ocr-submit hands files over (must be a file root)."
+    )
+    allow_private_networks: bool = Field(
+        False, description="Allow http(s) to loopback/private/link-local addresses."
+    )
+    fetch_timeout_s: float = Field(30.0, gt=0, description="Whole-download time limit.")
+    max_document_bytes: int = Field(
+        100 * 1024 * 1024, ge=1024, description="Largest document fetched."
+    )
+    max_pages: int = Field(2000, ge=1, description="Most pages in a document.")
+    max_page_pixels: int = Field(
+        40_000_000, ge=10_000, description="Most pixels in a rendered page or input image."
+    )
+    page_timeout_s: float = Field(120.0, gt=0, description="One page's engine time limit.")
+    task_timeout_s: float = Field(3600.0, gt=0, description="One task's total time limit.")
+
+    # Engine
+    engine: EngineName = Field(EngineName.AUTO, description="auto, vllm or rapidocr.")
+    model: str = Field("deepseek-ai/DeepSeek-OCR", description="Model path or name (vllm).")
+    load_format: str = Field("auto", description="vLLM load format; 'dummy' for random weights.")
+    dtype: str = Field("bfloat16", description="vLLM dtype.")
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1, description="vLLM GPU memory share.")
+    max_model_len: int = Field(8192, ge=1024, description="vLLM max context length.")
+    max_num_seqs: int = Field(256, ge=1, description="vLLM max sequences per step.")
+    max_num_batched_tokens: int = Field(16384, ge=1024, description="vLLM tokens per step.")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine.")
+    preprocess_workers: int = Field(8, ge=1, description="vLLM image preprocessing threads.")
+    enforce_eager: bool = Field(False, description="Disable CUDA graphs (debugging only).")
+    resolution_mode: ResolutionMode = Field(
+        ResolutionMode.GUNDAM, description="DeepSeek-OCR resolution mode, one per engine."
+    )
+    max_tokens: int = Field(4096, ge=16, description="Output token cap per page.")
+    ngram_size: int = Field(30, ge=0, description="No-repeat n-gram size (0 disables).")
+    ngram_window: int = Field(90, ge=1, description="No-repeat window in tokens.")
+    ignore_eos: bool = Field(False, description="Benchmarks only: decode exactly max_tokens.")
+    crops_dir: Path | None = Field(None, description="Write figure crops here when set.")
+
+    # Operations
+    metrics_host: str = Field("127.0.0.1", description="Metrics/health HTTP bind address.")
+    metrics_port: int = Field(9400, ge=0, le=65535, description="Metrics/health port (0: off).")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    log_format: LogFormat = Field(LogFormat.AUTO, description="auto, json or console.")
+
+    @field_validator("allowed_schemes", "file_roots", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("kafka_bootstrap", "redis_url")
+    @classmethod
+    def _not_empty(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+def env_name(field: str) -> str:
+    return f"OCR_{field.upper()}"
+
+
+def flag_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    """One CLI flag per setting; flags override environment variables."""
+    group = parser.add_argument_group("settings (each also an OCR_* variable)")
+    for name, info in Settings.model_fields.items():
+        group.add_argument(
+            flag_name(name), dest=f"setting_{name}", default=None, metavar="V",
+            help=f"{info.description} [{env_name(name)}]",
+        )
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    overrides = {
+        name: getattr(args, f"setting_{name}")
+        for name in Settings.model_fields
+        if getattr(args, f"setting_{name}", None) is not None
+    }
+    return Settings(**overrides)
+
+
+def markdown_table() -> str:
+    """The README table: variable, flag, default, meaning."""
+    rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
+    for name, info in Settings.model_fields.items():
+        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        if isinstance(default, list):
+            default = ",".join(str(item) for item in default)
+        shown = "" if default is None else str(getattr(default, "value", default))
+        rows.append(
+            f"| `{env_name(name)}` | `{flag_name(name)}` | `{shown}` | {info.description} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

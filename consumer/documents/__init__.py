@@ -1,0 +1,1 @@
+"""Claim-check fetching and page rendering: the untrusted-input boundary."""

@@ -1,0 +1,1 @@
+"""OCR engines behind one interface: vLLM (DeepSeek-OCR, GPU) and RapidOCR (CPU)."""

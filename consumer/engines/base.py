@@ -1,0 +1,86 @@
+"""The engine interface every OCR engine implements.
+
+The consumer hands the engine one rendered page at a time and keeps many pages in flight;
+an engine must therefore be safe to call concurrently from one event loop. Cancelling the
+task awaiting `infer()` must abort that page's work inside the engine (the task was revoked,
+cancelled or timed out) and must not leave engine state behind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from PIL import Image
+
+from schemas.request import PromptKind
+from schemas.result import Block, EngineIdentity, FinishReason
+
+
+@dataclass(frozen=True, slots=True)
+class PageImage:
+    """A rendered page (or an input image) ready for the engine."""
+
+    task_id: str
+    page: int  # 1-based page number in the source document
+    image: Image.Image  # RGB
+    dpi: int
+    width_pt: float | None = None  # PDF page size in points; None for image inputs
+    height_pt: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    request_id: str  # unique per page attempt: "task_id/page/attempt"
+    page: PageImage
+    prompt: PromptKind = PromptKind.MARKDOWN
+    locate_text: str | None = None
+
+
+@dataclass(slots=True)
+class EngineOutput:
+    """What the engine made of one page, already post-processed into the result schema."""
+
+    markdown: str
+    text: str
+    blocks: list[Block]
+    finish_reason: FinishReason
+    truncated: bool = False
+    prompt_tokens: int = 0
+    output_tokens: int = 0
+    raw_text: str = ""  # raw engine output (DeepSeek tags kept), for debugging
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """A snapshot for the metrics endpoint; fields an engine cannot know stay at 0."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0  # 0..1
+    prompt_tokens_total: int = 0
+    output_tokens_total: int = 0
+    pages_total: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    @property
+    def identity(self) -> EngineIdentity: ...
+
+    @property
+    def suggested_inflight_pages(self) -> int:
+        """How many pages keep this engine busy; the scheduler's budget defaults to it."""
+        ...
+
+    async def start(self) -> None:
+        """Load models; may take minutes (vLLM). Called once before the first infer()."""
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        """OCR one page. Raises consumer.errors.EngineError; cancellation aborts the page."""
+        ...
+
+    def stats(self) -> EngineStats: ...
+
+    async def close(self) -> None:
+        """Release the engine; in-flight pages are aborted."""

@@ -1,0 +1,22 @@
+"""Coded failures. Every exception that ends a task or page carries an ErrorCode."""
+
+from __future__ import annotations
+
+from schemas.common import ErrorCode, ErrorInfo
+
+
+class OcrError(Exception):
+    """A failure a user can act on: a stable code plus a message saying what to change."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+    def info(self) -> ErrorInfo:
+        return ErrorInfo(code=self.code, message=self.message[:2048])
+
+
+class EngineError(OcrError):
+    def __init__(self, message: str, code: ErrorCode = ErrorCode.ENGINE_ERROR) -> None:
+        super().__init__(code, message)

@@ -1,0 +1,1 @@
+"""Turning raw engine output into Markdown, plain text and located blocks."""

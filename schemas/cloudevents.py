@@ -1,0 +1,75 @@
+"""CloudEvents 1.0 binary-mode headers for Kafka records (the value stays the plain event)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+CE_SPECVERSION = "1.0"
+CONTENT_TYPE = "application/json"
+
+# One `ce_type` per event kind; the version suffix changes with the contract.
+CE_TYPE_RESULT = "ocr.page.result.v1"
+CE_TYPE_PROGRESS = "ocr.task.progress.v1"
+CE_TYPE_TIMING = "ocr.task.timing.v1"
+CE_TYPE_DLQ = "ocr.request.deadletter.v1"
+CE_TYPE_REQUEST = "ocr.request.v1"
+
+Headers = list[tuple[str, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class CloudEvent:
+    id: str
+    type: str
+    source: str
+    time: datetime
+    subject: str | None = None
+    content_type: str = CONTENT_TYPE
+
+
+def ce_headers(
+    *, event_id: str, event_type: str, source: str, subject: str | None = None,
+    time: datetime | None = None,
+) -> Headers:
+    """Kafka headers for one event; `event_id` should be deterministic for idempotency."""
+    when = (time or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    headers: Headers = [
+        ("ce_specversion", CE_SPECVERSION.encode()),
+        ("ce_id", event_id.encode()),
+        ("ce_type", event_type.encode()),
+        ("ce_source", source.encode()),
+        ("ce_time", when.encode()),
+        ("content-type", CONTENT_TYPE.encode()),
+    ]
+    if subject is not None:
+        headers.append(("ce_subject", subject.encode()))
+    return headers
+
+
+class CloudEventHeaderError(ValueError):
+    pass
+
+
+def parse_ce_headers(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> CloudEvent:
+    """Read the CloudEvents attributes back; raises CloudEventHeaderError naming what is wrong."""
+    found = {key: value.decode("utf-8", "replace") for key, value in headers}
+    missing = [k for k in ("ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time") if k not in found]
+    if missing:
+        raise CloudEventHeaderError(f"missing CloudEvents headers: {', '.join(missing)}")
+    if found["ce_specversion"] != CE_SPECVERSION:
+        raise CloudEventHeaderError(
+            f"ce_specversion {found['ce_specversion']!r} is not {CE_SPECVERSION!r}"
+        )
+    try:
+        when = datetime.fromisoformat(found["ce_time"].replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise CloudEventHeaderError(f"ce_time {found['ce_time']!r} is not RFC 3339") from exc
+    return CloudEvent(
+        id=found["ce_id"],
+        type=found["ce_type"],
+        source=found["ce_source"],
+        time=when,
+        subject=found.get("ce_subject"),
+        content_type=found.get("content-type", CONTENT_TYPE),
+    )

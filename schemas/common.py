@@ -1,0 +1,113 @@
+"""Types shared by every event of the v1 contract."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SCHEMA_VERSION = 1
+
+# A task id is the idempotency key and part of the result key `task_id/page`, so it must not
+# contain '/'; the length bound keeps keys small and Redis key names sane.
+TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$"
+TaskId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=128,
+        pattern=TASK_ID_PATTERN,
+        description="Idempotency key of the task: 1-128 of [A-Za-z0-9._:@+=-], no '/'.",
+        examples=["invoice-2026-0042"],
+    ),
+]
+
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY = 64
+MAX_METADATA_VALUE = 1024
+MetadataValue = str | int | float | bool | None
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable failure codes carried by DLQ headers, progress and page results."""
+
+    # The request itself (these end on the DLQ).
+    REQUEST_NOT_UTF8 = "REQUEST_NOT_UTF8"
+    REQUEST_NOT_JSON = "REQUEST_NOT_JSON"
+    REQUEST_INVALID = "REQUEST_INVALID"
+    REQUEST_UNSUPPORTED_VERSION = "REQUEST_UNSUPPORTED_VERSION"
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+    TASK_ID_CONFLICT = "TASK_ID_CONFLICT"
+    # Fetching the claim check.
+    SOURCE_SCHEME_NOT_ALLOWED = "SOURCE_SCHEME_NOT_ALLOWED"
+    SOURCE_PATH_NOT_ALLOWED = "SOURCE_PATH_NOT_ALLOWED"
+    SOURCE_HOST_NOT_ALLOWED = "SOURCE_HOST_NOT_ALLOWED"
+    SOURCE_NOT_FOUND = "SOURCE_NOT_FOUND"
+    SOURCE_TOO_LARGE = "SOURCE_TOO_LARGE"
+    SOURCE_TIMEOUT = "SOURCE_TIMEOUT"
+    SOURCE_FETCH_FAILED = "SOURCE_FETCH_FAILED"
+    SOURCE_HASH_MISMATCH = "SOURCE_HASH_MISMATCH"
+    # The document.
+    DOCUMENT_EMPTY = "DOCUMENT_EMPTY"
+    DOCUMENT_CORRUPT = "DOCUMENT_CORRUPT"
+    DOCUMENT_ENCRYPTED = "DOCUMENT_ENCRYPTED"
+    DOCUMENT_UNSUPPORTED_TYPE = "DOCUMENT_UNSUPPORTED_TYPE"
+    DOCUMENT_TOO_MANY_PAGES = "DOCUMENT_TOO_MANY_PAGES"
+    PAGE_RANGE_EMPTY = "PAGE_RANGE_EMPTY"
+    PAGE_TOO_MANY_PIXELS = "PAGE_TOO_MANY_PIXELS"
+    # Pages and the engine.
+    PAGE_RENDER_FAILED = "PAGE_RENDER_FAILED"
+    PAGE_TIMEOUT = "PAGE_TIMEOUT"
+    ENGINE_ERROR = "ENGINE_ERROR"
+    PROMPT_UNSUPPORTED = "PROMPT_UNSUPPORTED"
+    RESOLUTION_MODE_UNSUPPORTED = "RESOLUTION_MODE_UNSUPPORTED"
+    TASK_TIMEOUT = "TASK_TIMEOUT"
+    PAGES_FAILED = "PAGES_FAILED"
+    INTERNAL = "INTERNAL"
+
+
+class ContractModel(BaseModel):
+    """Base of every event: unknown fields are refused, types are not coerced."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, use_enum_values=False)
+
+
+class VersionedModel(ContractModel):
+    """An event that names its schema version first, so unknown versions fail precisely."""
+
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, description="Contract version; this release speaks only 1."
+    )
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, value: int) -> int:
+        if value != SCHEMA_VERSION:
+            raise ValueError(
+                f"unsupported schema_version {value}: this release understands only "
+                f"{SCHEMA_VERSION}; upgrade the consumer or publish a v{SCHEMA_VERSION} event"
+            )
+        return value
+
+
+class ErrorInfo(ContractModel):
+    """A failure a user can act on: a stable code and a human message."""
+
+    code: ErrorCode
+    message: str = Field(max_length=2048)
+
+
+def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Bound free metadata: it is echoed on every output event, so it must stay small."""
+    if len(value) > MAX_METADATA_ENTRIES:
+        raise ValueError(f"metadata has {len(value)} entries; at most {MAX_METADATA_ENTRIES}")
+    for key, item in value.items():
+        if len(key) > MAX_METADATA_KEY:
+            raise ValueError(f"metadata key {key[:20]!r}... is longer than {MAX_METADATA_KEY}")
+        if isinstance(item, str) and len(item) > MAX_METADATA_VALUE:
+            raise ValueError(
+                f"metadata value of {key!r} has {len(item)} characters; at most "
+                f"{MAX_METADATA_VALUE}"
+            )
+    return value

@@ -1,0 +1,140 @@
+"""Export the contract: JSON Schema per event and an AsyncAPI 3 document.
+
+`ocr-schemas` (or `python -m schemas.export`) rewrites the committed files; `--check` exits 1
+when they differ from the models, which is how the test suite catches drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel
+
+from schemas.cloudevents import (
+    CE_TYPE_DLQ,
+    CE_TYPE_PROGRESS,
+    CE_TYPE_REQUEST,
+    CE_TYPE_RESULT,
+    CE_TYPE_TIMING,
+)
+from schemas.dlq import DlqEnvelope
+from schemas.progress import ProgressEvent
+from schemas.request import OcrRequest
+from schemas.result import PageResult
+from schemas.timing import TimingEvent
+
+HERE = Path(__file__).resolve().parent
+JSON_DIR = HERE / "json"
+ASYNCAPI_FILE = HERE / "asyncapi.yaml"
+
+# (file stem, model, default topic, key description, ce_type)
+EVENTS: list[tuple[str, type[BaseModel], str, str, str]] = [
+    ("request", OcrRequest, "ocr.requests", "task_id", CE_TYPE_REQUEST),
+    ("page_result", PageResult, "ocr.results", "task_id/page (compacted)", CE_TYPE_RESULT),
+    ("progress", ProgressEvent, "ocr.progress", "task_id", CE_TYPE_PROGRESS),
+    ("timing", TimingEvent, "ocr.timing", "task_id", CE_TYPE_TIMING),
+    ("dlq", DlqEnvelope, "ocr.requests.dlq", "task_id when readable, else the original key",
+     CE_TYPE_DLQ),
+]
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    return {
+        stem: model.model_json_schema(mode="validation") for stem, model, *_ in EVENTS
+    }
+
+
+def asyncapi_document() -> dict[str, Any]:
+    ce_headers = {
+        "type": "object",
+        "required": ["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "content-type"],
+        "properties": {
+            "ce_specversion": {"type": "string", "const": "1.0"},
+            "ce_id": {"type": "string", "description": "Deterministic per event, for dedup."},
+            "ce_type": {"type": "string"},
+            "ce_source": {"type": "string", "description": "ocr-stream/<consumer id>"},
+            "ce_time": {"type": "string", "format": "date-time"},
+            "ce_subject": {"type": "string", "description": "The task id."},
+            "content-type": {"type": "string", "const": "application/json"},
+        },
+    }
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    messages: dict[str, Any] = {}
+    for stem, model, topic, key, ce_type in EVENTS:
+        name = "".join(part.title() for part in stem.split("_"))
+        headers = json.loads(json.dumps(ce_headers))
+        headers["properties"]["ce_type"]["const"] = ce_type
+        messages[name] = {
+            "name": name,
+            "title": model.__name__,
+            "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else stem,
+            "contentType": "application/json",
+            "headers": headers if stem != "request" else {"type": "object"},
+            "payload": {"$ref": f"./json/{stem}.schema.json"},
+            "bindings": {"kafka": {"key": {"type": "string", "description": key}}},
+        }
+        channels[stem] = {
+            "address": topic,
+            "description": f"Default topic {topic}; keyed by {key}.",
+            "messages": {name: {"$ref": f"#/components/messages/{name}"}},
+        }
+        action = "receive" if stem == "request" else "send"
+        operations[f"{action}{name}"] = {
+            "action": action,
+            "channel": {"$ref": f"#/channels/{stem}"},
+        }
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "ocr-stream",
+            "version": "1.0.0",
+            "description": "Kafka stream processor for document OCR. Event contract v1; "
+            "outputs carry CloudEvents binary-mode headers.",
+        },
+        "defaultContentType": "application/json",
+        "servers": {
+            "local": {"host": "127.0.0.1:9092", "protocol": "kafka",
+                      "description": "The local stack of `make up`."}
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {"messages": messages},
+    }
+
+
+def rendered() -> dict[Path, str]:
+    files = {
+        JSON_DIR / f"{stem}.schema.json": json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        for stem, schema in json_schemas().items()
+    }
+    files[ASYNCAPI_FILE] = yaml.safe_dump(asyncapi_document(), sort_keys=False, width=100)
+    return files
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ocr-schemas", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="fail if committed files drift")
+    args = parser.parse_args(argv)
+    stale = []
+    for path, text in rendered().items():
+        current = path.read_text() if path.exists() else None
+        if current != text:
+            stale.append(path)
+            if not args.check:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(text)
+    if args.check and stale:
+        names = ", ".join(str(p.relative_to(HERE.parent)) for p in stale)
+        print(f"schema files out of date: {names}; run `ocr-schemas`", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,47 @@
+"""Task progress on `ocr.progress`, keyed by `task_id`."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from schemas.common import ErrorInfo, MetadataValue, TaskId, VersionedModel, check_metadata
+
+
+class TaskStatus(StrEnum):
+    QUEUED = "queued"  # accepted from the requests topic
+    STARTED = "started"  # document fetched and opened; page count known
+    PAGE_DONE = "page_done"  # one more page published
+    COMPLETED = "completed"  # every page published (some may have failed: see pages_failed)
+    FAILED = "failed"  # the task cannot be done: see error
+
+    @property
+    def is_final(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+
+
+class ProgressEvent(VersionedModel):
+    task_id: TaskId
+    attempt: int = Field(default=0, ge=0)
+    status: TaskStatus
+    pages_done: int = Field(default=0, ge=0)
+    pages_failed: int = Field(default=0, ge=0)
+    pages_total: int | None = Field(default=None, ge=0)
+    page: int | None = Field(default=None, ge=1, description="The page that just finished.")
+    error: ErrorInfo | None = None
+    replayed: bool = Field(
+        default=False, description="True when a duplicate request re-announced a final status."
+    )
+    consumer_id: str = Field(default="", max_length=128)
+    request_partition: int | None = Field(default=None, ge=0)
+    request_offset: int | None = Field(default=None, ge=0)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    emitted_at: datetime
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(value)

@@ -1,0 +1,101 @@
+"""Per-page results on `ocr.results`, keyed `task_id/page` (compacted)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator
+
+from schemas.common import (
+    ContractModel,
+    ErrorInfo,
+    MetadataValue,
+    TaskId,
+    VersionedModel,
+    check_metadata,
+)
+from schemas.request import PromptKind
+
+MAX_PAGE_TEXT = 512 * 1024
+Box = Annotated[list[float], Field(min_length=4, max_length=4)]
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # the engine ended the page itself
+    LENGTH = "length"  # the page hit its token cap: output is truncated
+    REPETITION = "repetition"  # the engine looped; the no-repeat guard cut it
+    ERROR = "error"  # no output: see `error`
+
+
+class PageStatus(StrEnum):
+    OK = "ok"
+    FAILED = "failed"
+
+
+class Block(ContractModel):
+    """A layout block: its label (text, title, table, image, ...), text and boxes."""
+
+    label: str = Field(max_length=64)
+    text: str = Field(default="", max_length=MAX_PAGE_TEXT)
+    bbox_px: Box = Field(description="x1,y1,x2,y2 in pixels of the rendered page image.")
+    bbox_pdf: Box | None = Field(
+        default=None, description="x1,y1,x2,y2 in PDF points (origin top-left); PDFs only."
+    )
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+
+
+class TokenCounts(ContractModel):
+    prompt: int = Field(default=0, ge=0)
+    output: int = Field(default=0, ge=0)
+
+
+class EngineIdentity(ContractModel):
+    name: str = Field(max_length=64, examples=["vllm", "rapidocr"])
+    model: str = Field(max_length=256, examples=["deepseek-ai/DeepSeek-OCR"])
+    version: str = Field(default="", max_length=64)
+    mode: str = Field(default="", max_length=32, examples=["gundam"])
+
+
+class PageImageInfo(ContractModel):
+    width_px: int = Field(ge=0)
+    height_px: int = Field(ge=0)
+    dpi: int = Field(ge=0)
+    width_pt: float | None = Field(default=None, ge=0)
+    height_pt: float | None = Field(default=None, ge=0)
+
+
+class PageTimings(ContractModel):
+    """Milliseconds spent on this page in each stage."""
+
+    render_ms: float = Field(default=0.0, ge=0)
+    queue_ms: float = Field(default=0.0, ge=0)
+    infer_ms: float = Field(default=0.0, ge=0)
+    postprocess_ms: float = Field(default=0.0, ge=0)
+
+
+class PageResult(VersionedModel):
+    task_id: TaskId
+    page: int = Field(ge=1, description="1-based page number in the source document.")
+    page_count: int = Field(ge=1, description="Pages in the source document.")
+    attempt: int = Field(default=0, ge=0)
+    status: PageStatus
+    prompt: PromptKind = PromptKind.MARKDOWN
+    markdown: str = Field(default="", max_length=MAX_PAGE_TEXT)
+    text: str = Field(default="", max_length=MAX_PAGE_TEXT)
+    blocks: Annotated[list[Block], Field(max_length=4096)] = Field(default_factory=list)
+    finish_reason: FinishReason
+    truncated: bool = Field(default=False, description="True when the token cap cut the page.")
+    error: ErrorInfo | None = None
+    tokens: TokenCounts = Field(default_factory=TokenCounts)
+    engine: EngineIdentity
+    image: PageImageInfo
+    timings: PageTimings = Field(default_factory=PageTimings)
+    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
+    produced_at: datetime
+
+    @field_validator("metadata")
+    @classmethod
+    def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return check_metadata(value)
