@@ -85,7 +85,9 @@ class Settings(BaseSettings):
 
     # Scheduling
     max_inflight_pages: int = Field(
-        32, ge=1, description="Pages rendered or in the engine at once (the in-flight budget)."
+        0, ge=0,
+        description="Pages rendered or in the engine at once (the in-flight budget); "
+        "0 sizes it from the engine (vLLM: max_num_seqs + 25%).",
     )
     max_inflight_tasks: int = Field(
         64, ge=1, description="Tasks open at once; partitions pause beyond it."

@@ -1,0 +1,165 @@
+"""Wiring: engine, Redis state, publisher, scheduler, Kafka loop, health; the entry point.
+
+Start-up order matters: the engine loads first (minutes for vLLM) so the consumer joins the
+group only when it can work; otherwise it would hold partitions it cannot serve.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import signal
+import socket
+import sys
+
+from consumer import __version__
+from consumer.config import Settings, add_settings_arguments, settings_from_args
+from consumer.engines.base import Engine
+from consumer.health import HealthServer
+from consumer.log import configure_logging, get_logger
+from consumer.loop import ConsumerLoop
+from consumer.metrics import ConsumerMetrics
+from consumer.publisher import EventPublisher
+from consumer.scheduler import PageScheduler
+from consumer.state import TaskStateStore, redis_client
+from consumer.tasks import TaskRunner
+
+log = get_logger(__name__)
+
+ENGINE_STATS_INTERVAL_S = 2.0
+
+
+def default_consumer_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def page_budget(settings: Settings, engine: Engine) -> int:
+    """Keep the engine full: its own concurrency plus a margin for pages being rendered
+    or published while others decode."""
+    if settings.max_inflight_pages > 0:
+        return settings.max_inflight_pages
+    return max(math.ceil(engine.suggested_inflight_pages * 1.25), 2)
+
+
+class App:
+    """One consumer process: `await App(settings).run()` until `stop()` or a signal."""
+
+    def __init__(
+        self, settings: Settings, *, engine: Engine | None = None,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.consumer_id = settings.consumer_id or default_consumer_id()
+        self.metrics = metrics or ConsumerMetrics()
+        self._engine = engine
+        self._owns_engine = engine is None
+        self._loop: ConsumerLoop | None = None
+        self._stop_requested = asyncio.Event()
+        self._engine_ready = False
+
+    @property
+    def ready(self) -> bool:
+        return self._engine_ready and self._loop is not None and self._loop.joined
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self._engine_ready:
+            return False, "engine starting"
+        if self._loop is None or not self._loop.joined:
+            return False, "joining consumer group"
+        return True, "ready"
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+        if self._loop is not None:
+            self._loop.stop()
+
+    async def run(self) -> None:
+        settings = self.settings
+        health = HealthServer(
+            settings, self.metrics.registry, liveness=lambda: True, readiness=self.readiness
+        )
+        if settings.metrics_port:
+            await health.start()
+        engine = self._engine
+        if engine is None:
+            from consumer.engines.factory import create_engine
+
+            engine = create_engine(settings)
+        try:
+            log.info("engine_starting", engine=engine.identity.name, model=engine.identity.model)
+            await engine.start()
+            self._engine_ready = True
+            if self._stop_requested.is_set():
+                return
+            await self._serve(engine)
+        finally:
+            if self._owns_engine:
+                await engine.close()
+            if settings.metrics_port:
+                await health.stop()
+
+    async def _serve(self, engine: Engine) -> None:
+        settings = self.settings
+        budget = page_budget(settings, engine)
+        scheduler = PageScheduler(budget)
+        store = TaskStateStore(redis_client(settings), settings)
+        publisher = EventPublisher(settings, source=f"ocr-stream/{self.consumer_id}")
+        await publisher.start()
+        runner = TaskRunner(
+            settings=settings, engine=engine, scheduler=scheduler, store=store,
+            publisher=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
+        )
+        self._loop = ConsumerLoop(
+            settings=settings, runner=runner, publisher=publisher, scheduler=scheduler,
+            metrics=self.metrics, consumer_id=self.consumer_id,
+        )
+        stats = asyncio.create_task(self._pump_engine_stats(engine))
+        try:
+            await self._loop.start()
+            log.info(
+                "consumer_started", consumer_id=self.consumer_id, group=settings.group_id,
+                topic=settings.topic_requests, page_budget=budget, version=__version__,
+            )
+            if self._stop_requested.is_set():
+                self._loop.stop()
+            await self._loop.run()
+        finally:
+            stats.cancel()
+            await publisher.stop()
+            await store.close()
+
+    async def _pump_engine_stats(self, engine: Engine) -> None:
+        while True:
+            self.metrics.set_engine_stats(engine.stats())
+            await asyncio.sleep(ENGINE_STATS_INTERVAL_S)
+
+
+async def _run_until_signalled(app: App) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, app.stop)
+    await app.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ocr-consumer",
+        description="Consume OCR requests from Kafka and publish per-page results.",
+    )
+    parser.add_argument("--version", action="version", version=f"ocr-stream {__version__}")
+    add_settings_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValueError as exc:
+        print(f"ocr-consumer: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level, settings.log_format)
+    asyncio.run(_run_until_signalled(App(settings)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

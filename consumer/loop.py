@@ -1,0 +1,310 @@
+"""The Kafka side of the consumer: poll, admit, pause/resume, rebalance, commit.
+
+Invariants:
+- `getmany()` is called at least every ~200 ms whatever the load, so the group never
+  evicts us for not polling; backpressure is `pause()`, never "stop polling".
+- Pause state is re-applied on every iteration because a rebalance forgets it.
+- A partition's committed offset never passes an unfinished task (OffsetTracker).
+- On an eager rebalance, tasks keep running until the new assignment is known: partitions
+  we get back keep their tasks (records re-delivered from the committed offset are
+  recognised and skipped); tasks of partitions that moved away are cancelled and stay
+  resumable from the pages Redis recorded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+
+from consumer.config import Settings
+from consumer.kafka_clients import client_kwargs
+from consumer.log import get_logger
+from consumer.metrics import ConsumerMetrics
+from consumer.offsets import OffsetTracker
+from consumer.publisher import EventPublisher
+from consumer.records import RequestRecord
+from consumer.scheduler import PageScheduler
+from consumer.tasks import TaskInterrupted, TaskRunner
+from schemas.decode import RequestDecodeError, decode_request
+from schemas.request import OcrRequest
+
+log = get_logger(__name__)
+
+POLL_TIMEOUT_MS = 200
+LAG_INTERVAL_S = 5.0
+REVOKE_WAIT_S = 10.0
+
+
+@dataclass(slots=True)
+class _Work:
+    partition: TopicPartition
+    offset: int
+    task_id: str | None
+    followers: list[int]  # offsets of duplicate requests waiting on this one
+
+
+class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: ConsumerLoop) -> None:
+        self._loop = loop
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._loop.partitions_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._loop.partitions_assigned(set(assigned))
+
+
+class ConsumerLoop:
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        runner: TaskRunner,
+        publisher: EventPublisher,
+        scheduler: PageScheduler,
+        metrics: ConsumerMetrics,
+        consumer_id: str,
+    ) -> None:
+        self._settings = settings
+        self._runner = runner
+        self._publisher = publisher
+        self._scheduler = scheduler
+        self._metrics = metrics
+        self._consumer_id = consumer_id
+        self._consumer = AIOKafkaConsumer(
+            **client_kwargs(settings),
+            group_id=settings.group_id,
+            group_instance_id=settings.group_instance_id,
+            client_id=f"ocr-stream-{consumer_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=settings.session_timeout_ms,
+            heartbeat_interval_ms=max(settings.session_timeout_ms // 10, 1000),
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            # Requests are small claim checks; a generous record limit avoids refetches.
+            max_partition_fetch_bytes=max(settings.max_request_bytes * 2, 1024 * 1024),
+            fetch_max_bytes=max(settings.max_request_bytes * 4, 50 * 1024 * 1024),
+        )
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._work: dict[asyncio.Task[None], _Work] = {}
+        self._by_task_id: dict[str, asyncio.Task[None]] = {}
+        self._orphans: set[TopicPartition] = set()
+        self._assigned: set[TopicPartition] = set()
+        self._stopping = asyncio.Event()
+        self._joined = asyncio.Event()
+        self._last_commit = 0.0
+        self._last_lag = 0.0
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    @property
+    def joined(self) -> bool:
+        return self._joined.is_set()
+
+    @property
+    def inflight_tasks(self) -> int:
+        return len(self._work)
+
+    async def start(self) -> None:
+        await self._consumer.start()
+        self._consumer.subscribe(
+            topics=[self._settings.topic_requests], listener=_RebalanceListener(self)
+        )
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Poll until stop(); then drain within the shutdown grace and commit."""
+        try:
+            while not self._stopping.is_set():
+                self._apply_backpressure()
+                batch = await self._consumer.getmany(
+                    timeout_ms=POLL_TIMEOUT_MS, max_records=self._room()
+                )
+                for partition, records in batch.items():
+                    for record in records:
+                        self._admit(partition, record)
+                await self._maybe_commit()
+                await self._maybe_report_lag()
+                self._metrics.set_inflight(self._scheduler.in_use, len(self._work))
+        finally:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        grace = self._settings.shutdown_grace_s
+        log.info("consumer_draining", tasks=len(self._work), grace_s=grace)
+        self._consumer.pause(*self._consumer.assignment())
+        # Pages in the engine finish and are recorded; no new page starts.
+        self._scheduler.close()
+        if self._work:
+            await asyncio.wait(list(self._work), timeout=grace)
+        await self._cancel([task for task in self._work if not task.done()])
+        await self._commit(force=True)
+        await self._consumer.stop()
+        log.info("consumer_stopped")
+
+    # -- admission -----------------------------------------------------------------------
+
+    def _room(self) -> int:
+        return max(self._settings.max_inflight_tasks - len(self._work), 1)
+
+    def _apply_backpressure(self) -> None:
+        assignment = self._consumer.assignment()
+        full = len(self._work) >= self._settings.max_inflight_tasks
+        paused = self._consumer.paused()
+        if full:
+            to_pause = [tp for tp in assignment if tp not in paused]
+            if to_pause:
+                self._consumer.pause(*to_pause)
+        elif paused:
+            self._consumer.resume(*paused)
+        self._metrics.set_paused(len(self._consumer.paused()))
+
+    def _admit(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
+        if partition not in self._assigned:
+            return  # fetched just before a revoke; the new owner reads it again
+        if not self._tracker.received(partition, record.offset):
+            return  # re-delivered after a rebalance: already running or finished here
+        request_record = RequestRecord(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            key=record.key,
+            value=record.value,
+        )
+        try:
+            request = decode_request(record.value, max_bytes=self._settings.max_request_bytes)
+        except RequestDecodeError as exc:
+            self._spawn(partition, record.offset, None, self._dead_letter(request_record, exc))
+            return
+        running = self._by_task_id.get(request.task_id)
+        if running is not None and not request.force:
+            # The same task is already running here: this copy finishes when it does.
+            self._work[running].followers.append(record.offset)
+            return
+        self._spawn(
+            partition, record.offset, request.task_id, self._run_task(request, request_record)
+        )
+
+    def _spawn(
+        self, partition: TopicPartition, offset: int, task_id: str | None,
+        work: Coroutine[Any, Any, None],
+    ) -> None:
+        task = asyncio.create_task(work)
+        self._work[task] = _Work(partition, offset, task_id, [])
+        if task_id is not None:
+            self._by_task_id[task_id] = task
+        task.add_done_callback(self._work_done)
+
+    def _work_done(self, task: asyncio.Task[None]) -> None:
+        work = self._work.pop(task)
+        if work.task_id is not None and self._by_task_id.get(work.task_id) is task:
+            del self._by_task_id[work.task_id]
+        if task.cancelled() or task.exception() is not None:
+            return  # unfinished: the offset stays uncommitted and the task resumable
+        for offset in (work.offset, *work.followers):
+            self._tracker.done(work.partition, offset)
+
+    async def _run_task(self, request: OcrRequest, record: RequestRecord) -> None:
+        try:
+            await self._runner.run(request, record)
+        except TaskInterrupted:
+            log.info("task_interrupted", task_id=request.task_id)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("task_crashed", task_id=request.task_id)
+            await self._runner.fail_internal(request, record, exc)
+
+    async def _dead_letter(self, record: RequestRecord, exc: RequestDecodeError) -> None:
+        log.warning(
+            "request_dead_lettered", partition=record.partition, offset=record.offset,
+            code=exc.code.value, message=exc.message,
+        )
+        self._metrics.dlq(exc.code.value)
+        await self._publisher.dead_letter(
+            code=exc.code, message=exc.message, topic=record.topic,
+            partition=record.partition, offset=record.offset,
+            timestamp_ms=record.timestamp_ms, key=record.key, value=record.value,
+            task_id=exc.task_id,
+        )
+
+    # -- rebalance -----------------------------------------------------------------------
+
+    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
+        self._joined.clear()
+        await self._commit(force=True)
+        self._assigned -= revoked
+        self._orphans |= revoked
+
+    async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
+        lost = self._orphans - assigned
+        self._orphans.clear()
+        self._assigned = set(assigned)
+        for partition in lost:
+            await self._cancel(
+                [task for task, work in self._work.items() if work.partition == partition]
+            )
+            self._tracker.revoke(partition)
+            self._metrics.forget_partition(partition.topic, partition.partition)
+        for partition in assigned:
+            self._tracker.assign(partition)
+        self._apply_backpressure()
+        self._joined.set()
+
+    async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=REVOKE_WAIT_S)
+
+    # -- commits and lag -----------------------------------------------------------------
+
+    async def _maybe_commit(self) -> None:
+        if time.monotonic() - self._last_commit >= self._settings.commit_interval_s:
+            await self._commit(force=False)
+
+    async def _commit(self, *, force: bool) -> None:
+        self._last_commit = time.monotonic()
+        positions = {
+            tp: position
+            for tp, position in self._tracker.to_commit().items()
+            if tp in self._assigned or force
+        }
+        if not positions:
+            return
+        try:
+            await self._consumer.commit(
+                {tp: OffsetAndMetadata(position, "") for tp, position in positions.items()}
+            )
+        except (CommitFailedError, KafkaError) as exc:
+            # Nothing is lost: the same positions are retried on the next commit.
+            log.warning("commit_failed", error=repr(exc))
+            return
+        self._tracker.committed(positions)
+
+    async def _maybe_report_lag(self) -> None:
+        now = time.monotonic()
+        if now - self._last_lag < LAG_INTERVAL_S:
+            return
+        self._last_lag = now
+        for tp in self._assigned:
+            highwater = self._consumer.highwater(tp)
+            offsets = self._tracker.get(tp)
+            position = offsets.position() if offsets is not None else None
+            if highwater is None or position is None:
+                continue
+            lag = max(highwater - position, 0)
+            self._metrics.set_lag(tp.topic, tp.partition, lag)

@@ -1,0 +1,191 @@
+"""Publishing results, progress, timing and dead letters, with keys and CloudEvents headers.
+
+Every record about a task lands on the partition of its task id: page results are keyed
+`task_id/page` (so a compacted results topic keeps the latest result of each page), and the
+partitioner hashes only the part before the '/', so they sit beside the task's progress and
+timing records and stay in order with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaTimeoutError,
+    NotLeaderForPartitionError,
+    RequestTimedOutError,
+)
+from aiokafka.partitioner import murmur2
+from pydantic import BaseModel
+
+from consumer.config import Settings
+from consumer.kafka_clients import client_kwargs
+from consumer.log import get_logger
+from schemas.cloudevents import (
+    CE_TYPE_DLQ,
+    CE_TYPE_PROGRESS,
+    CE_TYPE_RESULT,
+    CE_TYPE_TIMING,
+    Headers,
+    ce_headers,
+)
+from schemas.common import ErrorCode
+from schemas.dlq import (
+    DLQ_HEADER_CODE,
+    DLQ_HEADER_MESSAGE,
+    DLQ_HEADER_OFFSET,
+    DLQ_HEADER_PARTITION,
+    DLQ_HEADER_TOPIC,
+    DlqEnvelope,
+)
+from schemas.progress import ProgressEvent
+from schemas.result import PageResult
+from schemas.timing import TimingEvent
+
+log = get_logger(__name__)
+
+
+def task_partition(key: bytes, partition_count: int) -> int:
+    """Kafka's default murmur2 partitioning, applied to the task id part of the key."""
+    task_id = key.split(b"/", 1)[0]
+    hashed: int = murmur2(task_id)
+    return (hashed & 0x7FFFFFFF) % partition_count
+
+
+class TaskPartitioner:
+    """aiokafka partitioner hook: same partition for `task` and `task/page` keys."""
+
+    def __call__(
+        self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
+    ) -> int:
+        if key is None:
+            return (available or all_partitions)[0]
+        ordered = sorted(all_partitions)
+        return ordered[task_partition(key, len(ordered))]
+
+
+def result_key(task_id: str, page: int) -> str:
+    return f"{task_id}/{page}"
+
+
+class EventPublisher:
+    """One idempotent producer for all output topics; every send waits for the broker ack."""
+
+    def __init__(self, settings: Settings, source: str) -> None:
+        self._settings = settings
+        self._source = source
+        self._producer = AIOKafkaProducer(
+            **client_kwargs(settings),
+            client_id=f"ocr-stream-{source}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_request_size=4 * 1024 * 1024,
+            request_timeout_ms=30_000,
+            partitioner=TaskPartitioner(),
+        )
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        await self._producer.stop()
+
+    async def _send(
+        self, topic: str, key: str, event: BaseModel, event_id: str, ce_type: str,
+        subject: str, extra_headers: Headers | None = None,
+    ) -> None:
+        headers = ce_headers(
+            event_id=event_id, event_type=ce_type, source=self._source, subject=subject
+        )
+        if extra_headers:
+            headers.extend(extra_headers)
+        value = event.model_dump_json().encode()
+        delay = 0.5
+        while True:
+            try:
+                await self._producer.send_and_wait(
+                    topic, value=value, key=key.encode(), headers=headers
+                )
+                return
+            except (KafkaTimeoutError, KafkaConnectionError, NotLeaderForPartitionError,
+                    RequestTimedOutError) as exc:
+                # The broker is away (restart, leader move): keep the page's work and retry;
+                # keys make a duplicate harmless, a dropped record would be loss.
+                log.warning("publish_retry", topic=topic, error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def result(self, result: PageResult) -> None:
+        await self._send(
+            self._settings.topic_results,
+            result_key(result.task_id, result.page),
+            result,
+            f"{result.task_id}/{result.page}/{result.attempt}",
+            CE_TYPE_RESULT,
+            result.task_id,
+        )
+
+    async def progress(self, event: ProgressEvent) -> None:
+        await self._send(
+            self._settings.topic_progress,
+            event.task_id,
+            event,
+            f"{event.task_id}/{event.attempt}/{event.status.value}/{event.pages_done}"
+            f"{'/replay' if event.replayed else ''}",
+            CE_TYPE_PROGRESS,
+            event.task_id,
+        )
+
+    async def timing(self, event: TimingEvent) -> None:
+        suffix = f"page/{event.page}" if event.page is not None else "task"
+        await self._send(
+            self._settings.topic_timing,
+            event.task_id,
+            event,
+            f"{event.task_id}/{event.attempt}/{suffix}",
+            CE_TYPE_TIMING,
+            event.task_id,
+        )
+
+    async def dead_letter(
+        self, *, code: ErrorCode, message: str, topic: str, partition: int, offset: int,
+        timestamp_ms: int | None, key: bytes | None, value: bytes | None,
+        task_id: str | None,
+    ) -> None:
+        envelope = DlqEnvelope(
+            error_code=code,
+            error_message=message[:4096],
+            original_topic=topic,
+            original_partition=partition,
+            original_offset=offset,
+            original_timestamp=(
+                datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms else None
+            ),
+            original_key_base64=base64.b64encode(key).decode() if key is not None else None,
+            original_value_base64=base64.b64encode(value or b"").decode(),
+            task_id=task_id,
+            consumer_id=self._source,
+            failed_at=datetime.now(UTC),
+        )
+        dlq_key = task_id or (key.decode("utf-8", "replace") if key else f"{partition}:{offset}")
+        await self._send(
+            self._settings.topic_dlq,
+            dlq_key,
+            envelope,
+            f"{topic}/{partition}/{offset}",
+            CE_TYPE_DLQ,
+            task_id or dlq_key,
+            extra_headers=[
+                (DLQ_HEADER_CODE, code.value.encode()),
+                (DLQ_HEADER_MESSAGE, message[:1024].encode("utf-8", "replace")),
+                (DLQ_HEADER_TOPIC, topic.encode()),
+                (DLQ_HEADER_PARTITION, str(partition).encode()),
+                (DLQ_HEADER_OFFSET, str(offset).encode()),
+            ],
+        )

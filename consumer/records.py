@@ -1,0 +1,23 @@
+"""The request record as the consumer loop hands it to the task runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+
+    @property
+    def queued_at(self) -> datetime:
+        """The Kafka timestamp of the request: when it was queued for us."""
+        if self.timestamp_ms is None or self.timestamp_ms < 0:
+            return datetime.now(UTC)
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)

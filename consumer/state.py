@@ -1,0 +1,235 @@
+"""Task state in Redis: status, progress, per-page completion, ownership lease.
+
+Redis is what lets a restarted or reassigned consumer resume a task from its missing pages
+and recognise a re-sent duplicate of a finished task. It is not the source of truth for
+results (Kafka is): if Redis loses its data, tasks are simply recomputed (duplicates, never
+loss). Every key expires after `state_ttl_s`.
+
+Keys (P = settings.redis_key_prefix):
+  P task:<id>         hash   status, fingerprint, attempt, owner, pages_total, timings, error
+  P task:<id>:pages   hash   page -> "ok" | "failed"   (pages published and recorded)
+  P task:<id>:lease   string owner id, expires after lease_ttl_s unless refreshed
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from consumer.config import Settings
+from consumer.log import get_logger
+from schemas.common import ErrorCode, ErrorInfo
+from schemas.progress import TaskStatus
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+# Released only by its owner: compare-and-delete in one step.
+_RELEASE_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+_REFRESH_LEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class TaskState:
+    task_id: str
+    status: TaskStatus
+    fingerprint: str = ""
+    attempt: int = 0
+    owner: str = ""
+    pages_total: int | None = None
+    pages: dict[int, str] = field(default_factory=dict)  # page -> "ok" | "failed"
+    error: ErrorInfo | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+
+    @property
+    def pages_done(self) -> int:
+        return len(self.pages)
+
+    @property
+    def pages_failed(self) -> int:
+        return sum(1 for status in self.pages.values() if status == "failed")
+
+
+def redis_client(settings: Settings) -> aioredis.Redis:
+    password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    client: aioredis.Redis = aioredis.Redis.from_url(
+        settings.redis_url,
+        password=password,
+        decode_responses=True,
+        socket_timeout=5.0,
+        socket_connect_timeout=5.0,
+        health_check_interval=15,
+    )
+    return client
+
+
+class TaskStateStore:
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._redis = client
+        self._prefix = settings.redis_key_prefix
+        self._ttl = settings.state_ttl_s
+        self._lease_ms = settings.lease_ttl_s * 1000
+        self._retry_until_s = settings.task_timeout_s
+
+    def _task(self, task_id: str) -> str:
+        return f"{self._prefix}task:{task_id}"
+
+    def _pages(self, task_id: str) -> str:
+        return f"{self._prefix}task:{task_id}:pages"
+
+    def _lease(self, task_id: str) -> str:
+        return f"{self._prefix}task:{task_id}:lease"
+
+    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Redis outages are waited out (with backoff), not turned into failed tasks."""
+        delay = 0.2
+        deadline = time.monotonic() + self._retry_until_s
+        while True:
+            try:
+                return await call()
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("redis_unavailable", operation=what, error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            return False
+
+    async def load(self, task_id: str) -> TaskState | None:
+        async def call() -> tuple[dict[str, str], dict[str, str]]:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self._task(task_id))
+                pipe.hgetall(self._pages(task_id))
+                task, pages = await pipe.execute()
+            return task, pages
+
+        task, pages = await self._retry("load", call)
+        if not task:
+            return None
+        error = None
+        if task.get("error_code"):
+            error = ErrorInfo(
+                code=ErrorCode(task["error_code"]), message=task.get("error_message", "")
+            )
+        return TaskState(
+            task_id=task_id,
+            status=TaskStatus(task.get("status", TaskStatus.QUEUED)),
+            fingerprint=task.get("fingerprint", ""),
+            attempt=int(task.get("attempt", 0)),
+            owner=task.get("owner", ""),
+            pages_total=int(task["pages_total"]) if task.get("pages_total") else None,
+            pages={int(page): status for page, status in pages.items()},
+            error=error,
+            started_at=float(task["started_at"]) if task.get("started_at") else None,
+            finished_at=float(task["finished_at"]) if task.get("finished_at") else None,
+        )
+
+    async def begin(
+        self, task_id: str, *, fingerprint: str, attempt: int, owner: str, reset_pages: bool
+    ) -> None:
+        """Record that `owner` works on the task; `reset_pages` forgets earlier pages (force)."""
+
+        async def call() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if reset_pages:
+                    pipe.delete(self._pages(task_id))
+                pipe.hdel(self._task(task_id), "error_code", "error_message", "finished_at")
+                pipe.hset(
+                    self._task(task_id),
+                    mapping={
+                        "status": TaskStatus.STARTED.value,
+                        "fingerprint": fingerprint,
+                        "attempt": attempt,
+                        "owner": owner,
+                        "started_at": time.time(),
+                    },
+                )
+                pipe.expire(self._task(task_id), self._ttl)
+                await pipe.execute()
+
+        await self._retry("begin", call)
+
+    async def set_pages_total(self, task_id: str, pages_total: int) -> None:
+        await self._retry(
+            "pages_total", lambda: self._redis.hset(self._task(task_id), "pages_total", pages_total)
+        )
+
+    async def page_done(self, task_id: str, page: int, ok: bool) -> None:
+        async def call() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self._pages(task_id), str(page), "ok" if ok else "failed")
+                pipe.expire(self._pages(task_id), self._ttl)
+                pipe.expire(self._task(task_id), self._ttl)
+                await pipe.execute()
+
+        await self._retry("page_done", call)
+
+    async def finish(self, task_id: str, status: TaskStatus, error: ErrorInfo | None) -> None:
+        async def call() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(
+                    self._task(task_id),
+                    mapping={"status": status.value, "finished_at": time.time()},
+                )
+                if error is not None:
+                    pipe.hset(
+                        self._task(task_id),
+                        mapping={"error_code": error.code.value, "error_message": error.message},
+                    )
+                pipe.expire(self._task(task_id), self._ttl)
+                pipe.expire(self._pages(task_id), self._ttl)
+                await pipe.execute()
+
+        await self._retry("finish", call)
+
+    async def acquire_lease(self, task_id: str, owner: str) -> str | None:
+        """Take the task's lease; returns None if taken, else the current holder."""
+
+        async def call() -> str | None:
+            taken = await self._redis.set(self._lease(task_id), owner, nx=True, px=self._lease_ms)
+            if taken:
+                return None
+            raw = await self._redis.get(self._lease(task_id))
+            holder = raw.decode() if isinstance(raw, bytes) else raw
+            if holder == owner:
+                await self._redis.pexpire(self._lease(task_id), self._lease_ms)
+                return None
+            return holder
+
+        return await self._retry("lease", call)
+
+    async def refresh_lease(self, task_id: str, owner: str) -> bool:
+        result = await self._retry(
+            "lease_refresh",
+            lambda: self._redis.eval(_REFRESH_LEASE, 1, self._lease(task_id), owner, self._lease_ms),
+        )
+        return bool(result)
+
+    async def release_lease(self, task_id: str, owner: str) -> None:
+        try:
+            await self._redis.eval(_RELEASE_LEASE, 1, self._lease(task_id), owner)
+        except (RedisConnectionError, RedisTimeoutError, OSError):
+            # It expires by itself; releasing early only speeds up a takeover.
+            pass
+
+    async def close(self) -> None:
+        await self._redis.aclose()
