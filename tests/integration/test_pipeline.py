@@ -1,0 +1,268 @@
+"""The consumer end to end on the real broker and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from pathlib import Path
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient
+
+from consumer.config import Settings
+from consumer.engines.rapidocr import RapidOcrEngine
+from consumer.kafka_clients import client_kwargs
+from consumer.publisher import task_partition
+from schemas.cloudevents import CE_TYPE_RESULT, parse_ce_headers
+from schemas.common import ErrorCode
+from schemas.dlq import DLQ_HEADER_CODE
+from schemas.progress import TaskStatus
+from schemas.request import OcrRequest, PageRange, Source
+from schemas.result import PageStatus
+from tests.support.apps import running_app
+from tests.support.documents import make_pdf, make_png, page_lines
+from tests.support.engines import FaultyEngine, ScriptedEngine
+from tests.support.kafka import TopicReader, produce_raw, produce_requests
+
+pytestmark = pytest.mark.integration
+
+
+def _file_request(task_id: str, path: Path, **extra: object) -> OcrRequest:
+    return OcrRequest.model_validate(
+        {"task_id": task_id, "source": Source(uri=path.resolve().as_uri()), **extra},
+        strict=False,
+    )
+
+
+def _completed(settings: Settings, *task_ids: str):  # type: ignore[no-untyped-def]
+    def check(reader: TopicReader) -> bool:
+        return all(reader.final(settings, task_id) for task_id in task_ids)
+
+    return check
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+    return stack_settings.model_copy(
+        update={"file_roots": [tmp_path], "metrics_port": 0, "commit_interval_s": 0.2}
+    )
+
+
+@pytest.fixture(scope="module")
+def rapidocr() -> RapidOcrEngine:
+    return RapidOcrEngine()
+
+
+async def test_multi_page_pdf_on_the_cpu_engine(
+    settings: Settings, tmp_path: Path, rapidocr: RapidOcrEngine
+) -> None:
+    pdf = make_pdf(tmp_path / "three.pdf", pages=3)
+    async with running_app(settings, rapidocr):
+        await produce_requests(settings, [_file_request("pdf-1", pdf, metadata={"who": "test"})])
+        async with TopicReader(
+            settings, settings.topic_results, settings.topic_progress, settings.topic_timing
+        ) as reader:
+            await reader.wait_for(_completed(settings, "pdf-1"), timeout=120)
+    results = sorted(reader.results(settings), key=lambda r: r.page)
+    assert [r.page for r in results] == [1, 2, 3]
+    for result in results:
+        assert result.status is PageStatus.OK
+        assert result.metadata == {"who": "test"}
+        expected = " ".join(page_lines(result.page)).lower().split()
+        found = set(result.text.lower().split())
+        recall = sum(1 for word in expected if word in found) / len(expected)
+        assert recall >= 0.8, (result.page, result.text)
+        assert result.blocks and all(b.bbox_pdf is not None for b in result.blocks)
+    statuses = [e.status for e in reader.progress(settings) if e.task_id == "pdf-1"]
+    assert statuses[0] is TaskStatus.QUEUED
+    assert statuses[1] is TaskStatus.STARTED
+    assert statuses.count(TaskStatus.PAGE_DONE) == 3
+    assert statuses[-1] is TaskStatus.COMPLETED
+    timing = reader.json_on(settings.topic_timing)
+    assert sorted(t["kind"] for t in timing) == ["page", "page", "page", "task"]
+    task_timing = next(t for t in timing if t["kind"] == "task")
+    assert task_timing["stages"]["infer_ms"] > 0 and task_timing["stages"]["fetch_ms"] > 0
+    # Keys, partitions and CloudEvents headers as the contract says.
+    result_records = reader.on(settings.topic_results)
+    assert sorted(r.key for r in result_records) == ["pdf-1/1", "pdf-1/2", "pdf-1/3"]
+    partitions = {r.partition for r in reader.records}
+    assert len(partitions) == 1
+    assert task_partition(b"pdf-1", settings.topic_partitions) in partitions
+    event = parse_ce_headers(list(result_records[0].headers.items()))
+    assert event.type == CE_TYPE_RESULT and event.subject == "pdf-1"
+
+
+async def test_inline_png_on_the_cpu_engine(
+    settings: Settings, rapidocr: RapidOcrEngine, tmp_path: Path
+) -> None:
+    png = make_png(tmp_path / "receipt.png", "Receipt total 42 paid")
+    request = OcrRequest.model_validate(
+        {"task_id": "png-1",
+         "source": {"inline_base64": base64.b64encode(png.read_bytes()).decode()}},
+        strict=False,
+    )
+    async with running_app(settings, rapidocr):
+        await produce_requests(settings, [request])
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "png-1"), timeout=60)
+    [result] = reader.results(settings)
+    assert "receipt" in result.text.lower() and "42" in result.text
+
+
+async def test_page_ranges_select_pages(settings: Settings, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "five.pdf", pages=5)
+    engine = ScriptedEngine()
+    request = _file_request(
+        "ranges-1", pdf, pages=[PageRange(first=2, last=3), PageRange(first=5)]
+    )
+    async with running_app(settings, engine):
+        await produce_requests(settings, [request])
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "ranges-1"))
+    assert sorted(r.page for r in reader.results(settings)) == [2, 3, 5]
+    [final] = reader.final(settings, "ranges-1")
+    assert final.pages_total == 3 and final.pages_done == 3
+
+
+async def test_duplicate_is_announced_not_recomputed(settings: Settings, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "dup.pdf", pages=2)
+    engine = ScriptedEngine()
+    async with running_app(settings, engine):
+        await produce_requests(settings, [_file_request("dup-1", pdf)])
+        async with TopicReader(settings, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "dup-1"))
+            await produce_requests(settings, [_file_request("dup-1", pdf)])
+            await reader.wait_for(lambda r: len(r.final(settings, "dup-1")) == 2)
+            # force=true recomputes.
+            await produce_requests(settings, [_file_request("dup-1", pdf, force=True, attempt=1)])
+            await reader.wait_for(lambda r: len(r.final(settings, "dup-1")) == 3)
+    finals = reader.final(settings, "dup-1")
+    assert [f.replayed for f in finals] == [False, True, False]
+    assert all(f.status is TaskStatus.COMPLETED for f in finals)
+    assert engine.calls[("dup-1", 1)] == 2 and engine.calls[("dup-1", 2)] == 2
+
+
+async def test_task_id_conflict_goes_to_dlq(settings: Settings, tmp_path: Path) -> None:
+    first = make_pdf(tmp_path / "a.pdf", pages=1)
+    second = make_pdf(tmp_path / "b.pdf", pages=2)
+    async with running_app(settings, ScriptedEngine()):
+        await produce_requests(settings, [_file_request("same-id", first)])
+        async with TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader:
+            await reader.wait_for(_completed(settings, "same-id"))
+            await produce_requests(settings, [_file_request("same-id", second)])
+            await reader.wait_for(lambda r: bool(r.on(settings.topic_dlq)))
+    [dead] = reader.on(settings.topic_dlq)
+    assert dead.headers[DLQ_HEADER_CODE] == ErrorCode.TASK_ID_CONFLICT.value.encode()
+
+
+async def test_bad_requests_go_to_dlq_and_consumer_keeps_serving(
+    settings: Settings, tmp_path: Path
+) -> None:
+    pdf = make_pdf(tmp_path / "ok.pdf", pages=1)
+    async with running_app(settings, ScriptedEngine()):
+        await produce_raw(settings, b"not json at all", key=b"x")
+        await produce_raw(settings, b"\xff\xfe", key=b"y")
+        await produce_raw(settings, b'{"schema_version": 9, "task_id": "v9"}', key=b"v9")
+        await produce_requests(settings, [_file_request("after-poison", pdf)])
+        async with TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader:
+            await reader.wait_for(
+                lambda r: len(r.on(settings.topic_dlq)) == 3
+                and bool(r.final(settings, "after-poison"))
+            )
+    codes = sorted(r.headers[DLQ_HEADER_CODE].decode() for r in reader.on(settings.topic_dlq))
+    assert codes == sorted(
+        ["REQUEST_NOT_JSON", "REQUEST_NOT_UTF8", "REQUEST_UNSUPPORTED_VERSION"]
+    )
+
+
+async def test_unreadable_source_fails_the_task_with_a_code(settings: Settings) -> None:
+    request = OcrRequest.model_validate(
+        {"task_id": "passwd", "source": {"uri": "file:///etc/passwd"}}, strict=False
+    )
+    async with running_app(settings, ScriptedEngine()):
+        await produce_requests(settings, [request])
+        async with TopicReader(settings, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "passwd"))
+    [final] = reader.final(settings, "passwd")
+    assert final.status is TaskStatus.FAILED
+    assert final.error is not None and final.error.code is ErrorCode.SOURCE_PATH_NOT_ALLOWED
+
+
+async def test_failing_and_hanging_pages_end_with_their_own_error(
+    settings: Settings, tmp_path: Path
+) -> None:
+    pdf = make_pdf(tmp_path / "faulty.pdf", pages=4)
+    engine = FaultyEngine(ScriptedEngine(), fail_pages={2}, hang_pages={3})
+    async with running_app(settings.model_copy(update={"page_timeout_s": 1.0}), engine):
+        await produce_requests(settings, [_file_request("faulty-1", pdf)])
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "faulty-1"))
+    by_page = {r.page: r for r in reader.results(settings)}
+    assert by_page[1].status is PageStatus.OK and by_page[4].status is PageStatus.OK
+    assert by_page[2].error is not None and by_page[2].error.code is ErrorCode.ENGINE_ERROR
+    assert by_page[3].error is not None and by_page[3].error.code is ErrorCode.PAGE_TIMEOUT
+    [final] = reader.final(settings, "faulty-1")
+    assert final.status is TaskStatus.COMPLETED and final.pages_failed == 2
+
+
+async def test_restart_mid_document_resumes_missing_pages(
+    settings: Settings, tmp_path: Path
+) -> None:
+    pdf = make_pdf(tmp_path / "long.pdf", pages=8)
+    quick_stop = settings.model_copy(update={"shutdown_grace_s": 0.0, "max_inflight_pages": 2})
+    first = ScriptedEngine(delay_s=0.3, concurrency=2)
+    async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+        async with running_app(quick_stop, first):
+            await produce_requests(settings, [_file_request("resume-1", pdf)])
+            await reader.wait_for(lambda r: len(r.results(settings)) >= 3)
+        done_before = {r.page for r in reader.results(settings)}
+        assert 3 <= len(done_before) < 8
+        second = ScriptedEngine(concurrency=2)
+        async with running_app(settings, second):
+            await reader.wait_for(_completed(settings, "resume-1"))
+    assert {r.page for r in reader.results(settings)} == set(range(1, 9))
+    # Pages published (and recorded) before the stop are not computed again.
+    recomputed = {page for (_, page) in second.calls} & done_before
+    assert recomputed == set()
+    [final] = reader.final(settings, "resume-1")
+    assert final.status is TaskStatus.COMPLETED and final.pages_done == 8
+
+
+async def test_committed_offsets_reach_the_end(settings: Settings, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "c.pdf", pages=1)
+    requests = [_file_request(f"commit-{i}", pdf) for i in range(6)]
+    async with running_app(settings, ScriptedEngine()):
+        await produce_requests(settings, requests)
+        async with TopicReader(settings, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, *(r.task_id for r in requests)))
+        await asyncio.sleep(1.0)  # one commit interval
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group_id)
+    finally:
+        await admin.close()
+    total = sum(meta.offset for tp, meta in committed.items() if tp.topic == settings.topic_requests)
+    assert total == 6
+
+
+async def test_three_consumers_share_six_partitions(settings: Settings, tmp_path: Path) -> None:
+    pdf = make_pdf(tmp_path / "group.pdf", pages=2)
+    requests = [_file_request(f"group-{i}", pdf) for i in range(18)]
+    engines = [ScriptedEngine(delay_s=0.05) for _ in range(3)]
+    members = [
+        settings.model_copy(update={"consumer_id": f"member-{i}"}) for i in range(3)
+    ]
+    async with (
+        running_app(members[0], engines[0]),
+        running_app(members[1], engines[1]),
+        running_app(members[2], engines[2]),
+    ):
+        await produce_requests(settings, requests)
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, *(r.task_id for r in requests)), timeout=120)
+    pages = {(r.task_id, r.page) for r in reader.results(settings)}
+    assert pages == {(r.task_id, p) for r in requests for p in (1, 2)}
+    workers = {e.consumer_id for e in reader.progress(settings) if e.status is TaskStatus.COMPLETED}
+    assert len(workers) >= 2, workers
+    assert all(sum(e.calls.values()) > 0 for e in engines)

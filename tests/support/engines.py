@@ -1,0 +1,93 @@
+"""Engines for tests.
+
+`ScriptedEngine` is the test double standing in for the vLLM engine on machines without a
+GPU (the only component a test may replace): it answers instantly with DeepSeek-style
+grounded output derived from the page, so pipeline tests run fast and can assert exactly
+which pages were computed. `FaultyEngine` wraps any engine (the real RapidOCR one included)
+to raise or hang on chosen pages, for fault tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+
+from consumer.engines.base import EngineOutput, EngineStats, PageRequest
+from consumer.errors import EngineError
+from schemas.result import Block, EngineIdentity, FinishReason
+
+
+@dataclass
+class ScriptedEngine:
+    delay_s: float = 0.0
+    concurrency: int = 8
+    calls: Counter[tuple[str, int]] = field(default_factory=Counter)
+    started: bool = False
+    closed: bool = False
+
+    @property
+    def identity(self) -> EngineIdentity:
+        return EngineIdentity(name="scripted", model="test-double", version="0", mode="")
+
+    @property
+    def suggested_inflight_pages(self) -> int:
+        return self.concurrency
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        page = request.page
+        self.calls[(page.task_id, page.page)] += 1
+        if self.delay_s:
+            await asyncio.sleep(self.delay_s)
+        text = f"Page {page.page} of {page.task_id}"
+        width, height = page.image.size
+        return EngineOutput(
+            markdown=f"# {text}\n",
+            text=text,
+            blocks=[Block(label="title", text=text, bbox_px=[0.0, 0.0, width / 2, height / 10])],
+            finish_reason=FinishReason.STOP,
+            prompt_tokens=10,
+            output_tokens=len(text.split()),
+        )
+
+    def stats(self) -> EngineStats:
+        return EngineStats(pages_total=sum(self.calls.values()))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+@dataclass
+class FaultyEngine:
+    """Raise on `fail_pages`, hang on `hang_pages`, delegate the rest."""
+
+    inner: ScriptedEngine
+    fail_pages: set[int] = field(default_factory=set)
+    hang_pages: set[int] = field(default_factory=set)
+
+    @property
+    def identity(self) -> EngineIdentity:
+        return self.inner.identity
+
+    @property
+    def suggested_inflight_pages(self) -> int:
+        return self.inner.suggested_inflight_pages
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        if request.page.page in self.fail_pages:
+            raise EngineError(f"injected failure on page {request.page.page}")
+        if request.page.page in self.hang_pages:
+            await asyncio.Event().wait()
+        return await self.inner.infer(request)
+
+    def stats(self) -> EngineStats:
+        return self.inner.stats()
+
+    async def close(self) -> None:
+        await self.inner.close()
