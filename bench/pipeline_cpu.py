@@ -29,17 +29,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.loop_monitor import LoopStallMonitor  # noqa: E402
-from consumer.config import Settings  # noqa: E402
-from consumer.documents.fetch import fetch_document  # noqa: E402
-from consumer.documents.render import open_document  # noqa: E402
-from consumer.engines.base import PageRequest  # noqa: E402
-from consumer.engines.rapidocr import RapidOcrEngine  # noqa: E402
-from consumer.topics import default_topic_specs, ensure_topics  # noqa: E402
-from schemas.request import OcrRequest, Source  # noqa: E402
-from tests.support.apps import running_app  # noqa: E402
-from tests.support.documents import make_pdf  # noqa: E402
-from tests.support.kafka import TopicReader, produce_requests  # noqa: E402
+from bench.loop_monitor import LoopStallMonitor
+from consumer.config import Settings
+from consumer.documents.fetch import fetch_document
+from consumer.documents.render import open_document
+from consumer.engines.base import PageRequest
+from consumer.engines.rapidocr import RapidOcrEngine
+from consumer.topics import default_topic_specs, ensure_topics
+from schemas.request import OcrRequest, Source
+from tests.support.apps import running_app
+from tests.support.documents import make_pdf
+from tests.support.kafka import TopicReader, produce_requests
 
 
 async def engine_only(engine: RapidOcrEngine, pdfs: list[Path], settings: Settings) -> float:

@@ -13,6 +13,9 @@ import os
 import signal
 import socket
 import sys
+from collections.abc import Awaitable, Callable
+
+from aiokafka.errors import KafkaError
 
 from consumer import __version__
 from consumer.config import Settings, add_settings_arguments, settings_from_args
@@ -106,7 +109,7 @@ class App:
         scheduler = PageScheduler(budget)
         store = TaskStateStore(redis_client(settings), settings)
         publisher = EventPublisher(settings, source=f"ocr-stream/{self.consumer_id}")
-        await publisher.start()
+        await self._until_connected("producer", publisher.start)
         runner = TaskRunner(
             settings=settings, engine=engine, scheduler=scheduler, store=store,
             publisher=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
@@ -117,7 +120,7 @@ class App:
         )
         stats = asyncio.create_task(self._pump_engine_stats(engine))
         try:
-            await self._loop.start()
+            await self._until_connected("consumer", self._loop.start)
             log.info(
                 "consumer_started", consumer_id=self.consumer_id, group=settings.group_id,
                 topic=settings.topic_requests, page_budget=budget, version=__version__,
@@ -129,6 +132,20 @@ class App:
             stats.cancel()
             await publisher.stop()
             await store.close()
+
+    async def _until_connected(self, what: str, start: Callable[[], Awaitable[None]]) -> None:
+        """A broker that is down at start-up is waited for, as it is during operation."""
+        delay = 1.0
+        while True:
+            try:
+                await start()
+                return
+            except KafkaError as exc:
+                if self._stop_requested.is_set():
+                    raise
+                log.warning("kafka_unreachable", client=what, error=repr(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 15.0)
 
     async def _pump_engine_stats(self, engine: Engine) -> None:
         while True:

@@ -182,7 +182,7 @@ def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
     for name, info in Settings.model_fields.items():
         group.add_argument(
             flag_name(name), dest=f"setting_{name}", default=None, metavar="V",
-            help=f"{info.description} [{env_name(name)}]",
+            help=f"{info.description} [{env_name(name)}]".replace("%", "%%"),
         )
 
 

@@ -9,8 +9,8 @@ newest record when everything received is finished.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
 from collections.abc import Hashable
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 P = TypeVar("P", bound=Hashable)

@@ -14,6 +14,7 @@ Keys (P = settings.redis_key_prefix):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -220,16 +221,16 @@ class TaskStateStore:
     async def refresh_lease(self, task_id: str, owner: str) -> bool:
         result = await self._retry(
             "lease_refresh",
-            lambda: self._redis.eval(_REFRESH_LEASE, 1, self._lease(task_id), owner, self._lease_ms),
+            lambda: self._redis.eval(
+                _REFRESH_LEASE, 1, self._lease(task_id), owner, self._lease_ms
+            ),
         )
         return bool(result)
 
     async def release_lease(self, task_id: str, owner: str) -> None:
-        try:
+        # It expires by itself; releasing early only speeds up a takeover.
+        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
             await self._redis.eval(_RELEASE_LEASE, 1, self._lease(task_id), owner)
-        except (RedisConnectionError, RedisTimeoutError, OSError):
-            # It expires by itself; releasing early only speeds up a takeover.
-            pass
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -186,7 +186,9 @@ class TaskRunner:
             )
         return TaskStatus.COMPLETED, None
 
-    async def fail_internal(self, request: OcrRequest, record: RequestRecord, exc: BaseException) -> None:
+    async def fail_internal(
+        self, request: OcrRequest, record: RequestRecord, exc: BaseException
+    ) -> None:
         """A bug ended the task: say so on the progress topic rather than stall the partition."""
         run = TaskRun(request=request, record=record, started_at=datetime.now(UTC))
         error = ErrorInfo(

@@ -51,10 +51,13 @@ class CloudEventHeaderError(ValueError):
     pass
 
 
-def parse_ce_headers(headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...]) -> CloudEvent:
+def parse_ce_headers(
+    headers: list[tuple[str, bytes]] | tuple[tuple[str, bytes], ...],
+) -> CloudEvent:
     """Read the CloudEvents attributes back; raises CloudEventHeaderError naming what is wrong."""
     found = {key: value.decode("utf-8", "replace") for key, value in headers}
-    missing = [k for k in ("ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time") if k not in found]
+    required = ("ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time")
+    missing = [k for k in required if k not in found]
     if missing:
         raise CloudEventHeaderError(f"missing CloudEvents headers: {', '.join(missing)}")
     if found["ce_specversion"] != CE_SPECVERSION:

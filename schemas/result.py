@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Self
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from schemas.common import (
     ContractModel,
@@ -99,3 +99,11 @@ class PageResult(VersionedModel):
     @classmethod
     def _small_metadata(cls, value: dict[str, Any]) -> dict[str, Any]:
         return check_metadata(value)
+
+    # Downstream readers size documents from page_count; a page past it would be dropped or
+    # crash them, so it is refused where it is produced.
+    @model_validator(mode="after")
+    def _page_in_document(self) -> Self:
+        if self.page > self.page_count:
+            raise ValueError(f"page {self.page} is beyond page_count {self.page_count}")
+        return self

@@ -242,7 +242,9 @@ async def test_committed_offsets_reach_the_end(settings: Settings, tmp_path: Pat
         committed = await admin.list_consumer_group_offsets(settings.group_id)
     finally:
         await admin.close()
-    total = sum(meta.offset for tp, meta in committed.items() if tp.topic == settings.topic_requests)
+    total = sum(
+        meta.offset for tp, meta in committed.items() if tp.topic == settings.topic_requests
+    )
     assert total == 6
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pymupdf
 from PIL import Image, ImageDraw, ImageFont
 
-WORDS = (
-    "invoice total amount paid customer order delivery address payment "
-    "reference number account balance summary quantity price"
-).split()
+WORDS = [
+    "invoice", "total", "amount", "paid", "customer", "order", "delivery", "address",
+    "payment", "reference", "number", "account", "balance", "summary", "quantity", "price",
+]
 
 
 def page_lines(page: int, lines: int = 6) -> list[str]:

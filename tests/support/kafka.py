@@ -91,7 +91,9 @@ class TopicReader:
         deadline = time.monotonic() + timeout
         while not condition(self):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"condition not met in {timeout}s; saw {len(self.records)} records")
+                raise TimeoutError(
+                    f"condition not met in {timeout}s; saw {len(self.records)} records"
+                )
             await self.poll()
 
     def on(self, topic: str) -> list[Record]:

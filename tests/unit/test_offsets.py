@@ -68,7 +68,9 @@ def test_revoked_partition_forgets_done() -> None:
     gaps=st.lists(st.integers(min_value=1, max_value=5), min_size=1, max_size=60),
     data=st.data(),
 )
-def test_random_completion_never_commits_past_unfinished(gaps: list[int], data: st.DataObject) -> None:
+def test_random_completion_never_commits_past_unfinished(
+    gaps: list[int], data: st.DataObject
+) -> None:
     offsets_seen = []
     offset = data.draw(st.integers(min_value=0, max_value=1000))
     for gap in gaps:

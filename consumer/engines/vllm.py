@@ -1,0 +1,518 @@
+"""DeepSeek-OCR on vLLM's `AsyncLLM`, inside the consumer's own process.
+
+One `AsyncLLM` per consumer: it spawns vLLM's engine core as a child process (the program's
+entry point must therefore sit under `if __name__ == "__main__":`), and every page is one
+request to it, `request_id` = the page attempt's id, so a page can be aborted by name.
+
+- `start()` builds the engine (minutes: weights, kernel compilation, CUDA graphs) in a
+  worker thread, so the event loop, and with it the health endpoint, stays responsive.
+- `infer()` turns the image into model inputs on vLLM's renderer thread pool
+  (`preprocess_workers` threads; done on the event loop it would serialise every page's
+  resize, tiling and normalisation), runs greedy decoding, and post-processes the grounded
+  output into the result schema. Cancellation and the page time limit abort the request
+  inside vLLM, so an abandoned page stops taking batch slots and KV cache at once.
+- `stats()` reads the scheduler's own numbers (running, waiting, KV-cache usage), which a
+  stat logger passed to `AsyncLLM` receives after every engine step.
+
+vLLM is imported only inside `_RealVllm`: the module imports (and its tests run) on machines
+without vLLM or torch. Tests swap `_RealVllm` for a fake through the `backend` argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import sys
+import time
+from collections.abc import AsyncGenerator
+from typing import Any, Protocol
+
+from PIL import Image
+
+from consumer.config import ResolutionMode, Settings
+from consumer.engines import deepseek_modes
+from consumer.engines.base import EngineOutput, EngineStats, PageRequest
+from consumer.engines.deepseek_prompts import NGRAM_WHITELIST_TOKEN_IDS, build_prompt, strip_eos
+from consumer.errors import EngineError, OcrError
+from consumer.log import get_logger
+from consumer.postprocess.finish import classify_finish
+from consumer.postprocess.page import deepseek_page_text
+from schemas.common import ErrorCode
+from schemas.result import EngineIdentity
+
+log = get_logger(__name__)
+
+NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
+V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+MAX_IDENTITY_MODEL = 256  # EngineIdentity.model's limit; a long local path must still fit
+
+
+class StatsSink:
+    """The scheduler's latest numbers, written by vLLM's stat-logger hook on the event loop
+    after each engine step (so reads need no lock), plus counters over the engine's life."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
+        self.preemptions_total = 0
+        self.records = 0
+
+    def record(
+        self, *, running: int, waiting: int, kv_cache_usage: float, preempted: int = 0
+    ) -> None:
+        self.running = running
+        self.waiting = waiting
+        self.kv_cache_usage = min(max(kv_cache_usage, 0.0), 1.0)
+        self.preemptions_total += preempted
+        self.records += 1
+
+
+class AsyncEngineLike(Protocol):
+    """The part of vLLM's `AsyncLLM` this engine uses."""
+
+    def generate(
+        self, prompt: Any, sampling_params: Any, request_id: str
+    ) -> AsyncGenerator[Any, None]: ...
+
+    async def abort(self, request_id: str) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class VllmBackend(Protocol):
+    """Everything that touches the vllm package; `_RealVllm` in production, fakes in tests."""
+
+    @property
+    def version(self) -> str: ...
+
+    def create_engine(self, engine_args: dict[str, Any], sink: StatsSink) -> AsyncEngineLike:
+        """Build and start the engine (blocking, minutes); `sink` receives scheduler stats."""
+        ...
+
+    def sampling_params(self, params: dict[str, Any]) -> Any: ...
+
+    async def prepare_inputs(self, engine: AsyncEngineLike, prompt: str, image: Image.Image) -> Any:
+        """The prompt as `generate()` takes it, its image already processed off the loop."""
+        ...
+
+    def activate_mode(self, mode: str) -> None: ...
+
+    def release_mode(self, mode: str) -> None: ...
+
+
+class _RealVllm:
+    """vllm 0.26 (the version pinned by the `gpu` extra), imported on first use."""
+
+    @property
+    def version(self) -> str:
+        try:
+            import vllm
+        except ImportError:
+            return ""
+        return str(vllm.__version__)
+
+    def create_engine(self, engine_args: dict[str, Any], sink: StatsSink) -> AsyncEngineLike:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+        from vllm.v1.metrics.loggers import StatLoggerBase
+
+        class SinkStatLogger(StatLoggerBase):  # type: ignore[misc]
+            # A per-engine logger: vLLM builds one per engine core with (config, index).
+            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+                self.engine_index = engine_index
+
+            def record(
+                self,
+                scheduler_stats: Any,
+                iteration_stats: Any,
+                mm_cache_stats: Any = None,
+                engine_idx: int = 0,
+            ) -> None:
+                if scheduler_stats is None:
+                    return
+                preempted = getattr(iteration_stats, "num_preempted_reqs", 0) or 0
+                sink.record(
+                    running=int(scheduler_stats.num_running_reqs),
+                    waiting=int(scheduler_stats.num_waiting_reqs),
+                    kv_cache_usage=float(scheduler_stats.kv_cache_usage),
+                    preempted=int(preempted),
+                )
+
+            def log_engine_initialized(self) -> None:
+                pass
+
+        args = AsyncEngineArgs(**engine_args)
+        engine: AsyncEngineLike = AsyncLLM.from_engine_args(args, stat_loggers=[SinkStatLogger])
+        return engine
+
+    def sampling_params(self, params: dict[str, Any]) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        params = dict(params)
+        params["output_kind"] = RequestOutputKind[str(params["output_kind"]).upper()]
+        return SamplingParams(**params)
+
+    async def prepare_inputs(self, engine: AsyncEngineLike, prompt: str, image: Image.Image) -> Any:
+        mm_data = {"image": image}
+        renderer = getattr(engine, "renderer", None)
+        # The same call vLLM's own input processor makes for a text prompt with an image,
+        # but on the renderer's thread pool (renderer_num_workers threads) instead of on
+        # the event loop. A private method of vllm 0.26: when it is gone, fall back to the
+        # plain prompt (correct, only slower).
+        process = getattr(renderer, "_process_multimodal_async", None)
+        if process is None:
+            return {"prompt": prompt, "multi_modal_data": mm_data}
+        inputs = await process(prompt, mm_data, None, None, None)
+        inputs["prompt"] = prompt
+        return inputs
+
+    def activate_mode(self, mode: str) -> None:
+        deepseek_modes.activate(mode)
+
+    def release_mode(self, mode: str) -> None:
+        deepseek_modes.release(mode)
+
+
+def _spawn_expected() -> bool:
+    """Whether vLLM will spawn (not fork) its engine core: then module patches made here do
+    not reach it, and only the vLLM plugin can set the resolution mode there."""
+    if os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == "spawn":
+        return True
+    torch = sys.modules.get("torch")  # never import torch just to ask
+    try:
+        return bool(torch is not None and torch.cuda.is_initialized())
+    except Exception:
+        return False
+
+
+class VllmEngine:
+    """The Engine protocol on vLLM (see consumer/engines/base.py)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        backend: VllmBackend | None = None,
+        start_in_thread: bool = True,
+    ) -> None:
+        self._settings = settings
+        self._backend: VllmBackend = backend or _RealVllm()
+        self._start_in_thread = start_in_thread
+        self._engine: AsyncEngineLike | None = None
+        self._sampling: Any = None
+        self._mode = settings.resolution_mode.value
+        self._mode_active = False
+        self._sink = StatsSink()
+        self._inflight: set[str] = set()
+        self._version: str | None = None
+        self.page_timeout_s = settings.page_timeout_s
+        self.start_seconds = 0.0
+        self._pages_total = 0
+        self._prompt_tokens_total = 0
+        self._output_tokens_total = 0
+        self._aborted_total = 0
+        self._timeouts_total = 0
+
+    # -- identity and sizing ------------------------------------------------------------
+
+    @property
+    def identity(self) -> EngineIdentity:
+        if self._version is None:
+            self._version = self._backend.version
+        return EngineIdentity(
+            name="vllm",
+            model=self._settings.model[-MAX_IDENTITY_MODEL:],
+            version=self._version[:64],
+            mode=self._mode,
+        )
+
+    @property
+    def suggested_inflight_pages(self) -> int:
+        # vLLM decodes at most max_num_seqs pages per step; the scheduler adds its margin.
+        return self._settings.max_num_seqs
+
+    # -- configuration ------------------------------------------------------------------
+
+    def engine_args(self) -> dict[str, Any]:
+        """`AsyncEngineArgs` keyword arguments for these settings."""
+        s = self._settings
+        args: dict[str, Any] = {
+            "model": s.model,
+            "load_format": s.load_format,
+            "dtype": s.dtype,
+            "gpu_memory_utilization": s.gpu_memory_utilization,
+            "max_model_len": s.max_model_len,
+            "max_num_seqs": s.max_num_seqs,
+            "max_num_batched_tokens": s.max_num_batched_tokens,
+            "tensor_parallel_size": s.tensor_parallel_size,
+            "enforce_eager": s.enforce_eager,
+            # Image preprocessing threads (AsyncLLM defaults to one).
+            "renderer_num_workers": s.preprocess_workers,
+            "limit_mm_per_prompt": {"image": 1},
+            # Pages are never repeated: caching processed images or prompt prefixes costs
+            # memory and hashing for no hit, and with both off vLLM skips image hashing.
+            "mm_processor_cache_gb": 0,
+            "enable_prefix_caching": False,
+            # Stats feed the metrics endpoint and the stat logger behind stats().
+            "disable_log_stats": False,
+        }
+        if s.ngram_size > 0:
+            args["logits_processors"] = [NGRAM_PROCESSOR]
+        kwargs = deepseek_modes.mm_processor_kwargs(self._mode)
+        if kwargs is not None:
+            args["mm_processor_kwargs"] = kwargs
+        return args
+
+    def sampling_args(self) -> dict[str, Any]:
+        """`SamplingParams` keyword arguments: one set for every page of this engine."""
+        s = self._settings
+        params: dict[str, Any] = {
+            "temperature": 0.0,  # greedy, as DeepSeek-OCR is evaluated
+            "max_tokens": s.max_tokens,
+            # Grounding tags (<|ref|>, <|det|>) are special tokens: keep them in the text.
+            "skip_special_tokens": False,
+            "ignore_eos": s.ignore_eos,
+            # One result per page; no streamed partial outputs to detokenize and discard.
+            "output_kind": "final_only",
+        }
+        if s.ngram_size > 0:
+            params["extra_args"] = {
+                "ngram_size": s.ngram_size,
+                "window_size": s.ngram_window,
+                "whitelist_token_ids": set(NGRAM_WHITELIST_TOKEN_IDS),
+            }
+        return params
+
+    # -- life cycle ---------------------------------------------------------------------
+
+    def _prepare_mode(self) -> None:
+        mode = self._mode
+        if (
+            mode != ResolutionMode.GUNDAM.value
+            and _spawn_expected()
+            and not (deepseek_modes.plugin_registered())
+        ):
+            raise OcrError(
+                ErrorCode.RESOLUTION_MODE_UNSUPPORTED,
+                f"resolution mode {mode!r} needs vLLM's DeepSeek-OCR constants set in the "
+                "engine core process, which vLLM will spawn here (CUDA is already "
+                "initialised or VLLM_WORKER_MULTIPROC_METHOD=spawn) and which then cannot "
+                "see this process's settings: install ocr-stream as a package (it registers "
+                f"the vLLM plugin {deepseek_modes.PLUGIN_VALUE}), or use mode 'gundam'",
+            )
+        try:
+            self._backend.activate_mode(mode)
+        except deepseek_modes.ModeError as exc:
+            raise OcrError(ErrorCode.RESOLUTION_MODE_UNSUPPORTED, str(exc)) from exc
+        self._mode_active = True
+
+    def _prepare_runner_env(self) -> None:
+        if self._settings.ngram_size <= 0:
+            return
+        value = os.environ.get(V2_RUNNER_ENV)
+        if value is None:
+            # The n-gram processor is a V1 logits processor: the V2 model runner refuses
+            # to load it, and the engine core reads this variable when it starts.
+            os.environ[V2_RUNNER_ENV] = "0"
+            log.info(
+                "vllm_env_set",
+                variable=V2_RUNNER_ENV,
+                value="0",
+                reason="the no-repeat n-gram processor needs the V1 model runner",
+            )
+        elif value.strip() not in ("0", "false", "False"):
+            raise EngineError(
+                f"{V2_RUNNER_ENV}={value} selects vLLM's V2 model runner, which cannot load "
+                "the no-repeat n-gram processor: unset it, or set OCR_NGRAM_SIZE=0"
+            )
+
+    async def start(self) -> None:
+        if self._engine is not None:
+            return
+        self._prepare_runner_env()
+        self._prepare_mode()
+        args = self.engine_args()
+        log.info(
+            "vllm_engine_starting",
+            model=self._settings.model,
+            mode=self._mode,
+            max_num_seqs=self._settings.max_num_seqs,
+        )
+        began = time.monotonic()
+        try:
+            if self._start_in_thread:
+                engine = await asyncio.to_thread(self._backend.create_engine, args, self._sink)
+            else:
+                engine = self._backend.create_engine(args, self._sink)
+            sampling = self._backend.sampling_params(self.sampling_args())
+        except BaseException as exc:
+            self._release_mode()
+            if isinstance(exc, OcrError | asyncio.CancelledError | KeyboardInterrupt):
+                raise
+            if self._mode != ResolutionMode.GUNDAM.value and "placeholder" in str(exc):
+                raise OcrError(
+                    ErrorCode.RESOLUTION_MODE_UNSUPPORTED,
+                    f"vLLM could not run DeepSeek-OCR in mode {self._mode!r}: {exc}",
+                ) from exc
+            raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
+        self._engine = engine
+        self._sampling = sampling
+        self.start_seconds = time.monotonic() - began
+        log.info(
+            "vllm_engine_started",
+            seconds=round(self.start_seconds, 1),
+            version=self.identity.version,
+        )
+
+    def _release_mode(self) -> None:
+        if self._mode_active:
+            self._mode_active = False
+            self._backend.release_mode(self._mode)
+
+    async def close(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is None:
+            return
+        for request_id in list(self._inflight):
+            await self._abort(engine, request_id)
+        try:
+            engine.shutdown()
+        finally:
+            self._release_mode()
+        log.info("vllm_engine_closed", pages=self._pages_total)
+
+    # -- pages --------------------------------------------------------------------------
+
+    async def _abort(self, engine: AsyncEngineLike, request_id: str) -> None:
+        # Shielded: a second cancellation must not stop the abort half-way and leave the
+        # request decoding inside vLLM. Failures only log: the engine may already be gone.
+        try:
+            await asyncio.shield(engine.abort(request_id))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("vllm_abort_failed", request_id=request_id, error=str(exc))
+        self._aborted_total += 1
+
+    async def _generate(self, engine: AsyncEngineLike, request: PageRequest, prompt: str) -> Any:
+        inputs = await self._backend.prepare_inputs(engine, prompt, request.page.image)
+        final: Any = None
+        # FINAL_ONLY yields once; aclosing ends the generator (and with it vLLM's own
+        # abort-on-close) even if the loop is left early.
+        stream = engine.generate(inputs, self._sampling, request_id=request.request_id)
+        async with contextlib.aclosing(stream):
+            async for output in stream:
+                final = output
+        return final
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        engine = self._engine
+        if engine is None:
+            raise EngineError("the vllm engine is not started (or already closed)")
+        prompt = build_prompt(request.prompt, request.locate_text)
+        request_id = request.request_id
+        if request_id in self._inflight:
+            # vLLM would reject the duplicate, and an abort by this id would hit both.
+            raise EngineError(f"page request {request_id} is already running")
+        self._inflight.add(request_id)
+        deadline = asyncio.timeout(self.page_timeout_s)
+        try:
+            async with deadline:
+                final = await self._generate(engine, request, prompt)
+        except TimeoutError as exc:
+            await self._abort(engine, request_id)
+            if not deadline.expired():  # raised inside vLLM, not our time limit
+                raise EngineError(f"vLLM failed page {request_id}: timeout: {exc}") from exc
+            self._timeouts_total += 1
+            raise EngineError(
+                f"page {request.page.page} took longer than {self.page_timeout_s:g} s in "
+                "the engine",
+                ErrorCode.PAGE_TIMEOUT,
+            ) from None
+        except asyncio.CancelledError:
+            await self._abort(engine, request_id)
+            raise
+        except OcrError:
+            raise
+        except Exception as exc:
+            # vLLM already aborted the request on its way out; repeat it in case the
+            # failure came before vLLM had it.
+            await self._abort(engine, request_id)
+            raise EngineError(
+                f"vLLM failed page {request_id}: {type(exc).__name__}: {exc}"
+            ) from exc
+        finally:
+            self._inflight.discard(request_id)
+        if final is None or not getattr(final, "outputs", None):
+            raise EngineError(f"vLLM returned no output for page {request_id}")
+        return await self._to_output(final, request)
+
+    async def _to_output(self, final: Any, request: PageRequest) -> EngineOutput:
+        completion = final.outputs[0]
+        raw = strip_eos(str(completion.text or ""))
+        output_tokens = len(completion.token_ids or ())
+        prompt_tokens = len(getattr(final, "prompt_token_ids", None) or ())
+        reason, truncated = classify_finish(
+            completion.finish_reason,
+            raw,
+            output_tokens=output_tokens,
+            max_tokens=self._settings.max_tokens,
+        )
+        # Regexes over up to max_tokens of text, and PNG crops when crops_dir is set: off
+        # the event loop, which is busy feeding the engine.
+        convert = functools.partial(
+            deepseek_page_text, raw, request.page, crops_dir=self._settings.crops_dir
+        )
+        try:
+            page_text = await asyncio.get_running_loop().run_in_executor(None, convert)
+        except Exception as exc:
+            raise EngineError(
+                f"post-processing page {request.page.page} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        self._pages_total += 1
+        self._prompt_tokens_total += prompt_tokens
+        self._output_tokens_total += output_tokens
+        return EngineOutput(
+            markdown=page_text.markdown,
+            text=page_text.text,
+            blocks=page_text.blocks,
+            finish_reason=reason,
+            truncated=truncated,
+            prompt_tokens=prompt_tokens,
+            output_tokens=output_tokens,
+            raw_text=raw,
+        )
+
+    # -- stats --------------------------------------------------------------------------
+
+    def stats(self) -> EngineStats:
+        sink = self._sink
+        inflight = len(self._inflight)
+        if inflight == 0:
+            # vLLM reports only when it steps: once idle, its last numbers are stale.
+            running, waiting, kv_usage = 0, 0, 0.0
+        elif sink.records:
+            running, waiting, kv_usage = sink.running, sink.waiting, sink.kv_cache_usage
+        else:
+            # No scheduler numbers yet: our own count of pages handed to vLLM.
+            running = min(inflight, self._settings.max_num_seqs)
+            waiting, kv_usage = inflight - running, 0.0
+        return EngineStats(
+            running=running,
+            waiting=waiting,
+            kv_cache_usage=kv_usage,
+            prompt_tokens_total=self._prompt_tokens_total,
+            output_tokens_total=self._output_tokens_total,
+            pages_total=self._pages_total,
+            extra={
+                "inflight": float(inflight),
+                "preemptions_total": float(sink.preemptions_total),
+                "aborted_total": float(self._aborted_total),
+                "timeouts_total": float(self._timeouts_total),
+                "start_seconds": round(self.start_seconds, 3),
+            },
+        )

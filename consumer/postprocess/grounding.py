@@ -1,0 +1,221 @@
+"""Parse DeepSeek-OCR's grounded output (`<|ref|>label<|/ref|><|det|>[[...]]<|/det|>text`).
+
+With a grounding prompt DeepSeek-OCR writes one span per layout element: a label, one or
+more boxes (integers normalised to 0..999 of the image) and the element's Markdown. The
+parser is a small tokenizer plus state machine rather than one big regex because the text
+it reads is model output: it may be cut mid-tag by the token cap, carry full-width
+look-alikes of the tags (`<｜ref｜>`, `［［...］］`), special tokens such as
+`<｜end▁of▁sentence｜>`, stray or unclosed tags and junk inside the boxes. Every such case
+degrades to "less structure", never to an exception.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import Enum
+
+BOX_MAX = 999  # DeepSeek-OCR normalises coordinates to 0..999 of the image side
+
+Box4 = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class GroundedSpan:
+    """One element of the page.
+
+    `label` is the text inside `<|ref|>` (title, text, table, image, ... or the query of a
+    locate prompt), whitespace-collapsed; '' for text outside any tag (free OCR output, or
+    text before the first tag). `boxes` are clamped to 0..999 with x1<=x2 and y1<=y2.
+    `text` is what follows the det tag up to the next ref tag, stripped of surrounding
+    whitespace and of stray tags.
+    """
+
+    label: str
+    boxes: tuple[Box4, ...]
+    text: str
+
+
+# Tags, tolerant of full-width bars/brackets, stray spaces and case.
+# Spaces but not newlines: text is only ever removed around newlines (trailing spaces),
+# so no clean-up step can join two fragments into a new tag.
+_TAG = re.compile(r"[<＜][ \t]?[|｜][ \t]?(/?)[ \t]?(ref|det)[ \t]?[|｜][ \t]?[>＞]", re.IGNORECASE)
+# End-of-sentence: anything after it is not part of the answer (e.g. ignore_eos runs).
+_EOS = re.compile(r"[<＜][|｜]\s?end[▁_ ]?of[▁_ ]?sentence\s?[|｜][>＞]", re.IGNORECASE)
+# Other special tokens. Full-width bars never occur in document text, so any such token is
+# dropped; with ASCII bars only DeepSeek's own names are, so that an OCR'd ML paper that
+# prints `<|endoftext|>` keeps it.
+_SPECIAL = re.compile(
+    r"[<＜]｜(?!\s?/?\s?(?:ref|det)\s?[|｜])[^<>＜＞|｜\n]{0,40}｜[>＞]"
+    r"|<\|(?:[^<>|\n]*▁[^<>|\n]*|grounding|user|assistant|pad|bos|eos)\|>",
+    re.IGNORECASE,
+)
+# A tag cut off by the end of the output: '<', '<|', '<|/de', '<｜end▁of', '<|ref|' ...
+_PARTIAL_TAG_AT_END = re.compile(r"[<＜](?:\s?[|｜][^<>＜＞|｜\n]{0,40}[|｜]?)?$")
+# One box inside a det tag: the innermost brackets.
+_BOX_GROUP = re.compile(r"\[([^\[\]]*)\]")
+_NUMBER = re.compile(r"^[+-]?\d{1,12}(?:\.\d{0,12})?$")
+_WHITESPACE = re.compile(r"\s+")
+
+
+class _Tok(Enum):
+    TEXT = 0
+    REF_OPEN = 1
+    REF_CLOSE = 2
+    DET_OPEN = 3
+    DET_CLOSE = 4
+
+
+class _Phase(Enum):
+    LEADING = 0  # text before any tag, or after a span whose label was never closed
+    LABEL = 1  # inside <|ref|> ... <|/ref|>
+    AFTER_LABEL = 2  # label closed, det may follow
+    DET = 3  # inside <|det|> ... <|/det|>
+    BODY = 4  # the element's text
+
+
+def strip_special_tokens(text: str) -> str:
+    """Cut at end-of-sentence and drop other special tokens (not ref/det tags)."""
+    eos = _EOS.search(text)
+    if eos is not None:
+        text = text[: eos.start()]
+    return _SPECIAL.sub("", text)
+
+
+def strip_partial_tag_at_end(text: str) -> str:
+    return _PARTIAL_TAG_AT_END.sub("", text)
+
+
+def strip_tags(text: str) -> str:
+    """Remove every ref/det tag and special token (for text that must not show them).
+
+    Repeated until nothing changes: removing `<|det|>` from `<|re<|det|>f|>` makes a new
+    `<|ref|>`. Each round removes at least one match, so this ends.
+    """
+    while True:
+        stripped = _TAG.sub("", _SPECIAL.sub("", text))
+        if stripped == text:
+            return text
+        text = stripped
+
+
+def _tokens(raw: str) -> list[tuple[_Tok, str]]:
+    text = strip_partial_tag_at_end(strip_special_tokens(raw))
+    out: list[tuple[_Tok, str]] = []
+    position = 0
+    for match in _TAG.finditer(text):
+        if match.start() > position:
+            out.append((_Tok.TEXT, text[position : match.start()]))
+        closing = bool(match.group(1))
+        if match.group(2).lower() == "ref":
+            out.append((_Tok.REF_CLOSE if closing else _Tok.REF_OPEN, ""))
+        else:
+            out.append((_Tok.DET_CLOSE if closing else _Tok.DET_OPEN, ""))
+        position = match.end()
+    if position < len(text):
+        out.append((_Tok.TEXT, text[position:]))
+    return out
+
+
+def _clamp(value: float) -> int:
+    return max(0, min(BOX_MAX, round(value)))
+
+
+def parse_boxes(det: str) -> tuple[Box4, ...]:
+    """Boxes from the inside of a det tag; groups that are not four numbers are skipped."""
+    # NFKC folds full-width brackets, commas and digits to ASCII.
+    det = unicodedata.normalize("NFKC", det)
+    boxes: list[Box4] = []
+    for group in _BOX_GROUP.finditer(det):
+        items = [item for item in re.split(r"[,\s;]+", group.group(1)) if item]
+        if len(items) != 4 or not all(_NUMBER.match(item) for item in items):
+            continue
+        x1, y1, x2, y2 = (_clamp(float(item)) for item in items)
+        boxes.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+    return tuple(boxes)
+
+
+def _label(text: str) -> str:
+    return _WHITESPACE.sub(" ", text).strip()
+
+
+@dataclass(slots=True)
+class _Builder:
+    label: str = ""
+    det: str = ""
+    boxes: tuple[Box4, ...] = ()
+    text: str = ""
+    phase: _Phase = _Phase.LEADING
+
+    def span(self) -> GroundedSpan | None:
+        # Text pieces around a dropped stray tag can join into a new tag: strip again.
+        text = strip_tags(self.text).strip()
+        if self.phase is _Phase.LEADING and not text:
+            return None
+        return GroundedSpan(label=_label(strip_tags(self.label)), boxes=self.boxes, text=text)
+
+
+def parse_grounded(raw: str) -> list[GroundedSpan]:
+    """Split raw DeepSeek-OCR output into spans; never raises."""
+    spans: list[GroundedSpan] = []
+    current = _Builder()
+
+    def finish(done: _Builder, next_phase: _Phase) -> _Builder:
+        span = done.span()
+        if span is not None:
+            spans.append(span)
+        return _Builder(phase=next_phase)
+
+    for kind, value in _tokens(raw):
+        phase = current.phase
+        if kind is _Tok.TEXT:
+            if phase is _Phase.LABEL:
+                current.label += value
+            elif phase is _Phase.DET:
+                current.det += value
+            else:
+                if phase is _Phase.AFTER_LABEL:
+                    current.phase = _Phase.BODY  # a ref without det: label and text, no box
+                current.text += value
+        elif kind is _Tok.REF_OPEN:
+            if phase is _Phase.LABEL:
+                # The previous ref never closed: what we took for its label was text.
+                current.text, current.label = current.label, ""
+                current.phase = _Phase.LEADING
+            current = finish(current, _Phase.LABEL)
+        elif kind is _Tok.REF_CLOSE:
+            if phase is _Phase.LABEL:
+                current.phase = _Phase.AFTER_LABEL
+            # A stray closing ref elsewhere carries nothing: drop it.
+        elif kind is _Tok.DET_OPEN:
+            if phase is _Phase.LABEL:
+                current.phase = _Phase.DET  # the label's close tag was lost
+            elif phase is _Phase.AFTER_LABEL or (phase is _Phase.BODY and not current.text.strip()):
+                current.phase = _Phase.DET  # a second det right after the first adds boxes
+            else:
+                current = finish(current, _Phase.DET)  # boxes with no label: a span of its own
+        elif kind is _Tok.DET_CLOSE and phase is _Phase.DET:
+            current.boxes += parse_boxes(current.det)
+            current.det = ""
+            current.phase = _Phase.BODY
+    if current.phase is _Phase.LABEL:
+        return spans  # output cut inside a label: the span has nothing yet
+    if current.phase is _Phase.DET:
+        current.boxes += parse_boxes(current.det)  # cut inside det: keep the complete boxes
+    span = current.span()
+    if span is not None:
+        spans.append(span)
+    return spans
+
+
+def render_grounded(spans: list[GroundedSpan]) -> str:
+    """The raw form DeepSeek-OCR writes for `spans` (tests and fixtures)."""
+    parts: list[str] = []
+    for span in spans:
+        if span.label or span.boxes:
+            boxes = ", ".join(f"[{x1}, {y1}, {x2}, {y2}]" for x1, y1, x2, y2 in span.boxes)
+            parts.append(f"<|ref|>{span.label}<|/ref|><|det|>[{boxes}]<|/det|>\n{span.text}\n")
+        else:
+            parts.append(f"{span.text}\n")
+    return "\n".join(parts)

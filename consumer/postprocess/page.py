@@ -1,0 +1,228 @@
+"""Engine output -> the page's Markdown, plain text and located blocks.
+
+Two shapes of engine output exist: DeepSeek-OCR's grounded text (`deepseek_page_text`)
+and line-level OCR with pixel boxes (`lines_page_text`, RapidOCR). Both end in the same
+`PageText`, so every engine fills the result schema the same way.
+
+These functions are CPU work (regexes, and PNG encoding when figure crops are written):
+call them from an executor, not on the event loop, for long pages.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+from PIL import Image
+
+from consumer.engines.base import PageImage
+from consumer.log import get_logger
+from consumer.postprocess.grounding import BOX_MAX, Box4, parse_grounded
+from consumer.postprocess.markdown import clean_markdown, markdown_to_text
+from schemas.result import Block
+
+log = get_logger(__name__)
+
+# Limits of the result schema (PageResult.blocks, Block.label): stay inside them here
+# rather than fail validation when the page is published.
+MAX_BLOCKS = 4096
+MAX_LABEL = 64
+# DeepSeek-OCR labels figures `image`; `figure` is accepted too, it means the same.
+FIGURE_LABELS = frozenset({"image", "figure"})
+# A blank line's worth of gap: lines of one paragraph sit closer than 0.6 line heights
+# (detector boxes include some padding, so their gaps are small or even negative).
+PARAGRAPH_GAP = 0.6
+
+PixelBox = tuple[float, float, float, float]
+Line = tuple[str, PixelBox, float]  # text, pixel box (x1, y1, x2, y2), confidence
+
+# Characters a task id may have in a URL path without quoting (see schemas.common).
+_URL_SAFE = "/:@+=-._"
+# A line starting like a Markdown block ("# ", "> ", "- ", "1. ") would change structure.
+_MARKDOWN_START = re.compile(r"^(#|>|[-+*](?=\s)|\d+[.)](?=\s))")
+
+
+@dataclass(slots=True)
+class PageText:
+    markdown: str
+    text: str
+    blocks: list[Block]
+
+
+def figure_name(task_id: str, page: int, index: int) -> str:
+    """Relative path of figure `index` (1-based) of a page: also its crop's file name."""
+    return f"{task_id}/page-{page}-fig-{index}.png"
+
+
+def _scale(value: int, size: float) -> float:
+    # Multiply first: value * size / 999 never exceeds size for value <= 999, while
+    # value * (size / 999) can by one ulp; two decimals are finer than any consumer needs.
+    return min(round(value * size / BOX_MAX, 2), size)
+
+
+def _scale_box(box: Box4, width: float, height: float) -> list[float]:
+    x1, y1, x2, y2 = box
+    return [_scale(x1, width), _scale(y1, height), _scale(x2, width), _scale(y2, height)]
+
+
+def _pdf_box(box: Box4, page: PageImage) -> list[float] | None:
+    if page.width_pt is None or page.height_pt is None:
+        return None
+    return _scale_box(box, page.width_pt, page.height_pt)
+
+
+def _safe_task_dir(crops_dir: Path, task_id: str) -> Path | None:
+    # The schema already forbids '/' in task ids; refuse anything that could leave crops_dir
+    # anyway, since PageImage is not validated.
+    if task_id in ("", ".", "..") or "/" in task_id or "\\" in task_id or "\0" in task_id:
+        return None
+    return crops_dir / task_id
+
+
+def _write_crop(image: Image.Image, box_px: list[float], path: Path) -> None:
+    left, top = math.floor(box_px[0]), math.floor(box_px[1])
+    right, bottom = math.ceil(box_px[2]), math.ceil(box_px[3])
+    if right - left < 1 or bottom - top < 1:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a reader never sees half a PNG.
+        partial = path.with_name(path.name + ".part")
+        image.crop((left, top, right, bottom)).save(partial, format="PNG")
+        os.replace(partial, path)
+    except (OSError, ValueError) as exc:
+        # A crop is a convenience: losing it must not fail the page.
+        log.warning("figure_crop_failed", path=str(path), error=str(exc))
+
+
+def deepseek_page_text(raw: str, page: PageImage, *, crops_dir: Path | None = None) -> PageText:
+    """Markdown, text and blocks from DeepSeek-OCR output (grounded or plain).
+
+    Each box of a span becomes a block (a span with several boxes yields several blocks;
+    the span's text rides on the first, so concatenating block texts does not repeat it).
+    Figures (label `image`) become `![figure](task/page-n-fig-k.png)` in the Markdown, and
+    their crops are written under `crops_dir` when it is given.
+    """
+    width, height = page.image.size
+    task_dir = _safe_task_dir(crops_dir, page.task_id) if crops_dir is not None else None
+    pieces: list[str] = []
+    blocks: list[Block] = []
+    figures = 0
+    for span in parse_grounded(raw):
+        label = span.label[:MAX_LABEL] or "text"
+        body = clean_markdown(span.text)
+        is_figure = span.label.lower() in FIGURE_LABELS
+        plain = "" if is_figure else markdown_to_text(body)
+        for number, box in enumerate(span.boxes):
+            bbox_px = _scale_box(box, width, height)
+            if is_figure:
+                figures += 1
+                name = figure_name(page.task_id, page.page, figures)
+                pieces.append(f"![figure]({quote(name, safe=_URL_SAFE)})")
+                if task_dir is not None:
+                    _write_crop(page.image, bbox_px, task_dir / name.rsplit("/", 1)[1])
+            if len(blocks) < MAX_BLOCKS:
+                blocks.append(
+                    Block(
+                        label=label,
+                        text=plain if number == 0 else "",
+                        bbox_px=bbox_px,
+                        bbox_pdf=_pdf_box(box, page),
+                    )
+                )
+        if body:
+            pieces.append(body)
+    markdown = clean_markdown("\n\n".join(pieces))
+    return PageText(markdown=markdown, text=markdown_to_text(markdown), blocks=blocks)
+
+
+def _clamp_box(box: PixelBox, width: int, height: int) -> PixelBox:
+    x1, y1, x2, y2 = (value if math.isfinite(value) else 0.0 for value in box)
+    x1, x2 = sorted((min(max(x1, 0.0), width), min(max(x2, 0.0), width)))
+    y1, y2 = sorted((min(max(y1, 0.0), height), min(max(y2, 0.0), height)))
+    return (x1, y1, x2, y2)
+
+
+def reading_rows(lines: Sequence[Line]) -> list[list[Line]]:
+    """Group lines into visual rows (top to bottom), each row left to right.
+
+    Lines share a row when they overlap vertically by at least half the smaller height;
+    that keeps side-by-side cells on one row without merging consecutive text lines,
+    whose boxes overlap a little at most. Columns of a multi-column page interleave row
+    by row: a line-level engine has no layout model.
+    """
+    ordered = sorted(lines, key=lambda line: (line[1][1], line[1][0]))
+    rows: list[list[Line]] = []
+    band = (0.0, 0.0)
+    for line in ordered:
+        _, (_, top, _, bottom), _ = line
+        if rows:
+            overlap = min(bottom, band[1]) - max(top, band[0])
+            smaller = min(bottom - top, min(b[1][3] - b[1][1] for b in rows[-1]))
+            if overlap > 0 and overlap >= 0.5 * smaller:
+                rows[-1].append(line)
+                band = (min(band[0], top), max(band[1], bottom))
+                continue
+        rows.append([line])
+        band = (top, bottom)
+    for row in rows:
+        row.sort(key=lambda line: line[1][0])
+    return rows
+
+
+def _escape_markdown(line: str) -> str:
+    return _MARKDOWN_START.sub(r"\\\1", line)
+
+
+def lines_page_text(lines: list[Line], page: PageImage) -> PageText:
+    """Markdown, text and blocks from OCR lines (text, pixel box, confidence).
+
+    Lines are put in reading order (`reading_rows`); a row's lines join with a space; a
+    vertical gap of more than PARAGRAPH_GAP line heights starts a new paragraph.
+    """
+    width, height = page.image.size
+    cleaned: list[Line] = []
+    for text, box, confidence in lines:
+        text = " ".join(text.split())
+        if text:
+            score = min(max(confidence, 0.0), 1.0) if math.isfinite(confidence) else 0.0
+            cleaned.append((text, _clamp_box(box, width, height), score))
+    rows = reading_rows(cleaned)
+    sx = page.width_pt / width if page.width_pt is not None and width else None
+    sy = page.height_pt / height if page.height_pt is not None and height else None
+    blocks: list[Block] = []
+    for row in rows:
+        for text, (x1, y1, x2, y2), confidence in row:
+            if len(blocks) >= MAX_BLOCKS:
+                break
+            pdf = None if sx is None or sy is None else [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
+            blocks.append(
+                Block(
+                    label="text",
+                    text=text,
+                    bbox_px=[x1, y1, x2, y2],
+                    bbox_pdf=pdf,
+                    confidence=confidence,
+                )
+            )
+    markdown_lines: list[str] = []
+    text_lines: list[str] = []
+    heights = [line[1][3] - line[1][1] for line in cleaned]
+    line_height = statistics.median(heights) if heights else 0.0
+    previous_bottom: float | None = None
+    for row in rows:
+        top = min(line[1][1] for line in row)
+        if previous_bottom is not None and top - previous_bottom > PARAGRAPH_GAP * line_height:
+            markdown_lines.append("")
+            text_lines.append("")
+        row_text = " ".join(line[0] for line in row)
+        markdown_lines.append(_escape_markdown(row_text))
+        text_lines.append(row_text)
+        previous_bottom = max(line[1][3] for line in row)
+    return PageText(markdown="\n".join(markdown_lines), text="\n".join(text_lines), blocks=blocks)

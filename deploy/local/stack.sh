@@ -1,0 +1,474 @@
+#!/usr/bin/env bash
+# The local stack: single-node Apache Kafka (KRaft, jars from Maven Central) and redis-server,
+# both on loopback, plus optionally one consumer. No Docker, no systemd: plain processes
+# tracked by PID files under .run/ so `down` stops exactly what `up` started.
+#
+#   stack.sh up | down | status
+#   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server
+#   stack.sh kill-kafka | start-kafka   SIGKILL / restart the broker (fault tests)
+#   stack.sh kill-redis | start-redis   SIGKILL / restart Redis (fault tests)
+#   stack.sh start-consumer | stop-consumer
+#
+# Environment (defaults in brackets):
+#   OCR_KAFKA_BOOTSTRAP [127.0.0.1:9092]   broker listener (first entry; loopback only)
+#   OCR_KAFKA_CONTROLLER_PORT [bootstrap port + 1]
+#   OCR_KAFKA_VERSION [4.1.1]              org.apache.kafka:kafka_2.13 version
+#   OCR_KAFKA_JAVA_OPTS [-Xms128m -Xmx512m]
+#   OCR_KAFKA_START_TIMEOUT [120]          seconds `up` waits for the broker to answer
+#   OCR_CACHE_DIR [~/.cache/ocr-stream]    where the Kafka jars are cached (outside the repo)
+#   OCR_REDIS_URL [redis://127.0.0.1:6379/0], OCR_REDIS_PASSWORD (sets requirepass)
+#   OCR_STACK_CONSUMER [1]                 `up` also starts .venv/bin/ocr-consumer --engine auto
+#   OCR_PYTHON [.venv/bin/python, else python3]  runs `python -m consumer.topics`
+#   OCR_RUN_DIR [.run]                     PID files, logs and data of this stack
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# One stack per run directory: a second stack (other ports) for a parallel session gets its
+# own OCR_RUN_DIR so the two never read each other's PID files.
+RUN=${OCR_RUN_DIR:-$REPO/.run}
+KAFKA_DIR="$REPO/deploy/local/kafka"
+
+KAFKA_VERSION=${OCR_KAFKA_VERSION:-4.1.1}
+CACHE_DIR=${OCR_CACHE_DIR:-$HOME/.cache/ocr-stream}
+KAFKA_LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
+KAFKA_JAVA_OPTS=${OCR_KAFKA_JAVA_OPTS:--Xms128m -Xmx512m}
+KAFKA_START_TIMEOUT=${OCR_KAFKA_START_TIMEOUT:-120}
+STACK_CONSUMER=${OCR_STACK_CONSUMER:-1}
+
+if [[ -n "${OCR_PYTHON:-}" ]]; then
+    PYTHON=$OCR_PYTHON
+elif [[ -x "$REPO/.venv/bin/python" ]]; then
+    PYTHON="$REPO/.venv/bin/python"
+else
+    PYTHON=python3
+fi
+
+say() { echo "stack: $*"; }
+die() { echo "stack: error: $*" >&2; exit 1; }
+
+# Only the loopback interface: the stack has no authentication, so it must not be reachable
+# from another machine.
+loopback_host() {
+    case "$1" in
+        localhost) echo 127.0.0.1 ;;
+        127.*) echo "$1" ;;
+        *) die "$2 host '$1' is not a loopback address; the local stack listens on 127.0.0.1 only" ;;
+    esac
+}
+
+BOOTSTRAP=${OCR_KAFKA_BOOTSTRAP:-127.0.0.1:9092}
+BOOTSTRAP_FIRST=${BOOTSTRAP%%,*}
+[[ "$BOOTSTRAP_FIRST" =~ ^([^:]+):([0-9]+)$ ]] \
+    || die "OCR_KAFKA_BOOTSTRAP '$BOOTSTRAP' is not host:port"
+KAFKA_HOST=$(loopback_host "${BASH_REMATCH[1]}" OCR_KAFKA_BOOTSTRAP)
+KAFKA_PORT=${BASH_REMATCH[2]}
+CONTROLLER_PORT=${OCR_KAFKA_CONTROLLER_PORT:-$((KAFKA_PORT + 1))}
+
+REDIS_URL=${OCR_REDIS_URL:-redis://127.0.0.1:6379/0}
+[[ "$REDIS_URL" =~ ^redis://([^@/]*@)?([^:/@]+)(:([0-9]+))?(/[0-9]*)?$ ]] \
+    || die "OCR_REDIS_URL '$REDIS_URL' is not redis://host[:port][/db] (the local stack has no TLS)"
+REDIS_HOST=$(loopback_host "${BASH_REMATCH[2]}" OCR_REDIS_URL)
+REDIS_PORT=${BASH_REMATCH[4]:-6379}
+
+# --- processes ------------------------------------------------------------------------------
+
+# The PID in .run/<name>.pid if that process is alive and still the one we started: a PID
+# reused by an unrelated process after a reboot must never be signalled.
+live_pid() {
+    local name=$1 marker=$2 pid state
+    [[ -f "$RUN/$name.pid" ]] || return 1
+    pid=$(<"$RUN/$name.pid")
+    [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+    [[ -r "/proc/$pid/cmdline" ]] || return 1
+    # A killed child that nobody reaped yet still answers kill -0; it is gone for our purposes.
+    state=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null || echo Z)
+    [[ "$state" != Z ]] || return 1
+    tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker" || return 1
+    echo "$pid"
+}
+
+wait_gone() {
+    local name=$1 marker=$2 seconds=$3 i
+    for ((i = 0; i < seconds * 10; i++)); do
+        live_pid "$name" "$marker" >/dev/null || return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+# SIGTERM, wait up to $3 seconds, then SIGKILL; $4=KILL skips the polite part.
+stop_process() {
+    local name=$1 marker=$2 grace=$3 signal=${4:-TERM} pid
+    if ! pid=$(live_pid "$name" "$marker"); then
+        rm -f "$RUN/$name.pid"
+        return 0
+    fi
+    if [[ "$signal" == TERM ]]; then
+        say "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+        if ! wait_gone "$name" "$marker" "$grace"; then
+            say "$name (pid $pid) still running after ${grace}s; sending SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    else
+        say "killing $name (pid $pid) with SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait_gone "$name" "$marker" 10 || die "$name (pid $pid) did not exit"
+    # Dead is enough to go on, but give init a moment to reap it so that a `ps` right after
+    # `down` shows nothing at all.
+    local i
+    for ((i = 0; i < 30; i++)); do
+        [[ -e /proc/$pid ]] || break
+        sleep 0.1
+    done
+    rm -f "$RUN/$name.pid"
+}
+
+port_open() {
+    timeout 1 bash -c "exec 3<>/dev/tcp/$1/$2" 2>/dev/null
+}
+
+log_tail() {
+    echo "---- last lines of $1 ----" >&2
+    tail -n "${2:-30}" "$1" >&2 2>/dev/null || true
+    echo "---- (full log: $1) ----" >&2
+}
+
+# --- dependencies ---------------------------------------------------------------------------
+
+apt_install() {
+    command -v apt-get >/dev/null || die "missing $*; install it (no apt-get here)"
+    local sudo=""
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "missing $*; install it as root (apt-get install $*)"
+        sudo=sudo
+    fi
+    say "installing $* with apt-get"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+java_major() {
+    java -version 2>&1 | awk -F '"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}'
+}
+
+ensure_java() {
+    if ! command -v java >/dev/null; then
+        apt_install openjdk-17-jre-headless
+    fi
+    local major
+    major=$(java_major)
+    # Kafka 4.x brokers need Java 17.
+    [[ "${major:-0}" -ge 17 ]] || die "Kafka $KAFKA_VERSION needs Java 17 or newer; found '$major'"
+}
+
+ensure_kafka_libs() {
+    if [[ -f "$KAFKA_LIBS/.complete" ]]; then
+        return 0
+    fi
+    ensure_java
+    command -v mvn >/dev/null || apt_install maven
+    say "fetching Kafka $KAFKA_VERSION from Maven Central into $KAFKA_LIBS"
+    local staging="$KAFKA_LIBS.partial.$$"
+    rm -rf "$staging"
+    mkdir -p "$staging"
+    local started=$SECONDS
+    # A staging directory renamed at the end: an interrupted fetch never looks complete.
+    if ! mvn -q -B -Dstyle.color=never -f "$KAFKA_DIR/pom.xml" -Dkafka.version="$KAFKA_VERSION" \
+        dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$staging"; then
+        rm -rf "$staging"
+        die "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION"
+    fi
+    touch "$staging/.complete"
+    rm -rf "$KAFKA_LIBS"
+    mv "$staging" "$KAFKA_LIBS"
+    say "fetched $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $((SECONDS - started))s"
+}
+
+ensure_redis() {
+    command -v redis-server >/dev/null || apt_install redis-server
+}
+
+deps() {
+    ensure_java
+    ensure_kafka_libs
+    ensure_redis
+    say "dependencies ready: Java $(java_major), Kafka $KAFKA_VERSION, $(redis-server --version | awk '{print $3}')"
+}
+
+# --- Kafka ----------------------------------------------------------------------------------
+
+KAFKA_DATA="$RUN/kafka-data"
+KAFKA_PROPS="$RUN/kafka-server.properties"
+KAFKA_LOG="$RUN/kafka.log"
+KAFKA_MARKER="kafka.Kafka"
+
+read -r -a KAFKA_JAVA_FLAGS <<<"$KAFKA_JAVA_OPTS"
+KAFKA_JVM=(java "${KAFKA_JAVA_FLAGS[@]}" -Djava.awt.headless=true
+    -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" -cp "$KAFKA_LIBS/*")
+
+render_kafka_props() {
+    sed -e "s|@HOST@|$KAFKA_HOST|g" -e "s|@BROKER_PORT@|$KAFKA_PORT|g" \
+        -e "s|@CONTROLLER_PORT@|$CONTROLLER_PORT|g" -e "s|@DATA_DIR@|$KAFKA_DATA|g" \
+        "$KAFKA_DIR/server.properties.template" >"$KAFKA_PROPS"
+}
+
+format_kafka_storage() {
+    if [[ -f "$KAFKA_DATA/meta.properties" ]]; then
+        return 0
+    fi
+    local cluster_id
+    if [[ -s "$RUN/kafka-cluster-id" ]]; then
+        cluster_id=$(<"$RUN/kafka-cluster-id")
+    else
+        # What `kafka-storage.sh random-uuid` prints (16 random bytes, URL-safe base64, no
+        # padding), without starting a JVM for it.
+        cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+        echo "$cluster_id" >"$RUN/kafka-cluster-id"
+    fi
+    say "formatting Kafka storage in $KAFKA_DATA (cluster $cluster_id)"
+    "${KAFKA_JVM[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$KAFKA_PROPS" \
+        >>"$KAFKA_LOG" 2>&1 || { log_tail "$KAFKA_LOG"; die "formatting Kafka storage failed"; }
+}
+
+wait_kafka() {
+    local pid=$1 deadline=$((SECONDS + KAFKA_START_TIMEOUT))
+    until port_open "$KAFKA_HOST" "$KAFKA_PORT"; do
+        if ! live_pid kafka "$KAFKA_MARKER" >/dev/null; then
+            log_tail "$KAFKA_LOG"
+            die "Kafka (pid $pid) exited during start-up; see $KAFKA_LOG"
+        fi
+        if ((SECONDS >= deadline)); then
+            log_tail "$KAFKA_LOG"
+            die "Kafka did not open $KAFKA_HOST:$KAFKA_PORT within ${KAFKA_START_TIMEOUT}s; see $KAFKA_LOG"
+        fi
+        sleep 0.5
+    done
+    # An open port is not a serving broker; a metadata round trip is.
+    if "$PYTHON" -c 'import consumer.topics' 2>/dev/null; then
+        local left=$((deadline - SECONDS))
+        ((left > 5)) || left=5
+        if ! OCR_KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT" \
+            "$PYTHON" -m consumer.topics wait --timeout "$left"; then
+            log_tail "$KAFKA_LOG"
+            die "Kafka does not answer metadata requests; see $KAFKA_LOG"
+        fi
+    else
+        say "warning: $PYTHON cannot import consumer.topics (run make install); only the port was checked"
+    fi
+}
+
+start_kafka() {
+    local pid
+    if pid=$(live_pid kafka "$KAFKA_MARKER"); then
+        say "kafka already running (pid $pid) on $KAFKA_HOST:$KAFKA_PORT"
+        return 0
+    fi
+    for port in "$KAFKA_PORT" "$CONTROLLER_PORT"; do
+        if port_open "$KAFKA_HOST" "$port"; then
+            die "$KAFKA_HOST:$port is in use by a process this script did not start; stop it or set OCR_KAFKA_BOOTSTRAP / OCR_KAFKA_CONTROLLER_PORT"
+        fi
+    done
+    ensure_java
+    ensure_kafka_libs
+    mkdir -p "$KAFKA_DATA"
+    render_kafka_props
+    format_kafka_storage
+    say "starting Kafka $KAFKA_VERSION on $KAFKA_HOST:$KAFKA_PORT (controller :$CONTROLLER_PORT), log $KAFKA_LOG"
+    echo "==== $(date -Is) start (Kafka $KAFKA_VERSION)" >>"$KAFKA_LOG"
+    # stdin/stdout/stderr all detached and the lock fd closed: a caller capturing our output
+    # (pytest, make) must not wait for the broker to close its copy of the pipe, and the
+    # broker must not hold the stack lock for its whole life.
+    nohup "${KAFKA_JVM[@]}" "$KAFKA_MARKER" "$KAFKA_PROPS" </dev/null >>"$KAFKA_LOG" 2>&1 9>&- &
+    pid=$!
+    echo "$pid" >"$RUN/kafka.pid"
+    wait_kafka "$pid"
+    say "kafka answers on $KAFKA_HOST:$KAFKA_PORT (pid $pid)"
+}
+
+# --- Redis ----------------------------------------------------------------------------------
+
+REDIS_DATA="$RUN/redis-data"
+REDIS_LOG="$RUN/redis.log"
+REDIS_MARKER="redis-server"
+
+redis_answers() {
+    local reply
+    reply=$(timeout 2 bash -c '
+        exec 3<>/dev/tcp/$0/$1 || exit 1
+        printf "PING\r\n" >&3
+        IFS= read -r -t 1 line <&3 && printf "%s" "$line"
+    ' "$REDIS_HOST" "$REDIS_PORT" 2>/dev/null) || return 1
+    # -NOAUTH means it serves but wants the password; -LOADING means not yet.
+    [[ "$reply" == +PONG* || "$reply" == -NOAUTH* ]]
+}
+
+start_redis() {
+    local pid
+    if pid=$(live_pid redis "$REDIS_MARKER"); then
+        say "redis already running (pid $pid) on $REDIS_HOST:$REDIS_PORT"
+        return 0
+    fi
+    if port_open "$REDIS_HOST" "$REDIS_PORT"; then
+        # Typically Debian's own redis-server service, which the package starts on install.
+        die "$REDIS_HOST:$REDIS_PORT is in use by a process this script did not start; stop it (for Debian's service: systemctl disable --now redis-server) or set OCR_REDIS_URL"
+    fi
+    ensure_redis
+    mkdir -p "$REDIS_DATA"
+    local auth=()
+    if [[ -n "${OCR_REDIS_PASSWORD:-}" ]]; then
+        auth=(--requirepass "$OCR_REDIS_PASSWORD")
+    fi
+    say "starting redis on $REDIS_HOST:$REDIS_PORT, log $REDIS_LOG"
+    echo "==== $(date -Is) start" >>"$REDIS_LOG"
+    # An append-only file flushed every second: task state survives down/up and a SIGKILL
+    # loses at most the last second, which is what the fault tests exercise.
+    nohup redis-server --bind "$REDIS_HOST" --port "$REDIS_PORT" --protected-mode yes \
+        --daemonize no --supervised no --logfile "" --dir "$REDIS_DATA" \
+        --save "" --appendonly yes --appendfsync everysec "${auth[@]}" \
+        </dev/null >>"$REDIS_LOG" 2>&1 9>&- &
+    pid=$!
+    echo "$pid" >"$RUN/redis.pid"
+    local deadline=$((SECONDS + 30))
+    until redis_answers; do
+        if ! live_pid redis "$REDIS_MARKER" >/dev/null; then
+            log_tail "$REDIS_LOG"
+            die "redis (pid $pid) exited during start-up; see $REDIS_LOG"
+        fi
+        ((SECONDS < deadline)) || { log_tail "$REDIS_LOG"; die "redis did not answer within 30s; see $REDIS_LOG"; }
+        sleep 0.2
+    done
+    say "redis answers on $REDIS_HOST:$REDIS_PORT (pid $pid)"
+}
+
+# --- topics and consumer --------------------------------------------------------------------
+
+ensure_topics() {
+    if ! "$PYTHON" -c 'import consumer.topics' 2>/dev/null; then
+        say "warning: $PYTHON cannot import consumer.topics (run make install); topics not created"
+        return 0
+    fi
+    OCR_KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT" "$PYTHON" -m consumer.topics ensure \
+        || die "creating the default topics failed"
+}
+
+CONSUMER_BIN="$REPO/.venv/bin/ocr-consumer"
+CONSUMER_LOG="$RUN/consumer.log"
+CONSUMER_MARKER="ocr-consumer"
+
+start_consumer() {
+    local pid
+    if pid=$(live_pid consumer "$CONSUMER_MARKER"); then
+        say "consumer already running (pid $pid)"
+        return 0
+    fi
+    if [[ ! -x "$CONSUMER_BIN" ]]; then
+        say "skipping the consumer: $CONSUMER_BIN does not exist (run make install)"
+        return 0
+    fi
+    # ocr-submit hands files over under .run/blobs; the consumer must accept that root.
+    mkdir -p "$RUN/blobs"
+    say "starting the consumer (engine auto), log $CONSUMER_LOG"
+    echo "==== $(date -Is) start" >>"$CONSUMER_LOG"
+    (
+        cd "$REPO"
+        export OCR_FILE_ROOTS="${OCR_FILE_ROOTS:-$RUN/blobs}" OCR_BLOB_ROOT="${OCR_BLOB_ROOT:-$RUN/blobs}"
+        export OCR_LOG_FORMAT="${OCR_LOG_FORMAT:-json}"
+        exec nohup "$CONSUMER_BIN" --engine auto </dev/null >>"$CONSUMER_LOG" 2>&1 9>&-
+    ) &
+    pid=$!
+    echo "$pid" >"$RUN/consumer.pid"
+    # Catch a consumer that dies at once (bad settings, engine import error) here rather
+    # than leaving a stale PID file behind for the demo to trip over.
+    sleep 3
+    if ! live_pid consumer "$CONSUMER_MARKER" >/dev/null; then
+        log_tail "$CONSUMER_LOG"
+        rm -f "$RUN/consumer.pid"
+        die "the consumer exited during start-up; see $CONSUMER_LOG"
+    fi
+    say "consumer running (pid $pid)"
+}
+
+stop_consumer() {
+    # The consumer drains in-flight pages for OCR_SHUTDOWN_GRACE_S (20 s) before it exits.
+    stop_process consumer "$CONSUMER_MARKER" 40
+}
+
+# --- commands -------------------------------------------------------------------------------
+
+status_line() {
+    local name=$1 marker=$2 address=$3 check=$4 pid
+    if pid=$(live_pid "$name" "$marker"); then
+        if $check; then
+            say "$name: running (pid $pid), answering on $address"
+        else
+            say "$name: running (pid $pid), NOT answering on $address"
+            return 1
+        fi
+    else
+        say "$name: stopped"
+        return 1
+    fi
+}
+
+status() {
+    local rc=0
+    status_line kafka "$KAFKA_MARKER" "$KAFKA_HOST:$KAFKA_PORT" \
+        "port_open $KAFKA_HOST $KAFKA_PORT" || rc=3
+    status_line redis "$REDIS_MARKER" "$REDIS_HOST:$REDIS_PORT" redis_answers || rc=3
+    local pid
+    if pid=$(live_pid consumer "$CONSUMER_MARKER"); then
+        say "consumer: running (pid $pid), log $CONSUMER_LOG"
+    else
+        say "consumer: stopped"
+    fi
+    return "$rc"
+}
+
+up() {
+    # Test sessions stop a stack only if they started it (tests/integration/conftest.py keeps
+    # this marker); an explicit `up` hands the stack back to whoever called it.
+    rm -f "$RUN/test-sessions/started"
+    start_redis
+    start_kafka
+    ensure_topics
+    if [[ "$STACK_CONSUMER" == 1 ]]; then
+        start_consumer
+    fi
+    say "up: Kafka $KAFKA_HOST:$KAFKA_PORT, Redis redis://$REDIS_HOST:$REDIS_PORT (logs in $RUN)"
+}
+
+down() {
+    stop_consumer
+    stop_process kafka "$KAFKA_MARKER" 60
+    stop_process redis "$REDIS_MARKER" 20
+    say "down: nothing left running (data kept in $KAFKA_DATA and $REDIS_DATA)"
+}
+
+main() {
+    local command=${1:-}
+    mkdir -p "$RUN"
+    # Two `up`s at once (make up while a test session starts the stack) would race on the
+    # PID files and the ports.
+    exec 9>"$RUN/stack.lock"
+    flock -w 300 9 || die "another stack.sh is still running (lock $RUN/stack.lock)"
+    case "$command" in
+        up) up ;;
+        down) down ;;
+        status) status ;;
+        deps) deps ;;
+        start-kafka) start_kafka ;;
+        kill-kafka) stop_process kafka "$KAFKA_MARKER" 0 KILL ;;
+        start-redis) start_redis ;;
+        kill-redis) stop_process redis "$REDIS_MARKER" 0 KILL ;;
+        start-consumer) start_consumer ;;
+        stop-consumer) stop_consumer ;;
+        *)
+            echo "usage: $0 up|down|status|deps|start-kafka|kill-kafka|start-redis|kill-redis|start-consumer|stop-consumer" >&2
+            exit 2
+            ;;
+    esac
+}
+
+main "$@"

@@ -1,0 +1,471 @@
+"""`ocr-bench`: throughput of the OCR engine alone and of the whole consumer pipeline.
+
+    ocr-bench engine   [--pages N] [--pdf FILE] [settings...]   pages straight into the engine
+    ocr-bench pipeline [...]                                     Kafka -> consumer -> results
+    ocr-bench all      [...]                                     both, on one started engine
+
+`engine` feeds N rendered pages (synthetic 1240x1754 text pages, or the pages of --pdf
+rendered by the consumer's own renderer) to `Engine.infer` all at once after a short
+warm-up, and reports pages/s, output tokens/s and per-page latency. For a repeatable
+measure of the engine rather than of the model's mood, it decodes a fixed length per page:
+`--max-tokens` defaults to 1000 here and `--ignore-eos` to true (set `--ignore-eos false`
+to let pages end on their own). Every OCR_* setting is a flag too (`--max-num-seqs 256`,
+`--load-format dummy`, `--model DIR`, ...).
+
+Results go to bench/results/<date>-<device>.json (see --out-dir). The engine is started
+once and handed to each benchmark, so `all` pays the minutes of a vLLM start only once.
+
+The entry point stays under `if __name__ == "__main__":`: vLLM starts its engine core as a
+child process, which may re-import the main module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import platform
+import random
+import re
+import statistics
+import sys
+import time
+from collections import Counter
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+from pydantic import ValidationError
+
+from consumer.config import Settings, add_settings_arguments, settings_from_args
+from consumer.engines.base import Engine, EngineOutput, PageImage, PageRequest
+from consumer.errors import OcrError
+from consumer.log import configure_logging, get_logger
+from schemas.common import ErrorCode
+from schemas.request import PromptKind
+
+log = get_logger(__name__)
+
+PAGE_SIZE = (1240, 1754)  # A4 at 150 dpi, the size DeepSeek-OCR's Gundam mode tiles 2x3
+PAGE_DPI = 150
+A4_POINTS = (595.0, 842.0)
+DEFAULT_MAX_TOKENS = 1000
+STATS_INTERVAL_S = 0.5
+# Settings that shape engine throughput: recorded with every result.
+ENGINE_SETTINGS = (
+    "engine",
+    "model",
+    "load_format",
+    "dtype",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_num_seqs",
+    "max_num_batched_tokens",
+    "tensor_parallel_size",
+    "preprocess_workers",
+    "enforce_eager",
+    "resolution_mode",
+    "max_tokens",
+    "ngram_size",
+    "ngram_window",
+    "ignore_eos",
+    "page_timeout_s",
+)
+
+# A word list reads better as text than as a tuple of strings.
+_WORDS = (  # noqa: SIM905
+    "invoice total amount customer order shipment account balance revenue quarter "
+    "growth report summary table figure section analysis market product service "
+    "contract payment due date reference number address company department budget "
+    "forecast result method"
+).split()
+
+
+# -- pages --------------------------------------------------------------------------------
+
+
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # Pillow < 10.1 or no FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def synthetic_page(number: int, size: tuple[int, int] = PAGE_SIZE) -> Image.Image:
+    """A text page like a business document: a title, paragraphs, a ruled table and a
+    footer, with words drawn from a seeded generator so every page differs."""
+    rng = random.Random(number)
+    width, height = size
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    title, body, small = _font(40), _font(22), _font(18)
+    margin = 90
+    draw.text(
+        (margin, 80),
+        f"Report {number}: {' '.join(rng.sample(_WORDS, 3)).title()}",
+        font=title,
+        fill="black",
+    )
+    y = 170
+    for _ in range(rng.randint(3, 5)):
+        for _ in range(rng.randint(3, 6)):
+            line = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(9, 13)))
+            draw.text((margin, y), line.capitalize() + ".", font=body, fill="black")
+            y += 34
+        y += 22
+        if y > height * 0.55:
+            break
+    # A ruled table: header row plus rows of words and figures.
+    columns = [margin, margin + 330, margin + 600, margin + 830, width - margin]
+    rows = rng.randint(5, 9)
+    for row in range(rows + 1):
+        top = y + row * 40
+        for left, right in itertools.pairwise(columns):
+            draw.rectangle((left, top, right, top + 40), outline="black", width=2)
+            if row == 0:
+                cell = rng.choice(_WORDS).title()
+            elif left == columns[0]:
+                cell = f"{rng.choice(_WORDS)} {rng.randint(1, 99)}"
+            else:
+                cell = f"{rng.uniform(0, 99999):,.2f}"
+            draw.text((left + 10, top + 9), cell, font=small, fill="black")
+    footer = f"Page {number} - generated by ocr-bench"
+    draw.text((margin, height - 80), footer, font=small, fill="black")
+    return image
+
+
+def synthetic_pages(count: int) -> list[PageImage]:
+    # 16 distinct pages cycled: drawing 512 pages would take longer than it tells us.
+    images = [synthetic_page(number) for number in range(1, min(count, 16) + 1)]
+    return [
+        PageImage(
+            task_id="bench",
+            page=index + 1,
+            image=images[index % len(images)],
+            dpi=PAGE_DPI,
+            width_pt=A4_POINTS[0],
+            height_pt=A4_POINTS[1],
+        )
+        for index in range(count)
+    ]
+
+
+async def pdf_pages(path: Path, count: int, dpi: int, settings: Settings) -> list[PageImage]:
+    """The pages of `path` rendered by the consumer's renderer, cycled up to `count`."""
+    from consumer.documents.fetch import fetch_document
+    from consumer.documents.render import open_document
+    from schemas.request import Source
+
+    path = await asyncio.to_thread(path.resolve)
+    settings = settings.model_copy(update={"file_roots": [path.parent]})
+    document = await fetch_document(Source(uri=path.as_uri()), settings)
+    opened = await open_document(document, settings, "bench")
+    rendered: list[PageImage] = []
+    try:
+        for number in range(1, min(opened.page_count, count) + 1):
+            rendered.append(await opened.render_page(number, dpi))
+    finally:
+        await opened.close()
+    if not rendered:
+        raise OcrError(ErrorCode.DOCUMENT_EMPTY, f"{path} has no pages")
+    return [rendered[index % len(rendered)] for index in range(count)]
+
+
+# -- the engine benchmark -----------------------------------------------------------------
+
+
+def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
+    return sorted_values[index]
+
+
+async def _sample_stats(engine: Engine, samples: list[dict[str, float]]) -> None:
+    while True:
+        stats = engine.stats()
+        samples.append(
+            {
+                "running": stats.running,
+                "waiting": stats.waiting,
+                "kv_cache_usage": stats.kv_cache_usage,
+            }
+        )
+        await asyncio.sleep(STATS_INTERVAL_S)
+
+
+async def run_engine_bench(
+    engine: Engine,
+    pages: Sequence[PageImage],
+    *,
+    prompt: PromptKind = PromptKind.MARKDOWN,
+    warmup: int = 4,
+    concurrency: int = 0,
+    max_tokens: int = 0,
+) -> dict[str, Any]:
+    """Pages through a started engine; returns the figures (see the module docstring).
+
+    `concurrency` 0 submits every page at once (the engine queues what it cannot batch);
+    otherwise at most that many pages are in the engine at a time.
+    """
+    run = f"{time.time_ns():x}"
+    if warmup > 0:
+        # First requests pay for lazy set-up (output handler, kernels for new shapes).
+        await asyncio.gather(
+            *(
+                engine.infer(PageRequest(f"bench-{run}-warmup/{index}/0", page, prompt))
+                for index, page in enumerate(list(pages)[:warmup])
+            )
+        )
+    gate = asyncio.Semaphore(concurrency) if concurrency > 0 else None
+    latencies: list[float] = []
+    outputs: list[EngineOutput] = []
+    errors: Counter[str] = Counter()
+
+    async def one(index: int, page: PageImage) -> None:
+        async with gate if gate is not None else contextlib.nullcontext():
+            began = time.perf_counter()
+            try:
+                output = await engine.infer(PageRequest(f"bench-{run}/{index}/0", page, prompt))
+            except OcrError as exc:
+                errors[str(exc.code)] += 1
+                return
+            latencies.append(time.perf_counter() - began)
+            outputs.append(output)
+
+    samples: list[dict[str, float]] = []
+    sampler = asyncio.create_task(_sample_stats(engine, samples))
+    before = engine.stats()
+    began = time.perf_counter()
+    try:
+        await asyncio.gather(*(one(index, page) for index, page in enumerate(pages)))
+    finally:
+        seconds = time.perf_counter() - began
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    after = engine.stats()
+    done = len(outputs)
+    output_tokens = sum(output.output_tokens for output in outputs)
+    prompt_tokens = sum(output.prompt_tokens for output in outputs)
+    latencies.sort()
+    kv = [sample["kv_cache_usage"] for sample in samples]
+    return {
+        "pages": len(pages),
+        "pages_done": done,
+        "errors": dict(errors),
+        "warmup_pages": min(warmup, len(pages)),
+        "concurrency": concurrency or len(pages),
+        "prompt": str(prompt),
+        "max_tokens": max_tokens,
+        "seconds": round(seconds, 3),
+        "engine_pages_per_s": round(done / seconds, 3) if seconds > 0 else 0.0,
+        "output_tokens_per_s": round(output_tokens / seconds, 1) if seconds > 0 else 0.0,
+        "output_tokens_per_page": round(output_tokens / done, 1) if done else 0.0,
+        "prompt_tokens_per_page": round(prompt_tokens / done, 1) if done else 0.0,
+        "latency_p50_s": round(_percentile(latencies, 0.5), 3),
+        "latency_p90_s": round(_percentile(latencies, 0.9), 3),
+        "latency_p100_s": round(latencies[-1], 3) if latencies else 0.0,
+        "latency_mean_s": round(statistics.fmean(latencies), 3) if latencies else 0.0,
+        "finish_reasons": dict(Counter(str(output.finish_reason) for output in outputs)),
+        "running_max": max((int(sample["running"]) for sample in samples), default=0),
+        "waiting_max": max((int(sample["waiting"]) for sample in samples), default=0),
+        "kv_cache_usage_max": round(max(kv, default=0.0), 4),
+        "kv_cache_usage_mean": round(statistics.fmean(kv), 4) if kv else 0.0,
+        "preemptions": after.extra.get("preemptions_total", 0.0)
+        - before.extra.get("preemptions_total", 0.0),
+    }
+
+
+async def run_pipeline_bench(
+    engine: Engine, settings: Settings, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Kafka -> consumer (this started engine) -> results: end-to-end pages/s.
+
+    Returns at least {"pipeline_pages_per_s": float}. Left to the pipeline's owner.
+    """
+    raise NotImplementedError("the pipeline benchmark is not implemented yet")
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def device_name() -> str:
+    """The GPU's name (asked after the engine has started: touching CUDA earlier would make
+    vLLM spawn its engine core instead of forking it), or the CPU's."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return str(torch.cuda.get_device_name(0))
+    except Exception:  # no torch, or a broken one: this is a CPU run
+        pass
+    return f"cpu-{platform.machine() or 'unknown'}"
+
+
+def torch_version() -> str | None:
+    try:
+        import torch
+    except Exception:
+        return None
+    return str(torch.__version__)
+
+
+def result_path(out_dir: Path, date: str, device: str, label: str = "") -> Path:
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") or "device"
+    stem = f"{date}-{slug}" + (f"-{label}" if label else "")
+    path = out_dir / f"{stem}.json"
+    number = 2
+    while path.exists():
+        path = out_dir / f"{stem}-{number}.json"
+        number += 1
+    return path
+
+
+def bench_settings(args: argparse.Namespace) -> Settings:
+    """Settings from flags and OCR_* variables, with this tool's fixed-length defaults."""
+    settings = settings_from_args(args)
+    explicit = {name for name in Settings.model_fields if getattr(args, f"setting_{name}", None)}
+    updates: dict[str, Any] = {}
+    if "max_tokens" not in explicit:
+        updates["max_tokens"] = DEFAULT_MAX_TOKENS
+    if "ignore_eos" not in explicit:
+        updates["ignore_eos"] = True
+    if "metrics_port" not in explicit:
+        updates["metrics_port"] = 0
+    return settings.model_copy(update=updates) if updates else settings
+
+
+async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    from consumer.engines.factory import create_engine
+
+    if args.pdf is not None:
+        pages = await pdf_pages(args.pdf, args.pages, args.dpi, settings)
+        source = f"pdf:{args.pdf.name}@{args.dpi}dpi"
+    else:
+        pages = synthetic_pages(args.pages)
+        source = f"synthetic {PAGE_SIZE[0]}x{PAGE_SIZE[1]}"
+    engine = create_engine(settings)
+    began = time.perf_counter()
+    await engine.start()
+    start_s = time.perf_counter() - began
+    identity = engine.identity
+    result: dict[str, Any] = {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": args.command,
+        "engine": identity.model_dump(mode="json"),
+        "engine_start_s": round(start_s, 1),
+        "vllm_version": identity.version if identity.name == "vllm" else None,
+        "source": source,
+        "settings": {name: _jsonable(getattr(settings, name)) for name in ENGINE_SETTINGS},
+        "pipeline_pages_per_s": None,
+    }
+    print(f"engine {identity.name} up in {start_s:.1f} s", file=sys.stderr, flush=True)
+    try:
+        if args.command in ("engine", "all"):
+            result.update(
+                await run_engine_bench(
+                    engine,
+                    pages,
+                    prompt=PromptKind(args.prompt),
+                    warmup=args.warmup,
+                    concurrency=args.concurrency,
+                    max_tokens=settings.max_tokens,
+                )
+            )
+        if args.command in ("pipeline", "all"):
+            try:
+                result.update(await run_pipeline_bench(engine, settings, args))
+            except NotImplementedError as exc:
+                if args.command == "pipeline":
+                    raise
+                result["pipeline_note"] = str(exc)
+    finally:
+        await engine.close()
+    result["device"] = device_name()
+    result["torch_version"] = torch_version()
+    return result
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+def summary(result: dict[str, Any]) -> str:
+    keys = (
+        "device",
+        "engine_start_s",
+        "pages_done",
+        "engine_pages_per_s",
+        "output_tokens_per_s",
+        "output_tokens_per_page",
+        "prompt_tokens_per_page",
+        "latency_p50_s",
+        "latency_p100_s",
+        "kv_cache_usage_max",
+        "errors",
+        "pipeline_pages_per_s",
+    )
+    return "\n".join(f"{key:>24}  {result.get(key)}" for key in keys if key in result)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--pages", type=int, default=256, help="pages to time (default 256)")
+    common.add_argument("--warmup", type=int, default=4, help="pages run first, untimed")
+    common.add_argument(
+        "--concurrency", type=int, default=0, help="most pages in the engine at once (0: all)"
+    )
+    common.add_argument(
+        "--prompt",
+        default=PromptKind.MARKDOWN.value,
+        choices=[kind.value for kind in PromptKind if kind is not PromptKind.LOCATE],
+    )
+    common.add_argument("--pdf", type=Path, default=None, help="time this PDF's pages instead")
+    common.add_argument("--dpi", type=int, default=144, help="render DPI for --pdf")
+    common.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    common.add_argument("--label", default="", help="suffix of the result file name")
+    common.add_argument("--no-write", action="store_true", help="print only")
+    add_settings_arguments(common)
+    parser = argparse.ArgumentParser(prog="ocr-bench", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("engine", parents=[common], help="pages straight into the engine")
+    commands.add_parser("pipeline", parents=[common], help="the whole consumer pipeline")
+    commands.add_parser("all", parents=[common], help="engine, then pipeline, one engine")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = bench_settings(args)
+    except ValidationError as exc:
+        print(f"error: invalid setting: {exc}", file=sys.stderr)
+        return 1
+    configure_logging(settings.log_level, settings.log_format)
+    try:
+        result = asyncio.run(run(args, settings))
+    except OcrError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except NotImplementedError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print(summary(result))
+    if not args.no_write:
+        args.out_dir.mkdir(parents=True, exist_ok=True)
+        path = result_path(args.out_dir, result["date"][:10], result["device"], args.label)
+        path.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,567 @@
+"""`ocr-collect`: a downstream consumer that turns the results + progress topics into files.
+
+    ocr-collect [--out DIR] [--group G] [--once] [--task TASK_ID ...]
+
+It reads both topics in one consumer group (default "ocr-collect"), buffers each task's page
+results (latest per page: highest attempt, then highest offset), and when the task's
+progress turns final (completed or failed) writes
+
+    DIR/<task_id>/document.md   pages in order, each after a `<!-- page N -->` marker
+    DIR/<task_id>/pages.json    every page result as JSON
+    DIR/<task_id>/status.json   the final progress event (why a task failed)
+    DIR/<task_id>.zip           the three above plus page-0001.md, page-0002.md, ...
+
+then forgets the task and commits. Memory holds only tasks whose final status is still to
+come; a task whose consumer died for good (no resume, no final status) stays buffered until
+the collector restarts, so memory is bounded by the number of open tasks, not by history.
+
+A partition's committed offset never passes a record of a task not yet written, so a
+crash or rebalance re-reads what was not materialised; writing is idempotent (atomic
+replace, deterministic zip) and merges with an earlier pages.json, so a replay that
+re-sends only some pages, or only re-announces the final status, still yields every page.
+
+Results and progress of a task sit on the same partition number of their topics (the
+contract's task-id partitioning), and the range assignor hands partition N of both topics
+to one member: several collectors in a group therefore need equal partition counts on the
+two topics. --once reads to the current end and exits (scripts, tests).
+
+The pure materialising parts (LatestPages, assemble_markdown, task_zip) and the one-shot
+`read_task_results` are also used by `ocr-submit --out`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import re
+import time
+import uuid
+import zipfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from pydantic import TypeAdapter, ValidationError
+
+from consumer.config import Settings, add_settings_arguments, settings_from_args
+from consumer.kafka_clients import client_kwargs
+from consumer.log import get_logger
+from producer_tools import EXIT_OK, ToolError, run_cli
+from producer_tools.follow_progress import task_partitions, topic_partitions
+from schemas.progress import ProgressEvent
+from schemas.result import PageResult, PageStatus
+
+log = get_logger(__name__)
+
+POLL_MS = 500
+ASSIGNMENT_TIMEOUT_S = 60.0
+# Zip entries get a fixed date so the same pages always give the same bytes (idempotent
+# re-writes, comparable archives).
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+PAGE_LIST = TypeAdapter(list[PageResult])
+
+
+# --- latest result per page ------------------------------------------------------------------
+
+
+class LatestPages:
+    """The result to keep for each page of one task: highest attempt, then highest offset.
+
+    A replay republishes pages with a higher attempt; within one attempt a later offset is
+    a later publication (a resumed task may publish a page twice).
+    """
+
+    def __init__(self) -> None:
+        self._pages: dict[int, tuple[tuple[int, int], PageResult]] = {}
+
+    def offer(self, result: PageResult, offset: int) -> bool:
+        """Keep `result` if it beats what is held for its page; True when it was kept."""
+        rank = (result.attempt, offset)
+        held = self._pages.get(result.page)
+        if held is not None and held[0] >= rank:
+            return False
+        self._pages[result.page] = (rank, result)
+        return True
+
+    def results(self) -> list[PageResult]:
+        return [self._pages[page][1] for page in sorted(self._pages)]
+
+    def absorb(self, other: LatestPages) -> None:
+        """Offer every page `other` holds, with the offset it was read at."""
+        for (_, offset), result in other._pages.values():
+            self.offer(result, offset)
+
+    def __len__(self) -> int:
+        return len(self._pages)
+
+
+# --- materialising -----------------------------------------------------------------------------
+
+
+def _comment_safe(text: str) -> str:
+    # An HTML comment may not contain "--" and should stay on one line.
+    return re.sub(r"-{2,}", "-", " ".join(text.split()))
+
+
+def page_body(result: PageResult) -> str:
+    """What a page contributes to Markdown: its Markdown, else its plain text (free OCR)."""
+    body = (result.markdown or result.text).strip("\n")
+    if result.status is PageStatus.FAILED:
+        reason = (
+            f"{result.error.code.value}: {result.error.message}"
+            if result.error is not None
+            else f"finish reason {result.finish_reason.value}"
+        )
+        note = f"<!-- page {result.page} failed: {_comment_safe(reason)} -->"
+        body = f"{note}\n{body}" if body else note
+    return body
+
+
+def assemble_markdown(results: Iterable[PageResult]) -> str:
+    """Pages in order, each after `<!-- page N -->`, separated by a blank line."""
+    parts = []
+    for result in sorted(results, key=lambda r: r.page):
+        body = page_body(result)
+        marker = f"<!-- page {result.page} -->"
+        parts.append(f"{marker}\n{body}" if body else marker)
+    return "\n\n".join(parts) + "\n" if parts else ""
+
+
+def pages_json(results: Iterable[PageResult]) -> str:
+    ordered = sorted(results, key=lambda r: r.page)
+    return json.dumps([r.model_dump(mode="json") for r in ordered], indent=2, ensure_ascii=False)
+
+
+def page_file_name(page: int) -> str:
+    return f"page-{page:04d}.md"
+
+
+def task_zip(results: Sequence[PageResult], final: ProgressEvent | None) -> bytes:
+    """document.md, pages.json, status.json (when final is known) and one file per page."""
+    entries: list[tuple[str, str]] = [
+        ("document.md", assemble_markdown(results)),
+        ("pages.json", pages_json(results) + "\n"),
+    ]
+    if final is not None:
+        entries.append(("status.json", final.model_dump_json(indent=2) + "\n"))
+    for result in sorted(results, key=lambda r: r.page):
+        body = page_body(result)
+        entries.append((page_file_name(result.page), f"{body}\n" if body else ""))
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, text in entries:
+            info = zipfile.ZipInfo(name, date_time=ZIP_DATE)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = 0o644 << 16
+            archive.writestr(info, text.encode("utf-8"))
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with partial.open("xb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def load_written_pages(task_dir: Path) -> list[PageResult]:
+    """Pages an earlier run wrote for this task; [] when there are none or they are unreadable."""
+    path = task_dir / "pages.json"
+    try:
+        return PAGE_LIST.validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValidationError) as exc:
+        log.warning("earlier_pages_unreadable", path=str(path), error=str(exc).splitlines()[0])
+        return []
+
+
+def write_task_files(
+    out_dir: Path, task_id: str, pages: LatestPages, final: ProgressEvent | None
+) -> Path:
+    """Write DIR/<task_id>/{document.md,pages.json,status.json} and DIR/<task_id>.zip.
+
+    `task_id` comes from a validated event (TaskId allows no '/' and no leading '.'), so it
+    is a safe single path component.
+    """
+    task_dir = out_dir / task_id
+    merged = LatestPages()
+    # Pages written earlier rank below anything read now at the same attempt.
+    for earlier in load_written_pages(task_dir):
+        merged.offer(earlier, -1)
+    merged.absorb(pages)
+    results = merged.results()
+    write_atomic(task_dir / "document.md", assemble_markdown(results).encode("utf-8"))
+    write_atomic(task_dir / "pages.json", (pages_json(results) + "\n").encode("utf-8"))
+    if final is not None:
+        write_atomic(task_dir / "status.json", (final.model_dump_json(indent=2) + "\n").encode())
+    write_atomic(out_dir / f"{task_id}.zip", task_zip(results, final))
+    return task_dir
+
+
+# --- one-shot reading (ocr-submit --out) --------------------------------------------------------
+
+
+async def _scan_results(
+    settings: Settings, partitions: Iterable[Any], latest: Mapping[str, LatestPages]
+) -> None:
+    """Read `partitions` of the results topic from the beginning to their current end."""
+    assigned = sorted(partitions)
+    if not assigned:
+        return
+    keys = {task_id.encode(): task_id for task_id in latest}
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        client_id=f"ocr-results-reader-{uuid.uuid4().hex[:8]}",
+    )
+    await consumer.start()
+    try:
+        consumer.assign(assigned)
+        await consumer.seek_to_beginning(*assigned)
+        ends = await consumer.end_offsets(assigned)
+        remaining = {tp: end for tp, end in ends.items() if end > 0}
+        while remaining:
+            batch = await consumer.getmany(timeout_ms=POLL_MS, max_records=1000)
+            for records in batch.values():
+                for record in records:
+                    if record.key is None or record.value is None:
+                        continue
+                    task_id = keys.get(record.key.split(b"/", 1)[0])
+                    if task_id is None:
+                        continue
+                    try:
+                        result = PageResult.model_validate_json(record.value)
+                    except ValidationError as exc:
+                        log.warning(
+                            "result_unreadable", partition=record.partition,
+                            offset=record.offset, error=str(exc).splitlines()[0],
+                        )
+                        continue
+                    if result.task_id == task_id:
+                        latest[task_id].offer(result, record.offset)
+            for tp, end in list(remaining.items()):
+                if await consumer.position(tp) >= end:
+                    del remaining[tp]
+    finally:
+        await consumer.stop()
+
+
+async def read_task_results(
+    settings: Settings, expected_pages: Mapping[str, int | None]
+) -> dict[str, list[PageResult]]:
+    """The latest result of every page of the given tasks, read from the results topic.
+
+    Cost: the results topic is keyed `task_id/page` and compacted, and cannot be looked up
+    by key, so the partition(s) holding these tasks are read from their beginning: about
+    one record per page ever processed on that partition (plus the not yet compacted
+    tail), i.e. 1/partitions of the topic. Should a task have fewer pages there than its
+    progress announced (a publisher that ignored the contract's partitioning), the other
+    partitions are read too. For continuous downstream use run `ocr-collect` instead.
+    """
+    topic = settings.topic_results
+    partitions = (await topic_partitions(settings, [topic]))[topic]
+    latest = {task_id: LatestPages() for task_id in expected_pages}
+    home = task_partitions(topic, partitions, latest)
+    await _scan_results(settings, home, latest)
+    short = [
+        task_id for task_id, total in expected_pages.items()
+        if total is not None and len(latest[task_id]) < total
+    ]
+    if short:
+        log.warning(
+            "results_missing_on_task_partition", tasks=short,
+            hint="reading every partition of the results topic",
+        )
+        others = {TopicPartition(topic, p) for p in partitions} - home
+        await _scan_results(settings, others, {t: latest[t] for t in short})
+    return {task_id: pages.results() for task_id, pages in latest.items()}
+
+
+# --- the collector ---------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _OpenTask:
+    pages: LatestPages = field(default_factory=LatestPages)
+    # First offset of this task's records per partition: commits must stay at or below it.
+    first_offsets: dict[Any, int] = field(default_factory=dict)
+    final: ProgressEvent | None = None
+    # End offset of the task's results partition when its final status was read: every
+    # result was published (and acked) before the final status, so it lies below.
+    results_end: int | None = None
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+
+    async def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        self._collector.forget()
+
+    async def on_partitions_assigned(self, assigned: set[Any]) -> None:
+        self._collector.assignment_changed()
+
+
+class Collector:
+    def __init__(
+        self,
+        settings: Settings,
+        out_dir: Path,
+        *,
+        group: str,
+        once: bool = False,
+        tasks: Iterable[str] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._out = out_dir
+        self._group = group
+        self._once = once
+        self._wanted = set(tasks) if tasks else None
+        self._open: dict[str, _OpenTask] = {}
+        self._committed: dict[Any, int] = {}
+        self._once_ends: dict[Any, int] | None = None
+        self._results_partitions: list[int] = []
+        self.written: list[str] = []
+        self._consumer: Any = None
+
+    # Called by the rebalance listener: the new owner (maybe us) re-reads from the committed
+    # offsets, which never pass an unwritten task, so dropping everything loses nothing.
+    def forget(self) -> None:
+        self._open.clear()
+        self._committed.clear()
+        self._once_ends = None
+
+    def assignment_changed(self) -> None:
+        self._once_ends = None
+
+    def _wants(self, task_id: str) -> bool:
+        return self._wanted is None or task_id in self._wanted
+
+    def _offer(self, record: Any) -> str | None:
+        """Buffer one record; returns the task id when it carried a final status."""
+        if record.key is None or record.value is None:
+            return None
+        settings = self._settings
+        key_task = record.key.split(b"/", 1)[0].decode("utf-8", "replace")
+        if not self._wants(key_task):
+            return None  # cheap skip before parsing: keys carry the task id
+        tp = _tp(record)
+        try:
+            if record.topic == settings.topic_results:
+                result = PageResult.model_validate_json(record.value)
+                task = self._open.setdefault(result.task_id, _OpenTask())
+                task.first_offsets.setdefault(tp, record.offset)
+                task.pages.offer(result, record.offset)
+                return None
+            event = ProgressEvent.model_validate_json(record.value)
+        except ValidationError as exc:
+            log.warning(
+                "event_unreadable", topic=record.topic, partition=record.partition,
+                offset=record.offset, error=str(exc).splitlines()[0],
+            )
+            return None
+        if not event.status.is_final:
+            return None  # nothing to keep: only the final status triggers a write
+        task = self._open.setdefault(event.task_id, _OpenTask())
+        task.first_offsets.setdefault(tp, record.offset)
+        task.final = event
+        task.results_end = None
+        return event.task_id
+
+    def _results_tp(self, task_id: str) -> Any:
+        (tp,) = task_partitions(self._settings.topic_results, self._results_partitions, [task_id])
+        return tp
+
+    async def _snapshot_results_ends(self, task_ids: Sequence[str]) -> None:
+        tps = {self._results_tp(t) for t in task_ids}
+        ends = await self._consumer.end_offsets(sorted(tps))
+        for task_id in task_ids:
+            task = self._open.get(task_id)
+            if task is not None and task.final is not None:
+                task.results_end = ends[self._results_tp(task_id)]
+
+    async def _ready(self, task_id: str, task: _OpenTask) -> bool:
+        if task.final is None or task.results_end is None:
+            return False
+        tp = self._results_tp(task_id)
+        if tp not in self._consumer.assignment():
+            log.warning(
+                "results_partition_elsewhere", task_id=task_id, partition=tp.partition,
+                hint="give the results and progress topics the same partition count so "
+                "one collector gets both halves of a task",
+            )
+            return True
+        position: int = await self._consumer.position(tp)
+        return position >= task.results_end
+
+    async def _write_ready(self) -> None:
+        for task_id, task in list(self._open.items()):
+            try:
+                ready = await self._ready(task_id, task)
+            except IllegalStateError:
+                continue  # the partition moved away during the await; the new owner writes
+            if not ready or self._open.get(task_id) is not task:
+                continue
+            assert task.final is not None
+            if not task.pages and task.final.replayed:
+                log.info("task_reannounced", task_id=task_id, status=task.final.status.value)
+            path = await asyncio.to_thread(
+                write_task_files, self._out, task_id, task.pages, task.final
+            )
+            log.info(
+                "task_written", task_id=task_id, status=task.final.status.value,
+                pages=len(task.pages), path=str(path),
+            )
+            print(f"{task_id}: {task.final.status.value}, {len(task.pages)} pages -> {path}")
+            self._open.pop(task_id, None)
+            self.written.append(task_id)
+
+    async def _commit(self) -> None:
+        assignment = self._consumer.assignment()
+        offsets: dict[Any, int] = {}
+        for tp in assignment:
+            held = [
+                t.first_offsets[tp] for t in self._open.values() if tp in t.first_offsets
+            ]
+            offset = min(held) if held else await self._consumer.position(tp)
+            if self._committed.get(tp) != offset:
+                offsets[tp] = offset
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            # A rebalance is under way; the next owner starts from the last good commit.
+            log.warning("commit_skipped", error=repr(exc))
+            return
+        self._committed.update(offsets)
+
+    async def _once_done(self, started: float) -> bool:
+        assignment = self._consumer.assignment()
+        if not assignment:
+            if time.monotonic() - started > ASSIGNMENT_TIMEOUT_S:
+                raise ToolError(
+                    f"no partitions of {self._settings.topic_results} / "
+                    f"{self._settings.topic_progress} were assigned to group {self._group!r} "
+                    f"within {ASSIGNMENT_TIMEOUT_S:.0f} s; other members of the group may "
+                    "hold them all (use another --group)"
+                )
+            return False
+        if self._once_ends is None:
+            self._once_ends = await self._consumer.end_offsets(sorted(assignment))
+        for tp, end in self._once_ends.items():
+            if tp in assignment and await self._consumer.position(tp) < end:
+                return False
+        # A final status read at the very end may still wait for its results to arrive.
+        return not any(task.final is not None for task in self._open.values())
+
+    async def run(self) -> int:
+        settings = self._settings
+        topics = [settings.topic_results, settings.topic_progress]
+        known = await topic_partitions(settings, topics)
+        self._results_partitions = known[settings.topic_results]
+        self._consumer = AIOKafkaConsumer(
+            **client_kwargs(settings),
+            group_id=self._group,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=(RangePartitionAssignor,),
+            session_timeout_ms=settings.session_timeout_ms,
+            max_poll_interval_ms=settings.max_poll_interval_ms,
+            client_id=f"ocr-collect-{uuid.uuid4().hex[:8]}",
+        )
+        self._consumer.subscribe(topics, listener=_Rebalance(self))
+        await self._consumer.start()
+        started = time.monotonic()
+        try:
+            while True:
+                batch = await self._consumer.getmany(timeout_ms=POLL_MS, max_records=500)
+                finals = []
+                for records in batch.values():
+                    for record in records:
+                        task_id = self._offer(record)
+                        if task_id is not None:
+                            finals.append(task_id)
+                if finals:
+                    await self._snapshot_results_ends(finals)
+                await self._write_ready()
+                await self._commit()
+                if self._once:
+                    if await self._once_done(started):
+                        break
+                elif self._wanted is not None and self._wanted <= set(self.written):
+                    break
+        finally:
+            try:
+                await self._commit()
+            finally:
+                await self._consumer.stop()
+        return EXIT_OK
+
+
+def _tp(record: Any) -> Any:
+    return TopicPartition(record.topic, record.partition)
+
+
+# --- command line ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ocr-collect",
+        description="Materialise OCR results: when a task's progress turns final, write "
+        "DIR/<task_id>/document.md, pages.json, status.json and DIR/<task_id>.zip, then "
+        "commit. Runs as a member of a consumer group until stopped (or --once).",
+        allow_abbrev=False,
+    )
+    parser.add_argument(
+        "--out", type=Path, default=Path("ocr-results"), metavar="DIR",
+        help="output directory (default: ./ocr-results)",
+    )
+    parser.add_argument(
+        "--group", default="ocr-collect", metavar="G",
+        help="consumer group of the collector (default: ocr-collect)",
+    )
+    parser.add_argument(
+        "--once", action="store_true",
+        help="read to the current end of both topics, write what is final, commit and exit",
+    )
+    parser.add_argument(
+        "--task", action="extend", nargs="+", default=None, metavar="TASK_ID",
+        help="only these tasks; without --once, exit once all are written",
+    )
+    add_settings_arguments(parser)
+    return parser
+
+
+async def run(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    collector = Collector(
+        settings, args.out, group=args.group, once=args.once, tasks=args.task
+    )
+    return await collector.run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

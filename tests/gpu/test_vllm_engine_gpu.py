@@ -1,0 +1,171 @@
+"""VllmEngine on a real GPU: prompts, token counts, abort, timeout and stats (Gundam mode).
+
+One engine serves the module (starting one takes a minute or more); it closes at the end
+of the module so that test_vllm_modes_gpu.py can start an engine in another mode in this
+process. Random weights make the text meaningless: the tests check mechanics, lengths and
+numbers, never content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from PIL import Image, ImageDraw
+
+from consumer.config import Settings
+from consumer.engines.base import PageImage, PageRequest
+from consumer.engines.deepseek_prompts import build_prompt
+from consumer.engines.vllm import VllmEngine
+from consumer.errors import EngineError
+from schemas.common import ErrorCode
+from schemas.request import PromptKind
+from schemas.result import FinishReason
+
+MAX_TOKENS = 48
+GUNDAM_IMAGE_TOKENS = 903  # a 1240x1754 page: 2x3 tiles of 640 plus the 1024 global view
+LONG_TOKENS = 4000  # a page that would decode for many seconds unless aborted
+
+
+def text_page(number: int) -> PageImage:
+    image = Image.new("RGB", (1240, 1754), "white")
+    draw = ImageDraw.Draw(image)
+    for line in range(40):
+        draw.text(
+            (80, 60 + 40 * line), f"Page {number} line {line}: total 12,345.67 due", fill="black"
+        )
+    return PageImage(
+        task_id="gpu-test", page=number, image=image, dpi=150, width_pt=595.0, height_pt=842.0
+    )
+
+
+def request(name: str, kind: PromptKind = PromptKind.MARKDOWN, number: int = 1) -> PageRequest:
+    locate = "total" if kind is PromptKind.LOCATE else None
+    return PageRequest(f"gpu-{name}/{number}/0", text_page(number), kind, locate)
+
+
+@functools.cache
+def text_tokens(model: str, kind: PromptKind) -> int:
+    """BOS plus the prompt's text tokens, as DeepSeek-OCR's processor counts them."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    after_image = build_prompt(kind, "total").split("<image>", 1)[1]
+    return 1 + len(tokenizer.encode(after_image, add_special_tokens=False))
+
+
+@pytest.fixture(scope="module")
+async def engine(gpu_settings: Callable[..., Settings]) -> AsyncIterator[VllmEngine]:
+    settings = gpu_settings(max_tokens=MAX_TOKENS, ignore_eos=True)
+    engine = VllmEngine(settings)
+    began = time.monotonic()
+    await engine.start()
+    print(f"\nengine start: {time.monotonic() - began:.1f} s")
+    yield engine
+    await engine.close()
+
+
+def long_sampling(engine: VllmEngine) -> Any:
+    # The same parameters with a long fixed length, for abort tests (test-only access).
+    params = engine.sampling_args() | {"max_tokens": LONG_TOKENS, "ignore_eos": True}
+    return engine._backend.sampling_params(params)
+
+
+async def test_markdown_page_token_counts(engine: VllmEngine) -> None:
+    out = await engine.infer(request("markdown"))
+    expected_prompt = GUNDAM_IMAGE_TOKENS + text_tokens(engine._settings.model, PromptKind.MARKDOWN)
+    assert out.prompt_tokens == expected_prompt
+    assert out.output_tokens == MAX_TOKENS
+    assert out.finish_reason in (FinishReason.LENGTH, FinishReason.REPETITION)
+    assert out.truncated is True
+    assert out.raw_text  # random ids still detokenize to something
+    identity = engine.identity
+    assert (identity.name, identity.version, identity.mode) == ("vllm", "0.26.0", "gundam")
+
+
+async def test_every_prompt_kind_runs(engine: VllmEngine) -> None:
+    kinds = list(PromptKind)
+    outs = await asyncio.gather(
+        *(engine.infer(request(f"kind-{kind.value}", kind, n)) for n, kind in enumerate(kinds))
+    )
+    for kind, out in zip(kinds, outs, strict=True):
+        assert out.prompt_tokens == GUNDAM_IMAGE_TOKENS + text_tokens(engine._settings.model, kind)
+        assert out.output_tokens == MAX_TOKENS
+
+
+async def test_offloaded_preprocessing_matches_vllm_own_path(engine: VllmEngine) -> None:
+    # The engine processes images on vLLM's renderer pool through a private vLLM method;
+    # vLLM's public path (a plain prompt dict) must give the same prompt.
+    page = text_page(7)
+    prompt = build_prompt(PromptKind.MARKDOWN)
+    llm: Any = engine._engine
+    final: Any = None
+    plain = {"prompt": prompt, "multi_modal_data": {"image": page.image}}
+    async for output in llm.generate(plain, engine._sampling, request_id="gpu-plain/7/0"):
+        final = output
+    ours = await engine.infer(PageRequest("gpu-ours/7/0", page))
+    assert len(final.prompt_token_ids) == ours.prompt_tokens
+    prepared = await engine._backend.prepare_inputs(llm, prompt, page.image)
+    assert prepared["type"] == "multimodal"  # the fast path, not the fallback
+
+
+async def test_cancellation_frees_the_batch_slot(engine: VllmEngine) -> None:
+    engine._sampling, normal = long_sampling(engine), engine._sampling
+    try:
+        task = asyncio.create_task(engine.infer(request("cancel")))
+        await asyncio.sleep(2.0)
+        assert engine._sink.running >= 1
+        began = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - began < 2.0
+    finally:
+        engine._sampling = normal
+    # The next page runs alone: were the aborted one still decoding, the scheduler would
+    # report two running requests during it.
+    await engine.infer(request("after-cancel"))
+    assert engine._sink.running <= 1
+    assert engine.stats().extra["inflight"] == 0
+
+
+async def test_page_timeout_aborts(engine: VllmEngine) -> None:
+    engine._sampling, normal = long_sampling(engine), engine._sampling
+    engine.page_timeout_s = 2.0
+    try:
+        with pytest.raises(EngineError) as info:
+            await engine.infer(request("timeout"))
+        assert info.value.code is ErrorCode.PAGE_TIMEOUT
+    finally:
+        engine._sampling = normal
+        engine.page_timeout_s = engine._settings.page_timeout_s
+    await engine.infer(request("after-timeout"))
+    assert engine._sink.running <= 1
+    assert engine.stats().extra["timeouts_total"] >= 1
+
+
+async def test_stats_during_a_burst(engine: VllmEngine) -> None:
+    before = engine.stats()
+    samples = []
+
+    async def sample() -> None:
+        while True:
+            samples.append(engine.stats())
+            await asyncio.sleep(0.05)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        outs = await asyncio.gather(*(engine.infer(request("burst", number=n)) for n in range(48)))
+    finally:
+        sampler.cancel()
+    after = engine.stats()
+    assert len(outs) == 48
+    assert after.pages_total - before.pages_total == 48
+    assert after.output_tokens_total - before.output_tokens_total == 48 * MAX_TOKENS
+    assert max(s.running for s in samples) > 1
+    assert max(s.kv_cache_usage for s in samples) > 0.0
+    assert (after.running, after.waiting) == (0, 0)

@@ -1,0 +1,355 @@
+"""The deployment files agree with the code: settings names and values, probe paths and
+ports, KEDA's topic and group, dashboard metric names, the base image.
+
+No container engine or cluster runs here, so this is how compose, the Dockerfile, the
+Kubernetes manifests and the Grafana dashboard are validated.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from consumer.config import Settings
+from consumer.health import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
+from consumer.metrics import ConsumerMetrics
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "deploy" / "Dockerfile"
+K8S = REPO / "deploy" / "k8s"
+DASHBOARD = REPO / "deploy" / "grafana" / "ocr-stream.json"
+OPERATIONS = REPO / "docs" / "operations.md"
+VLLM_IMAGE = "vllm/vllm-openai"
+
+
+def settings_from(env: dict[str, Any], where: str) -> Settings:
+    """Validate OCR_* values the way the consumer reads them; every name must be a field."""
+    fields: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith("OCR_"):
+            continue
+        field = name.removeprefix("OCR_").lower()
+        assert field in Settings.model_fields, f"{where}: {name} is not a Settings field"
+        fields[field] = value
+    # Through the constructor, like environment variables: strings coerced, bounds checked.
+    return Settings(**fields)
+
+
+def env_dict(environment: Any) -> dict[str, Any]:
+    if environment is None:
+        return {}
+    if isinstance(environment, list):  # compose's "KEY=value" list form
+        return dict(item.split("=", 1) for item in environment)
+    return dict(environment)
+
+
+# docker-compose.yml -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+def test_compose_services(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert {"kafka", "redis", "topic-init", "consumer"} <= set(services)
+    assert services["kafka"]["image"].startswith("apache/kafka:")
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert services["redis"]["image"].startswith("redis:")
+    init = services["topic-init"]
+    assert init["entrypoint"] == ["ocr-topics"] and init["command"][0] == "create"
+    assert init["depends_on"]["kafka"]["condition"] == "service_healthy"
+
+
+def test_compose_kafka_matches_the_local_stack_version(compose: dict[str, Any]) -> None:
+    stack = (REPO / "deploy" / "local" / "stack.sh").read_text()
+    match = re.search(r"OCR_KAFKA_VERSION:-([0-9.]+)", stack)
+    assert match, "stack.sh no longer names its default Kafka version"
+    assert compose["services"]["kafka"]["image"] == f"apache/kafka:{match.group(1)}"
+
+
+def test_compose_kafka_cluster_id_is_a_uuid(compose: dict[str, Any]) -> None:
+    cluster_id = compose["services"]["kafka"]["environment"]["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_compose_consumer(compose: dict[str, Any]) -> None:
+    consumer = compose["services"]["consumer"]
+    assert consumer["build"]["dockerfile"] == "deploy/Dockerfile"
+    [device] = consumer["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    env = env_dict(consumer["environment"])
+    settings = settings_from(env, "compose consumer")
+    assert settings.metrics_host == "0.0.0.0"
+    assert f"127.0.0.1:{settings.metrics_port}:{settings.metrics_port}" in consumer["ports"]
+    assert any(v.endswith(f":{env['HF_HOME']}") for v in consumer["volumes"]), "no HF cache"
+    assert consumer["volumes"][0].split(":")[0] in compose["volumes"]
+    assert f":{settings.metrics_port}{READYZ_PATH}" in " ".join(consumer["healthcheck"]["test"])
+    grace = re.fullmatch(r"(\d+)s", consumer["stop_grace_period"])
+    assert grace and int(grace.group(1)) > settings.shutdown_grace_s
+    for name in ("kafka", "redis", "topic-init"):
+        assert name in consumer["depends_on"]
+    assert consumer["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
+
+
+def test_compose_every_ocr_variable_is_a_setting(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        settings_from(env_dict(service.get("environment")), f"compose {name}")
+
+
+def test_compose_ports_are_loopback_only(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} publicly"
+
+
+def test_compose_prometheus_scrapes_the_consumer(compose: dict[str, Any]) -> None:
+    config = yaml.safe_load(compose["configs"]["prometheus-config"]["content"])
+    [job] = config["scrape_configs"]
+    port = env_dict(compose["services"]["consumer"]["environment"])["OCR_METRICS_PORT"]
+    assert job["metrics_path"] == METRICS_PATH
+    assert job["static_configs"][0]["targets"] == [f"consumer:{port}"]
+
+
+# Dockerfile -------------------------------------------------------------------------------
+
+
+def test_dockerfile_starts_from_the_vllm_image_pinned_like_the_gpu_extra() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines()]
+    froms = [line.split()[1] for line in lines if line.upper().startswith("FROM ")]
+    assert froms and froms[-1].startswith(f"{VLLM_IMAGE}:"), froms
+    tag = froms[-1].split(":", 1)[1]
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    gpu = pyproject["project"]["optional-dependencies"]["gpu"]
+    assert f"vllm=={tag.removeprefix('v')}" in gpu, (tag, gpu)
+
+
+def test_dockerfile_runs_the_consumer_with_valid_settings() -> None:
+    text = DOCKERFILE.read_text()
+    assert 'ENTRYPOINT ["ocr-consumer"]' in text
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            env.update(pair.split("=", 1) for pair in line.split()[1:])
+    settings = settings_from(env, "Dockerfile")
+    assert f"EXPOSE {settings.metrics_port}" in text
+    assert "USER ocr" in text
+
+
+# Kubernetes -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def k8s() -> dict[str, list[dict[str, Any]]]:
+    """kind -> documents, from every YAML file under deploy/k8s."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    files = sorted(K8S.glob("*.yaml"))
+    assert files
+    for path in files:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is None:
+                continue
+            assert "apiVersion" in doc and "kind" in doc, path
+            doc["_file"] = path.name
+            by_kind.setdefault(doc["kind"], []).append(doc)
+    return by_kind
+
+
+def one(k8s: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, Any]:
+    [doc] = k8s[kind]
+    return doc
+
+
+@pytest.fixture(scope="module")
+def configmap(k8s: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    data: dict[str, str] = one(k8s, "ConfigMap")["data"]
+    return data
+
+
+@pytest.fixture(scope="module")
+def config_settings(configmap: dict[str, str]) -> Settings:
+    return settings_from(configmap, "ConfigMap")
+
+
+def test_manifests_are_namespace_agnostic(k8s: dict[str, list[dict[str, Any]]]) -> None:
+    for docs in k8s.values():
+        for doc in docs:
+            assert "namespace" not in doc.get("metadata", {}), doc["_file"]
+            assert "namespace" not in doc, doc["_file"]  # a Kustomization's own field
+
+
+def test_configmap_and_secret_names_are_settings(
+    k8s: dict[str, list[dict[str, Any]]], config_settings: Settings
+) -> None:
+    assert config_settings.metrics_host == "0.0.0.0"
+    secrets = [d for d in k8s["Secret"] if d["metadata"]["name"] == "ocr-stream-secrets"]
+    [secret] = secrets
+    for name in secret["stringData"]:
+        field = name.removeprefix("OCR_").lower()
+        assert name.startswith("OCR_") and field in Settings.model_fields, name
+        annotation = str(Settings.model_fields[field].annotation)
+        assert "SecretStr" in annotation or field.endswith("username"), name
+    settings_from(secret["stringData"], "Secret")
+    assert isinstance(settings_from(secret["stringData"], "Secret").redis_password, SecretStr)
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_deployment_env_and_sources(
+    k8s: dict[str, list[dict[str, Any]]], configmap: dict[str, str]
+) -> None:
+    container = _container(one(k8s, "Deployment"))
+    for item in container.get("env", []):
+        if item["name"].startswith("OCR_"):
+            assert item["name"].removeprefix("OCR_").lower() in Settings.model_fields
+    refs = container["envFrom"]
+    assert refs[0]["configMapRef"]["name"] == one(k8s, "ConfigMap")["metadata"]["name"]
+    assert refs[1]["secretRef"]["name"] == "ocr-stream-secrets"
+    assert refs[1]["secretRef"]["optional"] is True
+
+
+def test_deployment_probes_and_ports(
+    k8s: dict[str, list[dict[str, Any]]], config_settings: Settings
+) -> None:
+    deployment = one(k8s, "Deployment")
+    container = _container(deployment)
+    [port] = container["ports"]
+    assert port["containerPort"] == config_settings.metrics_port
+    assert container["livenessProbe"]["httpGet"]["path"] == HEALTHZ_PATH
+    assert container["readinessProbe"]["httpGet"]["path"] == READYZ_PATH
+    assert container["startupProbe"]["httpGet"]["path"] in (READYZ_PATH, HEALTHZ_PATH)
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] in (port["name"], port["containerPort"])
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 15 * 60, "model load"
+
+
+def test_deployment_shutdown_outlasts_the_grace(
+    k8s: dict[str, list[dict[str, Any]]], config_settings: Settings
+) -> None:
+    spec = one(k8s, "Deployment")["spec"]["template"]["spec"]
+    container = _container(one(k8s, "Deployment"))
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    pre_stop = float(command[-1]) if command[0] == "sleep" else 0.0
+    assert spec["terminationGracePeriodSeconds"] > pre_stop + config_settings.shutdown_grace_s
+
+
+def test_one_engine_per_pod_with_matching_gpus(
+    k8s: dict[str, list[dict[str, Any]]], config_settings: Settings
+) -> None:
+    resources = _container(one(k8s, "Deployment"))["resources"]
+    gpus = int(resources["limits"]["nvidia.com/gpu"])
+    assert gpus == config_settings.tensor_parallel_size
+    assert int(resources["requests"]["nvidia.com/gpu"]) == gpus
+
+
+def test_selectors_match_the_pods(k8s: dict[str, list[dict[str, Any]]]) -> None:
+    deployment = one(k8s, "Deployment")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert one(k8s, "PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() \
+        <= labels.items()
+    service = one(k8s, "Service")
+    assert service["spec"]["selector"].items() <= labels.items()
+    monitor = one(k8s, "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() \
+        <= service["metadata"]["labels"].items()
+
+
+def test_metrics_service_and_monitor(
+    k8s: dict[str, list[dict[str, Any]]], config_settings: Settings
+) -> None:
+    container_port = _container(one(k8s, "Deployment"))["ports"][0]
+    [port] = one(k8s, "Service")["spec"]["ports"]
+    assert port["targetPort"] in (container_port["name"], config_settings.metrics_port)
+    assert port["port"] == config_settings.metrics_port
+    [endpoint] = one(k8s, "ServiceMonitor")["spec"]["endpoints"]
+    assert endpoint["port"] == port["name"] and endpoint["path"] == METRICS_PATH
+
+
+def test_keda_scales_on_the_configured_topic_and_group(
+    k8s: dict[str, list[dict[str, Any]]], config_settings: Settings
+) -> None:
+    scaled = one(k8s, "ScaledObject")
+    assert scaled["spec"]["scaleTargetRef"]["name"] == one(k8s, "Deployment")["metadata"]["name"]
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "kafka"
+    meta = trigger["metadata"]
+    assert meta["topic"] == config_settings.topic_requests
+    assert meta["consumerGroup"] == config_settings.group_id
+    assert meta["bootstrapServers"] == config_settings.kafka_bootstrap
+    assert int(meta["lagThreshold"]) >= 1
+    # A consumer beyond the partition count would hold a GPU and get no partition.
+    assert scaled["spec"]["maxReplicaCount"] == config_settings.topic_partitions
+    auth = one(k8s, "TriggerAuthentication")
+    keda_secret = [d for d in k8s["Secret"] if d["metadata"]["name"] != "ocr-stream-secrets"]
+    assert {r["name"] for r in auth["spec"]["secretTargetRef"]} == {
+        d["metadata"]["name"] for d in keda_secret
+    }
+
+
+def test_kustomization_lists_existing_files(k8s: dict[str, list[dict[str, Any]]]) -> None:
+    resources = one(k8s, "Kustomization")["resources"]
+    for name in resources:
+        assert (K8S / name).is_file(), name
+    assert "secret.example.yaml" not in resources
+    assert {"configmap.yaml", "deployment.yaml", "pdb.yaml", "service.yaml"} <= set(resources)
+
+
+# Grafana ----------------------------------------------------------------------------------
+
+
+def _exprs(dashboard: dict[str, Any]) -> list[str]:
+    found: list[str] = []
+    for panel in dashboard["panels"]:
+        for child in [panel, *panel.get("panels", [])]:
+            found.extend(t["expr"] for t in child.get("targets", []))
+    for variable in dashboard["templating"]["list"]:
+        if variable.get("type") == "query":
+            found.append(variable["definition"])
+    return found
+
+
+def test_dashboard_uses_only_defined_metrics() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    defined = ConsumerMetrics().metric_names()
+    used = {name for expr in _exprs(dashboard) for name in re.findall(r"\bocr_[a-z0-9_]+", expr)}
+    assert used, "the dashboard queries no ocr_* metric"
+    assert used <= defined, sorted(used - defined)
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids)) and dashboard["uid"]
+
+
+def test_dashboard_covers_every_metric_family() -> None:
+    dashboard = json.loads(DASHBOARD.read_text())
+    text = " ".join(_exprs(dashboard))
+    families = {f.name for f in ConsumerMetrics().registry.collect()}
+    # Identity and free-form engine numbers are for ad-hoc queries, not panels.
+    missing = {f for f in families - {"ocr_consumer", "ocr_engine_stat"} if f not in text}
+    assert not missing, sorted(missing)
+
+
+# docs/operations.md -----------------------------------------------------------------------
+
+
+def test_operations_guide_lists_every_metric() -> None:
+    text = OPERATIONS.read_text()
+    for family in ConsumerMetrics().registry.collect():
+        shown = family.name + ("_total" if family.type == "counter" else "")
+        if family.type == "info":
+            shown = family.name + "_info"
+        assert f"`{shown}" in text, f"docs/operations.md does not list {shown}"

@@ -1,0 +1,556 @@
+"""Rendering untrusted documents: limits, formats, worker processes, and a free event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import os
+import random
+import signal
+import struct
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pymupdf as _pymupdf
+import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from consumer.config import Settings
+from consumer.documents import rasterize, renderproc
+from consumer.documents.fetch import FetchedDocument
+from consumer.documents.media import JPEG, PDF, PNG, TIFF, WEBP, sniff_media_type
+from consumer.documents.render import (
+    OpenedDocument,
+    open_document,
+    select_pages,
+    shutdown_renderers,
+    warm_up_renderers,
+)
+from consumer.errors import OcrError
+from schemas.common import ErrorCode
+from schemas.request import PageRange
+
+# PyMuPDF's own annotations are partial; see consumer/documents/rasterize.py.
+pymupdf: Any = _pymupdf
+
+TASK = "task-render-1"
+
+
+# -- documents drawn for the tests -------------------------------------------------------
+
+
+def text_pdf(pages: int, *, width: float = 595, height: float = 842) -> bytes:
+    """Page N says "Page N" and is (width + N) points wide, so a render shows which page."""
+    document = pymupdf.open()
+    for number in range(1, pages + 1):
+        page = document.new_page(width=width + number, height=height)
+        page.insert_text((72, 96), f"Page {number} total amount paid", fontsize=24)
+    data: bytes = document.tobytes()
+    document.close()
+    return data
+
+
+def heavy_pdf(circles: int) -> bytes:
+    """One page of many translucent circles: slow for MuPDF at high dpi."""
+    document = pymupdf.open()
+    page = document.new_page(width=595, height=842)
+    shape = page.new_shape()
+    rng = random.Random(7)
+    for _ in range(circles):
+        shape.draw_circle((rng.uniform(0, 595), rng.uniform(0, 842)), rng.uniform(5, 120))
+    shape.finish(color=(0, 0, 1), fill=(1, 1, 0), fill_opacity=0.3)
+    shape.commit()
+    data: bytes = document.tobytes()
+    document.close()
+    return data
+
+
+def many_pages_pdf(count: int) -> bytes:
+    """A valid PDF of `count` empty pages, written directly: PyMuPDF needs seconds for this."""
+    kids = " ".join(f"{number} 0 R" for number in range(3, count + 3))
+    bodies = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        f"<< /Type /Pages /Kids [{kids}] /Count {count} >>".encode(),
+    ]
+    bodies += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"] * count
+    out = bytearray(b"%PDF-1.7\n")
+    offsets = []
+    for number, body in enumerate(bodies, start=1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(bodies) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
+        len(bodies) + 1,
+        xref,
+    )
+    return bytes(out)
+
+
+def encrypted_pdf(*, user_password: str) -> bytes:
+    document = pymupdf.open()
+    document.new_page().insert_text((72, 72), "secret")
+    data: bytes = document.tobytes(
+        encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="owner", user_pw=user_password
+    )
+    return data
+
+
+def image_bytes(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims a size its (tiny) data does not have: a bomb header."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def fetched(data: bytes, media_type: str | None = None) -> FetchedDocument:
+    kind = media_type or sniff_media_type(data)
+    assert kind is not None
+    return FetchedDocument(data=data, media_type=kind, sha256="0" * 64, name="doc")
+
+
+def make_settings(**overrides: object) -> Settings:
+    return Settings(**{"render_workers": 2, **overrides})  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def render_workers() -> Iterator[None]:
+    yield
+    shutdown_renderers()
+
+
+async def open_(data: bytes, **overrides: object) -> OpenedDocument:
+    return await open_document(fetched(data), make_settings(**overrides), TASK)
+
+
+async def expect_error(code: ErrorCode, coro: object) -> OcrError:
+    with pytest.raises(OcrError) as caught:
+        await coro  # type: ignore[misc]
+    assert caught.value.code is code, caught.value.message
+    return caught.value
+
+
+# -- select_pages ------------------------------------------------------------------------
+
+
+def test_select_pages_all_when_no_ranges() -> None:
+    assert select_pages(None, 4) == [1, 2, 3, 4]
+
+
+def test_select_pages_sorts_merges_and_clips() -> None:
+    ranges = [
+        PageRange(first=8, last=None),
+        PageRange(first=2, last=3),
+        PageRange(first=3, last=4),
+        PageRange(first=1, last=1),
+        PageRange(first=9, last=50),
+    ]
+    assert select_pages(ranges, 10) == [1, 2, 3, 4, 8, 9, 10]
+
+
+def test_select_pages_beyond_the_end_is_refused() -> None:
+    with pytest.raises(OcrError) as caught:
+        select_pages([PageRange(first=12, last=15), PageRange(first=20)], 10)
+    assert caught.value.code is ErrorCode.PAGE_RANGE_EMPTY
+    assert "12-15, 20-" in caught.value.message
+    assert "between 1 and 10" in caught.value.message
+
+
+def test_select_pages_empty_list_is_refused() -> None:
+    with pytest.raises(OcrError) as caught:
+        select_pages([], 3)
+    assert caught.value.code is ErrorCode.PAGE_RANGE_EMPTY
+
+
+ranges_strategy = st.lists(
+    st.tuples(st.integers(1, 60), st.one_of(st.none(), st.integers(0, 60))).map(
+        lambda pair: PageRange(first=pair[0], last=None if pair[1] is None else pair[0] + pair[1])
+    ),
+    max_size=8,
+)
+
+
+@given(ranges=st.one_of(st.none(), ranges_strategy), page_count=st.integers(0, 50))
+def test_select_pages_matches_a_set_model(ranges: list[PageRange] | None, page_count: int) -> None:
+    expected: set[int] = set()
+    for page in range(1, page_count + 1):
+        if ranges is None or any(
+            r.first <= page and (r.last is None or page <= r.last) for r in ranges
+        ):
+            expected.add(page)
+    if not expected:
+        with pytest.raises(OcrError) as caught:
+            select_pages(ranges, page_count)
+        assert caught.value.code is ErrorCode.PAGE_RANGE_EMPTY
+    else:
+        assert select_pages(ranges, page_count) == sorted(expected)
+
+
+# -- PDFs --------------------------------------------------------------------------------
+
+
+async def test_pdf_pages_render_on_demand_at_the_requested_dpi() -> None:
+    opened = await open_(text_pdf(3))
+    try:
+        assert opened.page_count == 3
+        assert opened.media_type == PDF
+        page = await opened.render_page(2, 144)
+        assert page.task_id == TASK and page.page == 2 and page.dpi == 144
+        assert page.image.mode == "RGB"
+        assert page.width_pt == 597 and page.height_pt == 842
+        assert page.image.size == (1194, 1684)  # 597 pt and 842 pt at 2 px/pt
+        assert page.image.convert("L").getextrema() == (0, 255)  # white paper, black text
+    finally:
+        await opened.close()
+
+
+async def test_concurrent_renders_of_several_documents_return_the_right_pages() -> None:
+    documents = [await open_(text_pdf(4, width=300 + 50 * index)) for index in range(3)]
+    try:
+        jobs = [(index, page) for index in range(3) for page in (4, 1, 3, 2)]
+        images = await asyncio.gather(
+            *(documents[index].render_page(page, 72) for index, page in jobs)
+        )
+        for (index, page), image in zip(jobs, images, strict=True):
+            assert image.image.width == 300 + 50 * index + page
+    finally:
+        for document in documents:
+            await document.close()
+
+
+async def test_encrypted_pdf_is_refused() -> None:
+    error = await expect_error(
+        ErrorCode.DOCUMENT_ENCRYPTED, open_(encrypted_pdf(user_password="hunter2"))
+    )
+    assert "password" in error.message
+
+
+async def test_pdf_with_only_an_owner_password_opens() -> None:
+    opened = await open_(encrypted_pdf(user_password=""))
+    try:
+        assert (await opened.render_page(1, 72)).image.size == (595, 842)
+    finally:
+        await opened.close()
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"%PDF-1.7\nthis is not a PDF body at all", b"%PDF-", b"%PDF-1.4\n" + b"\x00" * 4096],
+    ids=["garbage", "header-only", "zeros"],
+)
+async def test_corrupt_pdf_is_refused(data: bytes) -> None:
+    await expect_error(ErrorCode.DOCUMENT_CORRUPT, open_(data))
+
+
+async def test_ten_thousand_pages_are_refused_fast() -> None:
+    data = many_pages_pdf(10_000)
+    await warm_up_renderers(make_settings())
+    start = time.perf_counter()
+    error = await expect_error(ErrorCode.DOCUMENT_TOO_MANY_PAGES, open_(data, max_pages=2000))
+    assert time.perf_counter() - start < 2.0
+    assert "10000 pages" in error.message and "OCR_MAX_PAGES=2000" in error.message
+
+
+async def test_page_count_at_the_limit_is_accepted() -> None:
+    opened = await open_(many_pages_pdf(50), max_pages=50)
+    try:
+        assert opened.page_count == 50
+    finally:
+        await opened.close()
+
+
+async def test_oversized_page_is_refused_before_rendering() -> None:
+    document = pymupdf.open()
+    document.new_page(width=14_400, height=14_400)  # 200 x 200 inches
+    opened = await open_(document.tobytes())
+    try:
+        start = time.perf_counter()
+        error = await expect_error(ErrorCode.PAGE_TOO_MANY_PIXELS, opened.render_page(1, 144))
+        assert time.perf_counter() - start < 1.0  # 829 Mpx would take far longer
+        # The advice names a dpi that fits: 72 * sqrt(40e6 / 14400^2) = 31.6.
+        assert "at most 31 dpi" in error.message
+        assert "OCR_MAX_PAGE_PIXELS=40000000" in error.message
+    finally:
+        await opened.close()
+
+
+async def test_page_out_of_range_and_render_after_close() -> None:
+    opened = await open_(text_pdf(1))
+    await expect_error(ErrorCode.PAGE_RENDER_FAILED, opened.render_page(2, 72))
+    await opened.close()
+    await opened.close()  # idempotent
+    with pytest.raises(RuntimeError):
+        await opened.render_page(1, 72)
+
+
+async def test_render_does_not_block_the_event_loop() -> None:
+    opened = await open_(heavy_pdf(400))
+    try:
+        await opened.render_page(1, 36)  # worker warm and document open
+        gaps: list[float] = []
+        stop = asyncio.Event()
+
+        async def tick() -> None:
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.002)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        ticker = asyncio.create_task(tick())
+        start = time.perf_counter()
+        page = await opened.render_page(1, 400)
+        elapsed = time.perf_counter() - start
+        stop.set()
+        await ticker
+        assert page.image.size == (3306, 4678)
+        assert elapsed > 0.3, "the page must be heavy enough to prove anything"
+        assert max(gaps) < 0.05, f"loop stalled {max(gaps) * 1000:.0f} ms in {elapsed:.2f} s"
+    finally:
+        await opened.close()
+
+
+async def test_slow_page_times_out_and_the_worker_recovers() -> None:
+    heavy = await open_(heavy_pdf(3000), page_timeout_s=0.3)
+    # A document that shares the worker the timeout will kill.
+    neighbours = [await open_(text_pdf(2), page_timeout_s=5) for _ in range(2)]
+    try:
+        neighbour = next(doc for doc in neighbours if doc._worker is heavy._worker)
+        killed_pid = heavy._worker.pid
+        error = await expect_error(ErrorCode.PAGE_TIMEOUT, heavy.render_page(1, 600))
+        assert "OCR_PAGE_TIMEOUT_S" in error.message
+        # The neighbour is re-opened in the fresh worker on its next page.
+        assert (await neighbour.render_page(2, 72)).image.width == 597
+        assert heavy._worker.pid not in (None, killed_pid)
+    finally:
+        await heavy.close()
+        for document in neighbours:
+            await document.close()
+
+
+async def test_a_killed_worker_is_replaced_and_documents_reopened() -> None:
+    opened = await open_(text_pdf(3))
+    try:
+        await opened.render_page(1, 72)
+        worker = opened._worker
+        pid = worker.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # our own child, by its pid
+        page = await opened.render_page(3, 72)
+        assert page.image.width == 598
+        assert worker.pid not in (None, pid)
+    finally:
+        await opened.close()
+
+
+# -- images ------------------------------------------------------------------------------
+
+
+async def test_png_with_transparency_becomes_rgb_on_white() -> None:
+    image = Image.new("RGBA", (320, 200), (0, 0, 0, 0))
+    image.paste((0, 0, 0, 255), (10, 10, 60, 60))
+    opened = await open_(image_bytes(image, "PNG", dpi=(300, 300)))
+    try:
+        assert opened.media_type == PNG and opened.page_count == 1
+        page = await opened.render_page(1, 144)
+        assert page.image.mode == "RGB" and page.image.size == (320, 200)
+        assert page.dpi == 300 and page.width_pt is None and page.height_pt is None
+        assert page.image.getpixel((200, 150)) == (255, 255, 255)
+        assert page.image.getpixel((20, 20)) == (0, 0, 0)
+    finally:
+        await opened.close()
+
+
+async def test_jpeg_exif_orientation_is_applied() -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image = Image.new("RGB", (400, 100), "white")
+    opened = await open_(image_bytes(image, "JPEG", exif=exif))
+    try:
+        assert opened.media_type == JPEG
+        page = await opened.render_page(1, 144)
+        assert page.image.size == (100, 400)
+    finally:
+        await opened.close()
+
+
+async def test_multi_frame_tiff_pages_are_frames() -> None:
+    frames = [
+        Image.new("RGB", (50 + 10 * n, 40), color)
+        for n, color in enumerate(["red", "green", "blue"])
+    ]
+    data = image_bytes(frames[0], "TIFF", save_all=True, append_images=frames[1:], dpi=(200, 200))
+    opened = await open_(data)
+    try:
+        assert opened.media_type == TIFF and opened.page_count == 3
+        second = await opened.render_page(2, 144)
+        assert second.image.size == (60, 40)
+        assert second.image.getpixel((5, 5)) == (0, 128, 0)
+        assert second.dpi == 200
+        assert (await opened.render_page(3, 144)).image.getpixel((5, 5)) == (0, 0, 255)
+    finally:
+        await opened.close()
+
+
+async def test_tiff_with_too_many_frames_is_refused() -> None:
+    frames = [Image.new("L", (8, 8), n * 20) for n in range(6)]
+    data = image_bytes(frames[0], "TIFF", save_all=True, append_images=frames[1:])
+    error = await expect_error(ErrorCode.DOCUMENT_TOO_MANY_PAGES, open_(data, max_pages=5))
+    assert "more than 5" in error.message
+
+
+async def test_image_dpi_comes_from_the_file() -> None:
+    opened = await open_(image_bytes(Image.new("RGB", (30, 30), "white"), "JPEG", dpi=(150, 150)))
+    try:
+        assert (await opened.render_page(1, 144)).dpi == 150
+    finally:
+        await opened.close()
+
+
+async def test_webp_and_sixteen_bit_grey_render_as_rgb() -> None:
+    webp = await open_(image_bytes(Image.new("RGB", (64, 32), (10, 200, 30)), "WEBP"))
+    grey = Image.new("I;16", (16, 16))
+    grey.putpixel((0, 0), 65535)
+    deep = await open_(image_bytes(grey, "PNG"))
+    try:
+        assert webp.media_type == WEBP
+        assert (await webp.render_page(1, 144)).image.size == (64, 32)
+        page = await deep.render_page(1, 144)
+        assert page.image.mode == "RGB" and page.image.getpixel((0, 0)) == (255, 255, 255)
+    finally:
+        await webp.close()
+        await deep.close()
+
+
+async def test_bomb_header_is_refused_without_decoding() -> None:
+    start = time.perf_counter()
+    error = await expect_error(
+        ErrorCode.PAGE_TOO_MANY_PIXELS, open_(png_claiming(100_000, 100_000))
+    )
+    assert time.perf_counter() - start < 2.0
+    assert "scale it down" in error.message
+
+
+async def test_real_bilevel_bomb_is_refused_per_page() -> None:
+    # 8000 x 8000 one-bit pixels compress to a few kilobytes and would decode to 192 MB RGB.
+    data = image_bytes(Image.new("1", (8000, 8000), 1), "PNG")
+    assert len(data) < 100_000
+    opened = await open_(data)
+    try:
+        error = await expect_error(ErrorCode.PAGE_TOO_MANY_PIXELS, opened.render_page(1, 144))
+        assert "8000 x 8000" in error.message
+    finally:
+        await opened.close()
+
+
+async def test_truncated_images_are_corrupt() -> None:
+    noisy = Image.frombytes("RGB", (300, 300), random.Random(1).randbytes(300 * 300 * 3))
+    png = image_bytes(noisy, "PNG")
+    opened = await open_(png[: len(png) // 2])
+    try:
+        await expect_error(ErrorCode.DOCUMENT_CORRUPT, opened.render_page(1, 144))
+    finally:
+        await opened.close()
+    await expect_error(ErrorCode.DOCUMENT_CORRUPT, open_(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64))
+    await expect_error(ErrorCode.DOCUMENT_CORRUPT, open_(b"\xff\xd8\xff" + b"\x00" * 64))
+
+
+async def test_unsupported_media_type_is_refused() -> None:
+    await expect_error(
+        ErrorCode.DOCUMENT_UNSUPPORTED_TYPE,
+        open_document(fetched(b"GIF89a", "image/gif"), make_settings(), TASK),
+    )
+
+
+# -- fuzzing the synchronous layer (in-process: fast, and MuPDF copes with garbage) ------
+
+
+@hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
+    cut=st.integers(10, 10_000),
+)
+def test_damaged_pdfs_fail_only_with_coded_errors(flips: list[tuple[int, int]], cut: int) -> None:
+    data = bytearray(_SAMPLE_PDF[: max(cut, 10)])
+    for position, value in flips:
+        if position < len(data):
+            data[position] = value
+    try:
+        document = rasterize.open_raster(bytes(data), PDF, max_pages=10)
+    except OcrError:
+        return
+    try:
+        for page in range(1, document.page_count + 1):
+            with contextlib.suppress(OcrError):
+                document.render(page, 36, 10_000_000)
+    finally:
+        document.close()
+
+
+_SAMPLE_PDF = text_pdf(2)
+
+
+@hypothesis_settings(max_examples=60, deadline=None)
+@given(
+    media_type=st.sampled_from([PNG, JPEG, TIFF, WEBP]),
+    flips=st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), max_size=8),
+    cut=st.integers(0, 4000),
+)
+def test_damaged_images_fail_only_with_coded_errors(
+    media_type: str, flips: list[tuple[int, int]], cut: int
+) -> None:
+    data = bytearray(_SAMPLE_IMAGES[media_type][: 12 + cut])
+    for position, value in flips:
+        if 12 <= position < len(data):  # keep the magic, damage the rest
+            data[position] = value
+    try:
+        document = rasterize.open_raster(bytes(data), media_type, max_pages=10)
+        for page in range(1, document.page_count + 1):
+            document.render(page, 72, 1_000_000)
+    except OcrError:
+        pass
+
+
+_SAMPLE_IMAGES = {
+    fmt_type: image_bytes(
+        Image.frombytes("RGB", (40, 30), random.Random(3).randbytes(40 * 30 * 3)), fmt
+    )
+    for fmt_type, fmt in ((PNG, "PNG"), (JPEG, "JPEG"), (TIFF, "TIFF"), (WEBP, "WEBP"))
+}
+
+
+def test_worker_protocol_carries_no_exceptions() -> None:
+    failed = renderproc.Failed(code=ErrorCode.DOCUMENT_CORRUPT.value, message="broken")
+    assert failed.error().code is ErrorCode.DOCUMENT_CORRUPT
+
+
+def test_test_helpers_write_files(tmp_path: Path) -> None:
+    # The hand-written PDF is a real PDF, not something only our reader accepts.
+    path = tmp_path / "many.pdf"
+    path.write_bytes(many_pages_pdf(3))
+    with pymupdf.open(path) as document:
+        assert document.page_count == 3

@@ -1,0 +1,357 @@
+"""The v1 contract refuses what it must, with messages a producer can act on."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import BaseModel, ValidationError
+
+from schemas import export
+from schemas.cloudevents import (
+    CE_TYPE_RESULT,
+    CloudEventHeaderError,
+    ce_headers,
+    parse_ce_headers,
+)
+from schemas.common import ErrorCode
+from schemas.decode import RequestDecodeError, decode_request
+from schemas.dlq import DlqEnvelope
+from schemas.progress import ProgressEvent, TaskStatus
+from schemas.request import OcrRequest, PageRange, parse_page_ranges
+from schemas.result import PageResult
+from schemas.timing import TimingEvent
+
+NOW = "2026-11-24T10:00:00Z"
+VERSION_MESSAGE = (
+    "Value error, unsupported schema_version 2: this release understands only 1; "
+    "upgrade the consumer or publish a v1 event"
+)
+TASK_ID_MESSAGE = "String should match pattern '^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$'"
+ENGINE = {"name": "rapidocr", "model": "PP-OCRv4"}
+
+# A minimal valid event of each kind, as it travels: JSON.
+VALID: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {
+    "request": (OcrRequest, {"task_id": "doc-1", "source": {"uri": "file:///srv/a.pdf"}}),
+    "page_result": (
+        PageResult,
+        {
+            "task_id": "doc-1", "page": 1, "page_count": 2, "status": "ok",
+            "finish_reason": "stop", "engine": ENGINE,
+            "image": {"width_px": 1190, "height_px": 1684, "dpi": 144},
+            "blocks": [{"label": "text", "text": "hi", "bbox_px": [0, 0, 10, 10]}],
+            "produced_at": NOW,
+        },
+    ),
+    "progress": (
+        ProgressEvent,
+        {"task_id": "doc-1", "status": "started", "pages_total": 2, "emitted_at": NOW},
+    ),
+    "timing": (
+        TimingEvent,
+        {
+            "task_id": "doc-1", "kind": "task", "pages": 2, "queued_at": NOW,
+            "started_at": NOW, "finished_at": NOW, "stages": {"infer_ms": 12.5},
+        },
+    ),
+    "dlq": (
+        DlqEnvelope,
+        {
+            "error_code": "REQUEST_NOT_JSON", "error_message": "request is not JSON",
+            "original_topic": "ocr.requests", "original_partition": 0, "original_offset": 7,
+            "original_value_base64": "bm9wZQ==", "failed_at": NOW,
+        },
+    ),
+}
+KINDS = list(VALID)
+
+# (kind, field, wrong value, message)
+WRONG_TYPES = [
+    ("request", "dpi", "144", "Input should be a valid integer"),
+    ("page_result", "page", "1", "Input should be a valid integer"),
+    ("progress", "status", "running",
+     "Input should be 'queued', 'started', 'page_done', 'completed' or 'failed'"),
+    ("timing", "started_at", 1700000000.5, "Input should be a valid datetime"),
+    ("dlq", "original_offset", "7", "Input should be a valid integer"),
+]
+# (kind, field, too large value, message)
+OVERSIZED = [
+    ("request", "locate_text", "x" * 513, "String should have at most 512 characters"),
+    ("page_result", "markdown", "x" * (512 * 1024 + 1),
+     "String should have at most 524288 characters"),
+    ("progress", "consumer_id", "c" * 129, "String should have at most 128 characters"),
+    ("timing", "consumer_id", "c" * 129, "String should have at most 128 characters"),
+    ("dlq", "error_message", "m" * 4097, "String should have at most 4096 characters"),
+]
+# The fields that identify an event: the task, or for a dead letter the original record.
+ID_FIELDS = [
+    ("request", "task_id"),
+    ("page_result", "task_id"),
+    ("progress", "task_id"),
+    ("timing", "task_id"),
+    ("dlq", "original_topic"),
+    ("dlq", "original_partition"),
+    ("dlq", "original_offset"),
+]
+
+
+def errors(model: type[BaseModel], payload: dict[str, Any]) -> list[tuple[tuple[Any, ...], str]]:
+    with pytest.raises(ValidationError) as info:
+        model.model_validate_json(json.dumps(payload))
+    return [(tuple(e["loc"]), e["msg"]) for e in info.value.errors(include_url=False)]
+
+
+def event(kind: str, **changes: Any) -> tuple[type[BaseModel], dict[str, Any]]:
+    model, payload = VALID[kind]
+    return model, {**payload, **changes}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_valid_event_round_trips_through_json(kind: str) -> None:
+    model, payload = VALID[kind]
+    parsed = model.model_validate_json(json.dumps(payload))
+    assert model.model_validate_json(parsed.model_dump_json()) == parsed
+    assert json.loads(parsed.model_dump_json())["schema_version"] == 1
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_version_is_refused(kind: str) -> None:
+    assert errors(*event(kind, schema_version=2)) == [(("schema_version",), VERSION_MESSAGE)]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_version_must_be_an_integer(kind: str) -> None:
+    assert errors(*event(kind, schema_version="1")) == [
+        (("schema_version",), "Input should be a valid integer")
+    ]
+
+
+@pytest.mark.parametrize(("kind", "field", "value", "message"), WRONG_TYPES)
+def test_wrong_types_are_not_coerced(kind: str, field: str, value: Any, message: str) -> None:
+    assert errors(*event(kind, **{field: value})) == [((field,), message)]
+
+
+@pytest.mark.parametrize(("kind", "field", "value", "message"), OVERSIZED)
+def test_oversized_fields_are_refused(kind: str, field: str, value: str, message: str) -> None:
+    assert errors(*event(kind, **{field: value})) == [((field,), message)]
+
+
+@pytest.mark.parametrize(("kind", "field"), ID_FIELDS)
+def test_missing_ids_are_refused(kind: str, field: str) -> None:
+    model, payload = VALID[kind]
+    without = {k: v for k, v in payload.items() if k != field}
+    assert errors(model, without) == [((field,), "Field required")]
+
+
+@pytest.mark.parametrize("kind", [k for k, _ in ID_FIELDS if k != "dlq"])
+@pytest.mark.parametrize("task_id", ["a/b", "", "-leading-dash", "x" * 129, "sp ace"])
+def test_task_ids_that_cannot_be_keys_are_refused(kind: str, task_id: str) -> None:
+    [(where, message)] = errors(*event(kind, task_id=task_id))
+    assert where == ("task_id",)
+    assert message in (
+        TASK_ID_MESSAGE,
+        "String should have at least 1 character",
+        "String should have at most 128 characters",
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_unknown_fields_are_refused(kind: str) -> None:
+    assert errors(*event(kind, colour="blue")) == [(("colour",), "Extra inputs are not permitted")]
+
+
+def test_request_source_needs_exactly_one_location() -> None:
+    both = {"uri": "file:///srv/a.pdf", "inline_base64": "AA=="}
+    message = "Value error, source needs exactly one of 'uri' or 'inline_base64'"
+    assert errors(*event("request", source=both)) == [(("source",), message)]
+    assert errors(*event("request", source={})) == [(("source",), message)]
+
+
+def test_request_rules_across_fields() -> None:
+    assert errors(*event("request", prompt="locate")) == [
+        ((), "Value error, prompt 'locate' needs 'locate_text'")
+    ]
+    assert errors(*event("request", pages=[{"first": 3, "last": 2}])) == [
+        (("pages", 0), "Value error, page range 3-2 ends before it starts")
+    ]
+    assert errors(*event("request", source={"uri": "file:///a", "sha256": "ABC"})) == [
+        (("source", "sha256"), "String should match pattern '^[0-9a-f]{64}$'")
+    ]
+
+
+def test_metadata_stays_small() -> None:
+    assert errors(*event("request", metadata={"k": "v" * 1025})) == [
+        (("metadata",), "Value error, metadata value of 'k' has 1025 characters; at most 1024")
+    ]
+    assert errors(*event("progress", metadata={f"k{i}": i for i in range(33)})) == [
+        (("metadata",), "Value error, metadata has 33 entries; at most 32")
+    ]
+
+
+def test_page_result_page_must_be_in_the_document() -> None:
+    assert errors(*event("page_result", page=3, page_count=2)) == [
+        ((), "Value error, page 3 is beyond page_count 2")
+    ]
+
+
+def test_page_result_boxes_have_four_numbers() -> None:
+    blocks = [{"label": "text", "bbox_px": [0, 0, 10]}]
+    assert errors(*event("page_result", blocks=blocks)) == [
+        (("blocks", 0, "bbox_px"), "List should have at least 4 items after validation, not 3")
+    ]
+
+
+def test_final_statuses() -> None:
+    assert {s for s in TaskStatus if s.is_final} == {TaskStatus.COMPLETED, TaskStatus.FAILED}
+
+
+# --- decode_request: every refusal has its own code ------------------------------------------
+
+
+def refusal(raw: bytes | None, max_bytes: int = 1024 * 1024) -> RequestDecodeError:
+    with pytest.raises(RequestDecodeError) as info:
+        decode_request(raw, max_bytes=max_bytes)
+    return info.value
+
+
+def test_decode_accepts_a_valid_request() -> None:
+    request = decode_request(json.dumps(VALID["request"][1]).encode())
+    assert request.task_id == "doc-1" and request.dpi == 144
+
+
+@pytest.mark.parametrize(
+    ("raw", "code", "message"),
+    [
+        (b"\xff\xfe{}", ErrorCode.REQUEST_NOT_UTF8, "request is not UTF-8 (byte 0)"),
+        (b'{"task_id": "\xe9"}', ErrorCode.REQUEST_NOT_UTF8, "request is not UTF-8 (byte 13)"),
+        (b"not json", ErrorCode.REQUEST_NOT_JSON, "request is not JSON: Expecting value at char 0"),
+        (b"[1, 2]", ErrorCode.REQUEST_INVALID, "request must be a JSON object, got list"),
+        (b'"text"', ErrorCode.REQUEST_INVALID, "request must be a JSON object, got str"),
+        (None, ErrorCode.REQUEST_INVALID, "record has no value (tombstone)"),
+    ],
+)
+def test_decode_refusals(raw: bytes | None, code: ErrorCode, message: str) -> None:
+    error = refusal(raw)
+    assert (error.code, error.message, error.task_id) == (code, message, None)
+
+
+def test_decode_refuses_too_large_before_reading() -> None:
+    error = refusal(b"\xff" * 2000, max_bytes=1024)  # not UTF-8 either: size is checked first
+    assert error.code is ErrorCode.REQUEST_TOO_LARGE
+    assert error.message == (
+        "request is 2000 bytes; the limit is 1024: send large documents by URI "
+        "(claim check), not inline"
+    )
+
+
+def test_decode_refuses_unsupported_version_and_keeps_the_task_id() -> None:
+    error = refusal(b'{"schema_version": 9, "task_id": "v9"}')
+    assert error.code is ErrorCode.REQUEST_UNSUPPORTED_VERSION
+    assert error.message == "schema_version 9 is not supported; this consumer speaks 1"
+    assert error.task_id == "v9"
+
+
+def test_decode_describes_invalid_fields() -> None:
+    error = refusal(b'{"task_id": "a", "dpi": 10}')
+    assert error.code is ErrorCode.REQUEST_INVALID
+    assert error.message == (
+        "source: Field required; dpi: Input should be greater than or equal to 36"
+    )
+    assert error.task_id == "a"
+
+
+def test_decode_caps_the_list_of_problems() -> None:
+    payload = {f"x{i}": i for i in range(10)} | {"task_id": "a"}
+    error = refusal(json.dumps(payload).encode())
+    assert error.message.count("Extra inputs are not permitted") == 7
+    assert error.message.endswith("; ... and 3 more")
+
+
+# --- committed JSON Schema / AsyncAPI ----------------------------------------------------------
+
+
+def test_committed_schema_files_match_the_models() -> None:
+    assert export.main(["--check"]) == 0
+
+
+# --- CloudEvents -----------------------------------------------------------------------------
+
+
+def test_cloudevents_headers_round_trip() -> None:
+    when = datetime(2026, 11, 24, 10, 0, 0, 123000, tzinfo=UTC)
+    headers = ce_headers(
+        event_id="doc-1/1/0", event_type=CE_TYPE_RESULT, source="ocr-stream/c1",
+        subject="doc-1", time=when,
+    )
+    as_dict = dict(headers)
+    assert as_dict["ce_specversion"] == b"1.0"
+    assert as_dict["ce_time"] == b"2026-11-24T10:00:00.123000Z"
+    assert as_dict["content-type"] == b"application/json"
+    parsed = parse_ce_headers(tuple(headers))  # aiokafka hands headers over as a tuple
+    assert (parsed.id, parsed.type, parsed.source, parsed.subject, parsed.time) == (
+        "doc-1/1/0", CE_TYPE_RESULT, "ocr-stream/c1", "doc-1", when,
+    )
+    assert parse_ce_headers(ce_headers(event_id="x", event_type="t", source="s")).subject is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"ce_id": None, "ce_time": None}, "missing CloudEvents headers: ce_id, ce_time"),
+        ({"ce_specversion": b"0.3"}, "ce_specversion '0.3' is not '1.0'"),
+        ({"ce_time": b"yesterday"}, "ce_time 'yesterday' is not RFC 3339"),
+    ],
+)
+def test_cloudevents_header_errors(change: dict[str, bytes | None], message: str) -> None:
+    headers = dict(ce_headers(event_id="x", event_type="t", source="s"))
+    for key, value in change.items():
+        if value is None:
+            del headers[key]
+        else:
+            headers[key] = value
+    with pytest.raises(CloudEventHeaderError) as info:
+        parse_ce_headers(list(headers.items()))
+    assert str(info.value) == message
+
+
+# --- page ranges ---------------------------------------------------------------------------
+
+
+def test_parse_page_ranges() -> None:
+    assert parse_page_ranges("1-3,5, 9 - ") == [
+        PageRange(first=1, last=3), PageRange(first=5, last=5), PageRange(first=9),
+    ]
+    assert parse_page_ranges("7") == [PageRange(first=7, last=7)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("1-3,x", "bad page range item 'x': use N, N-M or N-"),
+        ("", "bad page range item '': use N, N-M or N-"),
+        ("1,,2", "bad page range item '': use N, N-M or N-"),
+        ("-4", "bad page range item '-4': use N, N-M or N-"),
+        ("5-2", "page range 5-2 ends before it starts"),
+        ("0", "Input should be greater than or equal to 1"),
+    ],
+)
+def test_parse_page_ranges_refusals(text: str, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        parse_page_ranges(text)
+    assert message in str(info.value)
+
+
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 10_000), st.one_of(st.none(), st.integers(0, 10_000))),
+        min_size=1, max_size=20,
+    )
+)
+def test_parse_page_ranges_round_trips(items: list[tuple[int, int | None]]) -> None:
+    ranges = [PageRange(first=f, last=None if extra is None else f + extra) for f, extra in items]
+    text = ",".join(f"{r.first}-{'' if r.last is None else r.last}" for r in ranges)
+    assert parse_page_ranges(text) == ranges

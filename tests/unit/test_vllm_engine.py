@@ -1,0 +1,568 @@
+"""VllmEngine against a fake vLLM (no GPU, no vllm package needed).
+
+The fake stands in for `AsyncLLM` at the `VllmBackend` seam: `generate()` is an async
+generator that answers after a delay with a RequestOutput-shaped object, and records the
+prompts, sampling parameters and aborts it saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from consumer.config import ResolutionMode, Settings
+from consumer.engines import deepseek_modes
+from consumer.engines.base import PageImage, PageRequest
+from consumer.engines.deepseek_prompts import PROMPTS, build_prompt, clean_locate_text
+from consumer.engines.vllm import (
+    NGRAM_PROCESSOR,
+    V2_RUNNER_ENV,
+    AsyncEngineLike,
+    StatsSink,
+    VllmEngine,
+)
+from consumer.errors import EngineError, OcrError
+from schemas.common import ErrorCode
+from schemas.request import PromptKind
+from schemas.result import FinishReason
+
+GROUNDED = (
+    "<|ref|>title<|/ref|><|det|>[[100, 50, 900, 120]]<|/det|>\n# Quarterly report\n\n"
+    "<|ref|>text<|/ref|><|det|>[[100, 150, 900, 400]]<|/det|>\nRevenue grew by 12%.\n\n"
+    "<|ref|>image<|/ref|><|det|>[[200, 500, 800, 900]]<|/det|>\n"
+)
+
+
+@dataclass
+class FakeCompletion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+
+
+@dataclass
+class FakeRequestOutput:
+    request_id: str
+    prompt_token_ids: list[int]
+    outputs: list[FakeCompletion]
+    finished: bool = True
+
+
+Script = Callable[[str], tuple[str, int, str | None]]  # prompt -> text, tokens, reason
+
+
+def answer(text: str, tokens: int = 40, reason: str | None = "stop") -> Script:
+    def script(prompt: str) -> tuple[str, int, str | None]:
+        return text, tokens, reason
+
+    return script
+
+
+@dataclass
+class FakeAsyncLLM:
+    delay_s: float = 0.0
+    script: Script = field(default_factory=lambda: answer(GROUNDED))
+    prompt_tokens: int = 912
+    fail: Exception | None = None
+    calls: list[tuple[Any, Any, str]] = field(default_factory=list)
+    aborted: list[str] = field(default_factory=list)
+    internal_aborts: list[str] = field(default_factory=list)
+    shut_down: bool = False
+
+    async def generate(
+        self, prompt: Any, sampling_params: Any, request_id: str
+    ) -> AsyncGenerator[FakeRequestOutput, None]:
+        self.calls.append((prompt, sampling_params, request_id))
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            # vLLM's generate() aborts its own request when cancelled, then re-raises.
+            self.internal_aborts.append(request_id)
+            raise
+        if self.fail is not None:
+            raise self.fail
+        text, tokens, reason = self.script(prompt["prompt"])
+        yield FakeRequestOutput(
+            request_id=request_id,
+            prompt_token_ids=list(range(self.prompt_tokens)),
+            outputs=[
+                FakeCompletion(text=text, token_ids=list(range(tokens)), finish_reason=reason)
+            ],
+        )
+
+    async def abort(self, request_id: str) -> None:
+        self.aborted.append(request_id)
+
+    def shutdown(self) -> None:
+        self.shut_down = True
+
+
+@dataclass
+class FakeBackend:
+    engine: FakeAsyncLLM = field(default_factory=FakeAsyncLLM)
+    start_error: Exception | None = None
+    mode_error: Exception | None = None
+    engine_args: dict[str, Any] | None = None
+    sink: StatsSink | None = None
+    modes: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def version(self) -> str:
+        return "0.26.0"
+
+    def create_engine(self, engine_args: dict[str, Any], sink: StatsSink) -> FakeAsyncLLM:
+        self.engine_args = engine_args
+        self.sink = sink
+        if self.start_error is not None:
+            raise self.start_error
+        return self.engine
+
+    def sampling_params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return dict(params)
+
+    async def prepare_inputs(
+        self, engine: AsyncEngineLike, prompt: str, image: Image.Image
+    ) -> dict[str, Any]:
+        return {"prompt": prompt, "multi_modal_data": {"image": image}}
+
+    def activate_mode(self, mode: str) -> None:
+        if self.mode_error is not None:
+            raise self.mode_error
+        self.modes.append(("activate", mode))
+
+    def release_mode(self, mode: str) -> None:
+        self.modes.append(("release", mode))
+
+
+def make_settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {"model": "deepseek-ai/DeepSeek-OCR", "max_tokens": 100}
+    values.update(overrides)
+    return Settings(**values)
+
+
+def page_request(
+    request_id: str = "task-1/1/0",
+    prompt: PromptKind = PromptKind.MARKDOWN,
+    locate_text: str | None = None,
+) -> PageRequest:
+    image = Image.new("RGB", (1000, 1000), "white")
+    page = PageImage(
+        task_id="task-1", page=1, image=image, dpi=144, width_pt=500.0, height_pt=500.0
+    )
+    return PageRequest(request_id=request_id, page=page, prompt=prompt, locate_text=locate_text)
+
+
+@pytest.fixture(autouse=True)
+def _v1_runner(monkeypatch: pytest.MonkeyPatch) -> None:
+    # start() sets this variable for the n-gram processor; keep the test process clean.
+    monkeypatch.delenv(V2_RUNNER_ENV, raising=False)
+    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+
+
+async def started(
+    backend: FakeBackend | None = None, **overrides: Any
+) -> tuple[VllmEngine, FakeBackend]:
+    backend = backend or FakeBackend()
+    engine = VllmEngine(make_settings(**overrides), backend=backend)
+    await engine.start()
+    return engine, backend
+
+
+# -- prompts ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        (PromptKind.MARKDOWN, "<image>\n<|grounding|>Convert the document to markdown."),
+        (PromptKind.OCR, "<image>\n<|grounding|>OCR this image."),
+        (PromptKind.FREE_OCR, "<image>\nFree OCR."),
+        (PromptKind.FIGURE, "<image>\nParse the figure."),
+        (PromptKind.DESCRIBE, "<image>\nDescribe this image in detail."),
+    ],
+)
+def test_official_prompts(kind: PromptKind, expected: str) -> None:
+    assert build_prompt(kind) == expected
+
+
+def test_every_prompt_kind_has_a_prompt() -> None:
+    assert set(PROMPTS) == set(PromptKind)
+
+
+def test_locate_prompt_embeds_the_text() -> None:
+    assert build_prompt(PromptKind.LOCATE, "  total\namount ") == (
+        "<image>\nLocate <|ref|>total amount<|/ref|> in the image."
+    )
+
+
+def test_locate_without_text_is_refused() -> None:
+    with pytest.raises(EngineError) as info:
+        build_prompt(PromptKind.LOCATE, "  ")
+    assert info.value.code is ErrorCode.PROMPT_UNSUPPORTED
+
+
+def test_locate_text_cannot_inject_special_tokens() -> None:
+    cleaned = clean_locate_text("a<image>b<|/ref|>c<｜end▁of▁sentence｜>d\x00e")
+    assert "<image>" not in cleaned and "<|" not in cleaned and "<｜" not in cleaned
+    assert cleaned == "a b c d e"
+
+
+async def test_each_prompt_kind_reaches_the_engine() -> None:
+    engine, backend = await started()
+    for number, kind in enumerate(PromptKind):
+        text = "the total" if kind is PromptKind.LOCATE else None
+        await engine.infer(page_request(f"t/{number}/0", kind, text))
+    prompts = [call[0]["prompt"] for call in backend.engine.calls]
+    assert prompts == [build_prompt(kind, "the total") for kind in PromptKind]
+    image = backend.engine.calls[0][0]["multi_modal_data"]["image"]
+    assert image.size == (1000, 1000)
+
+
+# -- engine and sampling arguments --------------------------------------------------------
+
+
+async def test_engine_args_follow_settings() -> None:
+    _, backend = await started(
+        max_num_seqs=128,
+        max_num_batched_tokens=8192,
+        preprocess_workers=6,
+        gpu_memory_utilization=0.7,
+        load_format="dummy",
+        enforce_eager=True,
+    )
+    args = backend.engine_args
+    assert args is not None
+    assert args["model"] == "deepseek-ai/DeepSeek-OCR"
+    assert args["load_format"] == "dummy"
+    assert args["max_num_seqs"] == 128
+    assert args["max_num_batched_tokens"] == 8192
+    assert args["renderer_num_workers"] == 6
+    assert args["gpu_memory_utilization"] == 0.7
+    assert args["enforce_eager"] is True
+    assert args["limit_mm_per_prompt"] == {"image": 1}
+    assert args["mm_processor_cache_gb"] == 0
+    assert args["enable_prefix_caching"] is False
+    assert args["disable_log_stats"] is False
+    assert args["logits_processors"] == [NGRAM_PROCESSOR]
+    assert "mm_processor_kwargs" not in args  # gundam is vLLM's own default
+
+
+async def test_sampling_is_greedy_final_only_with_ngram_guard() -> None:
+    engine, backend = await started(max_tokens=777, ngram_size=30, ngram_window=90)
+    await engine.infer(page_request())
+    params = backend.engine.calls[0][1]
+    assert params["temperature"] == 0.0
+    assert params["max_tokens"] == 777
+    assert params["skip_special_tokens"] is False
+    assert params["ignore_eos"] is False
+    assert params["output_kind"] == "final_only"
+    assert params["extra_args"] == {
+        "ngram_size": 30,
+        "window_size": 90,
+        "whitelist_token_ids": {128821, 128822},
+    }
+
+
+async def test_ngram_off_drops_processor_and_extra_args() -> None:
+    engine, backend = await started(ngram_size=0, ignore_eos=True)
+    await engine.infer(page_request())
+    assert backend.engine_args is not None
+    assert "logits_processors" not in backend.engine_args
+    params = backend.engine.calls[0][1]
+    assert "extra_args" not in params
+    assert params["ignore_eos"] is True
+
+
+async def test_start_selects_v1_runner_for_the_ngram_processor() -> None:
+    import os
+
+    await started()
+    assert os.environ[V2_RUNNER_ENV] == "0"
+
+
+async def test_explicit_v2_runner_conflicts_with_ngram(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(V2_RUNNER_ENV, "1")
+    backend = FakeBackend()
+    with pytest.raises(EngineError, match=V2_RUNNER_ENV):
+        await VllmEngine(make_settings(), backend=backend).start()
+    assert backend.engine_args is None  # refused before any engine was built
+
+
+async def test_v2_runner_is_fine_without_ngram(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(V2_RUNNER_ENV, "1")
+    engine, _ = await started(ngram_size=0)
+    assert engine.stats().pages_total == 0
+
+
+# -- outputs ------------------------------------------------------------------------------
+
+
+async def test_grounded_output_becomes_blocks() -> None:
+    engine, _ = await started()
+    out = await engine.infer(page_request())
+    assert out.finish_reason is FinishReason.STOP
+    assert out.truncated is False
+    assert out.prompt_tokens == 912
+    assert out.output_tokens == 40
+    assert out.raw_text == GROUNDED
+    assert [block.label for block in out.blocks] == ["title", "text", "image"]
+    title = out.blocks[0]
+    assert title.text == "Quarterly report"
+    # 0..999 coordinates scaled to the 1000 px image and the 500 pt page.
+    assert title.bbox_px == pytest.approx([100.1, 50.05, 900.9, 120.12], abs=0.01)
+    assert title.bbox_pdf == pytest.approx([50.05, 25.03, 450.45, 60.06], abs=0.01)
+    assert "# Quarterly report" in out.markdown
+    assert "Revenue grew by 12%." in out.text
+    assert "![figure](task-1/page-1-fig-1.png)" in out.markdown
+    assert "<|ref|>" not in out.markdown
+
+
+async def test_plain_output_without_grounding() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(script=answer("Just some text.\n")))
+    engine, _ = await started(backend)
+    out = await engine.infer(page_request(prompt=PromptKind.FREE_OCR))
+    assert out.text.strip() == "Just some text."
+    assert out.blocks == []
+
+
+async def test_length_finish_is_flagged_truncated() -> None:
+    script = answer("# Heading\n\nA long page that goes on", 100, "length")
+    engine, _ = await started(FakeBackend(engine=FakeAsyncLLM(script=script)), max_tokens=100)
+    out = await engine.infer(page_request())
+    assert out.finish_reason is FinishReason.LENGTH
+    assert out.truncated is True
+    assert out.output_tokens == 100
+
+
+async def test_loop_at_the_cap_is_repetition() -> None:
+    script = answer("Intro\n" + "the same row again\n" * 40, 100, "length")
+    engine, _ = await started(FakeBackend(engine=FakeAsyncLLM(script=script)), max_tokens=100)
+    out = await engine.infer(page_request())
+    assert out.finish_reason is FinishReason.REPETITION
+    assert out.truncated is True
+
+
+async def test_trailing_eos_marker_is_stripped() -> None:
+    script = answer("Hello<｜end▁of▁sentence｜>", 3, "length")
+    engine, _ = await started(FakeBackend(engine=FakeAsyncLLM(script=script)))
+    out = await engine.infer(page_request())
+    assert out.raw_text == "Hello"
+
+
+# -- abort, timeout, errors ---------------------------------------------------------------
+
+
+async def test_cancellation_aborts_the_request() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(delay_s=30))
+    engine, _ = await started(backend)
+    task = asyncio.create_task(engine.infer(page_request("task-1/7/2")))
+    await asyncio.sleep(0.05)
+    assert engine.stats().extra["inflight"] == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert backend.engine.aborted == ["task-1/7/2"]
+    assert backend.engine.internal_aborts == ["task-1/7/2"]
+    assert engine.stats().extra["inflight"] == 0
+
+
+async def test_page_timeout_aborts_and_raises_page_timeout() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(delay_s=30))
+    engine, _ = await started(backend, page_timeout_s=0.05)
+    with pytest.raises(EngineError) as info:
+        await engine.infer(page_request("task-1/3/0"))
+    assert info.value.code is ErrorCode.PAGE_TIMEOUT
+    assert backend.engine.aborted == ["task-1/3/0"]
+    stats = engine.stats()
+    assert stats.extra["timeouts_total"] == 1
+    assert stats.extra["inflight"] == 0
+
+
+async def test_engine_failure_becomes_engine_error() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(fail=ValueError("prompt too long")))
+    engine, _ = await started(backend)
+    with pytest.raises(EngineError) as info:
+        await engine.infer(page_request("task-1/4/0"))
+    assert info.value.code is ErrorCode.ENGINE_ERROR
+    assert "prompt too long" in info.value.message
+    assert backend.engine.aborted == ["task-1/4/0"]
+
+
+async def test_infer_before_start_is_an_engine_error() -> None:
+    engine = VllmEngine(make_settings(), backend=FakeBackend())
+    with pytest.raises(EngineError, match="not started"):
+        await engine.infer(page_request())
+
+
+async def test_duplicate_request_id_is_refused() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(delay_s=0.2))
+    engine, _ = await started(backend)
+    first = asyncio.create_task(engine.infer(page_request("same/1/0")))
+    await asyncio.sleep(0.01)
+    with pytest.raises(EngineError, match="already running"):
+        await engine.infer(page_request("same/1/0"))
+    await first
+
+
+async def test_close_aborts_inflight_and_shuts_down() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(delay_s=30))
+    engine, _ = await started(backend)
+    task = asyncio.create_task(engine.infer(page_request("task-1/9/0")))
+    await asyncio.sleep(0.02)
+    await engine.close()
+    assert backend.engine.shut_down
+    assert "task-1/9/0" in backend.engine.aborted
+    assert backend.modes == [("activate", "gundam"), ("release", "gundam")]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+# -- stats and identity -------------------------------------------------------------------
+
+
+async def test_stats_come_from_the_scheduler_while_busy() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(delay_s=0.1))
+    engine, _ = await started(backend, max_num_seqs=4)
+    assert backend.sink is not None
+    tasks = [asyncio.create_task(engine.infer(page_request(f"t/{i}/0"))) for i in range(6)]
+    await asyncio.sleep(0.01)
+    # Before the first scheduler report: our own count, capped at max_num_seqs.
+    early = engine.stats()
+    assert (early.running, early.waiting) == (4, 2)
+    backend.sink.record(running=4, waiting=2, kv_cache_usage=0.37, preempted=1)
+    busy = engine.stats()
+    assert (busy.running, busy.waiting) == (4, 2)
+    assert busy.kv_cache_usage == pytest.approx(0.37)
+    assert busy.extra["preemptions_total"] == 1
+    await asyncio.gather(*tasks)
+    idle = engine.stats()
+    assert (idle.running, idle.waiting, idle.kv_cache_usage) == (0, 0, 0.0)
+    assert idle.pages_total == 6
+    assert idle.prompt_tokens_total == 6 * 912
+    assert idle.output_tokens_total == 6 * 40
+
+
+async def test_identity_and_concurrency_hint() -> None:
+    engine = VllmEngine(
+        make_settings(max_num_seqs=200, resolution_mode="base"), backend=FakeBackend()
+    )
+    identity = engine.identity
+    assert (identity.name, identity.model, identity.version, identity.mode) == (
+        "vllm",
+        "deepseek-ai/DeepSeek-OCR",
+        "0.26.0",
+        "base",
+    )
+    assert engine.suggested_inflight_pages == 200
+
+
+# -- resolution modes ---------------------------------------------------------------------
+
+
+async def test_non_default_mode_passes_crop_flag_and_activates() -> None:
+    _, backend = await started(resolution_mode=ResolutionMode.BASE)
+    assert backend.engine_args is not None
+    assert backend.engine_args["mm_processor_kwargs"] == {"crop_mode": False}
+    assert backend.modes == [("activate", "base")]
+
+
+async def test_mode_unreachable_in_spawned_core_is_unsupported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    monkeypatch.setattr(deepseek_modes, "plugin_registered", lambda: False)
+    backend = FakeBackend()
+    with pytest.raises(OcrError) as info:
+        await VllmEngine(make_settings(resolution_mode="large"), backend=backend).start()
+    assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
+    assert "spawn" in info.value.message
+    assert backend.engine_args is None
+
+
+async def test_spawn_is_fine_with_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    monkeypatch.setattr(deepseek_modes, "plugin_registered", lambda: True)
+    _, backend = await started(resolution_mode="tiny")
+    assert backend.modes == [("activate", "tiny")]
+
+
+async def test_second_mode_in_one_process_is_unsupported() -> None:
+    backend = FakeBackend(mode_error=deepseek_modes.ModeError("mode 'base' is already active"))
+    with pytest.raises(OcrError) as info:
+        await VllmEngine(make_settings(resolution_mode="small"), backend=backend).start()
+    assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
+
+
+async def test_placeholder_mismatch_at_start_is_unsupported_mode() -> None:
+    backend = FakeBackend(
+        start_error=RuntimeError("Attempted to assign 273 multimodal tokens to 903 placeholders")
+    )
+    with pytest.raises(OcrError) as info:
+        await VllmEngine(make_settings(resolution_mode="base"), backend=backend).start()
+    assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
+    assert backend.modes == [("activate", "base"), ("release", "base")]
+
+
+async def test_other_start_failure_is_engine_error() -> None:
+    backend = FakeBackend(start_error=RuntimeError("CUDA out of memory"))
+    with pytest.raises(EngineError) as info:
+        await VllmEngine(make_settings(), backend=backend).start()
+    assert info.value.code is ErrorCode.ENGINE_ERROR
+    assert "out of memory" in info.value.message
+
+
+@pytest.fixture
+def fake_vllm_modules(monkeypatch: pytest.MonkeyPatch) -> list[types.ModuleType]:
+    modules = []
+    for name in (deepseek_modes.PROCESSOR_MODULE, deepseek_modes.MODEL_MODULE):
+        module = types.ModuleType(name)
+        module.BASE_SIZE = 1024  # type: ignore[attr-defined]
+        module.IMAGE_SIZE = 640  # type: ignore[attr-defined]
+        module.CROP_MODE = True  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, name, module)
+        modules.append(module)
+    monkeypatch.setattr(deepseek_modes, "_active", None)
+    monkeypatch.delenv(deepseek_modes.ENV_MODE, raising=False)
+    return modules
+
+
+def test_activate_patches_vllm_constants(fake_vllm_modules: list[types.ModuleType]) -> None:
+    import os
+
+    deepseek_modes.activate("large")
+    for module in fake_vllm_modules:
+        assert (module.BASE_SIZE, module.IMAGE_SIZE, module.CROP_MODE) == (1280, 1280, False)
+    assert os.environ[deepseek_modes.ENV_MODE] == "large"
+    deepseek_modes.activate("large")  # idempotent
+    with pytest.raises(deepseek_modes.ModeError):
+        deepseek_modes.activate("tiny")
+    deepseek_modes.release("large")
+    for module in fake_vllm_modules:
+        assert (module.BASE_SIZE, module.IMAGE_SIZE, module.CROP_MODE) == (1024, 640, True)
+    assert deepseek_modes.ENV_MODE not in os.environ
+    assert deepseek_modes.current_mode() is None
+
+
+def test_plugin_applies_the_mode_from_the_environment(
+    fake_vllm_modules: list[types.ModuleType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(deepseek_modes.ENV_MODE, "small")
+    deepseek_modes.vllm_general_plugin()
+    for module in fake_vllm_modules:
+        assert (module.BASE_SIZE, module.IMAGE_SIZE, module.CROP_MODE) == (640, 640, False)
+
+
+@pytest.mark.parametrize(
+    ("mode", "tokens"),
+    [("tiny", 73), ("small", 111), ("base", 273), ("large", 421), ("gundam", None)],
+)
+def test_image_token_counts(mode: str, tokens: int | None) -> None:
+    assert deepseek_modes.num_image_tokens(mode, 1240, 1754) == tokens
