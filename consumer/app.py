@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from consumer import __version__
 from consumer.config import Settings, add_settings_arguments, settings_from_args
+from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
 from consumer.health import HealthServer
 from consumer.log import configure_logging, get_logger
@@ -119,6 +120,7 @@ class App:
             metrics=self.metrics, consumer_id=self.consumer_id,
         )
         stats = asyncio.create_task(self._pump_engine_stats(engine))
+        await warm_up_renderers(settings)
         try:
             await self._until_connected("consumer", self._loop.start)
             log.info(
@@ -132,6 +134,8 @@ class App:
             stats.cancel()
             await publisher.stop()
             await store.close()
+            # Tasks have drained: no page is rendering any more.
+            await asyncio.to_thread(shutdown_renderers)
 
     async def _until_connected(self, what: str, start: Callable[[], Awaitable[None]]) -> None:
         """A broker that is down at start-up is waited for, as it is during operation."""

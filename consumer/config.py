@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
     kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mTLS).")
     kafka_ssl_keyfile: Path | None = Field(None, description="Client key (mTLS).")
+    kafka_idempotence: bool = Field(
+        True, description="Idempotent producer; turn off only for brokers without "
+        "InitProducerId (e.g. Tansu's memory build)."
+    )
     group_id: str = Field("ocr-stream", description="Consumer group id.")
     group_instance_id: str | None = Field(
         None, description="Static membership id: a quick restart causes no rebalance."
@@ -92,7 +96,9 @@ class Settings(BaseSettings):
     max_inflight_tasks: int = Field(
         64, ge=1, description="Tasks open at once; partitions pause beyond it."
     )
-    render_workers: int = Field(2, ge=1, description="Threads rendering pages off the loop.")
+    render_workers: int = Field(
+        2, ge=1, description="Worker processes rendering pages (PyMuPDF holds the GIL)."
+    )
     render_prefetch_pages: int = Field(
         2, ge=1, description="Rendered pages a task may hold ahead of the engine."
     )

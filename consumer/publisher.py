@@ -83,7 +83,7 @@ class EventPublisher:
             **client_kwargs(settings),
             client_id=f"ocr-stream-{source}",
             acks="all",
-            enable_idempotence=True,
+            enable_idempotence=settings.kafka_idempotence,
             linger_ms=5,
             max_request_size=4 * 1024 * 1024,
             request_timeout_ms=30_000,

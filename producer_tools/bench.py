@@ -280,16 +280,6 @@ async def run_engine_bench(
     }
 
 
-async def run_pipeline_bench(
-    engine: Engine, settings: Settings, args: argparse.Namespace
-) -> dict[str, Any]:
-    """Kafka -> consumer (this started engine) -> results: end-to-end pages/s.
-
-    Returns at least {"pipeline_pages_per_s": float}. Left to the pipeline's owner.
-    """
-    raise NotImplementedError("the pipeline benchmark is not implemented yet")
-
-
 # -- results ------------------------------------------------------------------------------
 
 
@@ -378,11 +368,26 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             )
         if args.command in ("pipeline", "all"):
             try:
-                result.update(await run_pipeline_bench(engine, settings, args))
-            except NotImplementedError as exc:
-                if args.command == "pipeline":
-                    raise
-                result["pipeline_note"] = str(exc)
+                from producer_tools.bench_pipeline import run_pipeline_bench
+
+                if args.command == "pipeline" and args.warmup > 0:
+                    await run_engine_bench(engine, pages[: args.warmup], warmup=0)
+                result.update(
+                    await run_pipeline_bench(
+                        engine, settings, pages, pages_per_document=args.doc_pages,
+                        dpi=PAGE_DPI if args.pdf is None else args.dpi,
+                    )
+                )
+                if result.get("engine_pages_per_s"):
+                    result["pipeline_over_engine"] = round(
+                        result["pipeline_pages_per_s"] / result["engine_pages_per_s"], 3
+                    )
+            except OSError as exc:
+                raise OcrError(
+                    ErrorCode.INTERNAL,
+                    f"pipeline benchmark needs Kafka at {settings.kafka_bootstrap} and Redis "
+                    f"at {settings.redis_url}: {exc}",
+                ) from exc
     finally:
         await engine.close()
     result["device"] = device_name()
@@ -428,6 +433,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("--pdf", type=Path, default=None, help="time this PDF's pages instead")
     common.add_argument("--dpi", type=int, default=144, help="render DPI for --pdf")
+    common.add_argument(
+        "--doc-pages", type=int, default=8, help="pages per document in the pipeline run"
+    )
     common.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     common.add_argument("--label", default="", help="suffix of the result file name")
     common.add_argument("--no-write", action="store_true", help="print only")
@@ -453,9 +461,6 @@ def main(argv: list[str] | None = None) -> int:
     except OcrError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except NotImplementedError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     print(summary(result))

@@ -25,6 +25,16 @@ from schemas.common import ErrorCode
 # used as a dynamic module and the types are kept at this module's boundary instead.
 pymupdf: Any = _pymupdf
 
+# MuPDF reports failures as pymupdf.FileDataError (a RuntimeError) or, from its C++ layer,
+# as pymupdf.mupdf.FzError* classes that derive from Exception directly.
+_MUPDF_ERRORS: Final = (
+    RuntimeError,
+    ValueError,
+    IndexError,
+    MemoryError,
+    getattr(getattr(pymupdf, "mupdf", None), "FzErrorBase", RuntimeError),
+)
+
 _PIL_FORMATS: Final = {PNG: "PNG", JPEG: "JPEG", TIFF: "TIFF", WEBP: "WEBP"}
 # What Pillow raises on truncated or malformed data, depending on the codec.
 _DECODE_ERRORS: Final = (
@@ -92,14 +102,11 @@ class PdfRaster:
     """A PDF opened with MuPDF; pages are loaded and rendered one at a time."""
 
     def __init__(self, data: bytes, max_pages: int) -> None:
+        corrupt = "the PDF cannot be opened ({}); it is damaged or not a PDF: re-export it"
         try:
             document = pymupdf.open(stream=data, filetype="pdf")
-        except (RuntimeError, ValueError) as exc:  # pymupdf.FileDataError is a RuntimeError
-            raise OcrError(
-                ErrorCode.DOCUMENT_CORRUPT,
-                f"the PDF cannot be opened ({exc}); it is damaged or not a PDF: re-export or "
-                "re-upload it",
-            ) from None
+        except _MUPDF_ERRORS as exc:
+            raise OcrError(ErrorCode.DOCUMENT_CORRUPT, corrupt.format(exc)) from None
         try:
             if document.needs_pass:
                 raise OcrError(
@@ -110,16 +117,20 @@ class PdfRaster:
             # The page count comes from the page tree without loading pages, so a
             # 10,000-page document is refused in milliseconds.
             count = document.page_count
-            if count > max_pages:
-                raise _too_many_pages(count, max_pages)
+        except _MUPDF_ERRORS as exc:
+            document.close()
+            raise OcrError(ErrorCode.DOCUMENT_CORRUPT, corrupt.format(exc)) from None
+        except BaseException:
+            document.close()
+            raise
+        if count > max_pages or count < 1:
+            document.close()
             if count < 1:
                 raise OcrError(
                     ErrorCode.DOCUMENT_CORRUPT,
                     "the PDF has no pages; it is damaged or empty: re-export it",
                 )
-        except BaseException:
-            document.close()
-            raise
+            raise _too_many_pages(count, max_pages)
         self._document = document
         self.page_count: int = count
 
@@ -127,24 +138,28 @@ class PdfRaster:
         try:
             pdf_page = self._document.load_page(page - 1)
             rect = pdf_page.rect
-        except (RuntimeError, ValueError, IndexError) as exc:
+            width_pt, height_pt = float(rect.width), float(rect.height)
+        except _MUPDF_ERRORS as exc:
             raise OcrError(
                 ErrorCode.PAGE_RENDER_FAILED,
                 f"page {page} cannot be loaded ({exc}); the page is damaged: re-export the PDF",
             ) from None
-        scale = dpi / _POINTS_PER_INCH
-        width = math.ceil(rect.width * scale)
-        height = math.ceil(rect.height * scale)
-        if width < 1 or height < 1:
+        if (
+            not (math.isfinite(width_pt) and math.isfinite(height_pt))
+            or min(width_pt, height_pt) * dpi < _POINTS_PER_INCH / 2
+        ):
             raise OcrError(
                 ErrorCode.PAGE_RENDER_FAILED,
-                f"page {page} has an empty page box ({rect.width:g} x {rect.height:g} pt); "
+                f"page {page} has an unusable page box ({width_pt:g} x {height_pt:g} pt); "
                 "fix the PDF's MediaBox/CropBox",
             )
+        scale = dpi / _POINTS_PER_INCH
+        width = math.ceil(width_pt * scale)
+        height = math.ceil(height_pt * scale)
         # Decided from the page box before MuPDF allocates anything.
         if width * height > max_pixels:
             fitting_dpi = math.floor(
-                _POINTS_PER_INCH * math.sqrt(max_pixels / (rect.width * rect.height))
+                _POINTS_PER_INCH * math.sqrt(max_pixels / (width_pt * height_pt))
             )
             raise _too_many_pixels(
                 page,
@@ -164,10 +179,10 @@ class PdfRaster:
                 stride=pixmap.stride,
                 rgb=pixmap.samples,
                 dpi=dpi,
-                width_pt=float(rect.width),
-                height_pt=float(rect.height),
+                width_pt=width_pt,
+                height_pt=height_pt,
             )
-        except (RuntimeError, ValueError, MemoryError) as exc:
+        except _MUPDF_ERRORS as exc:
             raise OcrError(
                 ErrorCode.PAGE_RENDER_FAILED,
                 f"page {page} failed to render at {dpi} dpi ({exc}); the page may be damaged: "

@@ -194,14 +194,16 @@ def lines_page_text(lines: list[Line], page: PageImage) -> PageText:
             score = min(max(confidence, 0.0), 1.0) if math.isfinite(confidence) else 0.0
             cleaned.append((text, _clamp_box(box, width, height), score))
     rows = reading_rows(cleaned)
-    sx = page.width_pt / width if page.width_pt is not None and width else None
-    sy = page.height_pt / height if page.height_pt is not None and height else None
+    wpt, hpt = page.width_pt, page.height_pt
     blocks: list[Block] = []
     for row in rows:
         for text, (x1, y1, x2, y2), confidence in row:
             if len(blocks) >= MAX_BLOCKS:
                 break
-            pdf = None if sx is None or sy is None else [x1 * sx, y1 * sy, x2 * sx, y2 * sy]
+            pdf = None
+            if wpt is not None and hpt is not None and width and height:
+                # Multiply first, so that a box at the image's edge lands on the page's edge.
+                pdf = [x1 * wpt / width, y1 * hpt / height, x2 * wpt / width, y2 * hpt / height]
             blocks.append(
                 Block(
                     label="text",

@@ -13,7 +13,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-from consumer.engines.base import EngineOutput, EngineStats, PageRequest
+from consumer.engines.base import Engine, EngineOutput, EngineStats, PageRequest
 from consumer.errors import EngineError
 from schemas.result import Block, EngineIdentity, FinishReason
 
@@ -64,7 +64,7 @@ class ScriptedEngine:
 class FaultyEngine:
     """Raise on `fail_pages`, hang on `hang_pages`, delegate the rest."""
 
-    inner: ScriptedEngine
+    inner: Engine
     fail_pages: set[int] = field(default_factory=set)
     hang_pages: set[int] = field(default_factory=set)
 

@@ -30,7 +30,9 @@ class Record:
 
 
 async def produce_requests(settings: Settings, requests: list[OcrRequest]) -> None:
-    producer = AIOKafkaProducer(**client_kwargs(settings), acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings), acks="all", enable_idempotence=settings.kafka_idempotence
+    )
     await producer.start()
     try:
         for request in requests:
