@@ -99,9 +99,6 @@ class Settings(BaseSettings):
     render_workers: int = Field(
         2, ge=1, description="Worker processes rendering pages (PyMuPDF holds the GIL)."
     )
-    render_prefetch_pages: int = Field(
-        2, ge=1, description="Rendered pages a task may hold ahead of the engine."
-    )
     shutdown_grace_s: float = Field(
         20.0, ge=0, description="On SIGTERM, time for in-flight pages to finish."
     )

@@ -48,6 +48,7 @@ class _Work:
     offset: int
     task_id: str | None
     followers: list[int]  # offsets of duplicate requests waiting on this one
+    fingerprint: str = ""  # the running request's content, to tell copies from conflicts
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -186,21 +187,27 @@ class ConsumerLoop:
         except RequestDecodeError as exc:
             self._spawn(partition, record.offset, None, self._dead_letter(request_record, exc))
             return
+        fingerprint = request.content_fingerprint()
         running = self._by_task_id.get(request.task_id)
         if running is not None and not request.force:
+            if self._work[running].fingerprint != fingerprint:
+                conflict = self._runner.reject_conflict(request, request_record)
+                self._spawn(partition, record.offset, None, conflict)
+                return
             # The same task is already running here: this copy finishes when it does.
             self._work[running].followers.append(record.offset)
             return
         self._spawn(
-            partition, record.offset, request.task_id, self._run_task(request, request_record)
+            partition, record.offset, request.task_id, self._run_task(request, request_record),
+            fingerprint=fingerprint,
         )
 
     def _spawn(
         self, partition: TopicPartition, offset: int, task_id: str | None,
-        work: Coroutine[Any, Any, None],
+        work: Coroutine[Any, Any, None], *, fingerprint: str = "",
     ) -> None:
         task = asyncio.create_task(work)
-        self._work[task] = _Work(partition, offset, task_id, [])
+        self._work[task] = _Work(partition, offset, task_id, [], fingerprint)
         if task_id is not None:
             self._by_task_id[task_id] = task
         task.add_done_callback(self._work_done)

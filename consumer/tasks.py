@@ -125,7 +125,7 @@ class TaskRunner:
         fingerprint = request.content_fingerprint()
         if state is not None and not request.force:
             if state.fingerprint and state.fingerprint != fingerprint:
-                await self._conflict(request, record, state)
+                await self._conflict(request, record, f"status {state.status.value}")
                 return None
             if state.status.is_final:
                 await self._announce_duplicate(request, record, state)
@@ -422,11 +422,18 @@ class TaskRunner:
         self._metrics.task_done("duplicate")
         log.info("task_duplicate", status=state.status.value)
 
-    async def _conflict(self, request: OcrRequest, record: RequestRecord, state: TaskState) -> None:
+    async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None:
+        """A request whose task id is running here for different content: dead-lettered,
+        never merged into the running task (that would drop it without a trace)."""
+        structlog.contextvars.bind_contextvars(
+            task_id=request.task_id, partition=record.partition, offset=record.offset
+        )
+        await self._conflict(request, record, "running")
+
+    async def _conflict(self, request: OcrRequest, record: RequestRecord, earlier: str) -> None:
         message = (
             f"task id {request.task_id!r} was already used for a different request "
-            f"(status {state.status.value}); use a new task id, or set force=true to "
-            "replace the earlier task"
+            f"({earlier}); use a new task id, or set force=true to replace the earlier task"
         )
         self._metrics.dlq(ErrorCode.TASK_ID_CONFLICT.value)
         log.warning("task_id_conflict")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -110,4 +111,12 @@ def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
                 f"metadata value of {key!r} has {len(item)} characters; at most "
                 f"{MAX_METADATA_VALUE}"
             )
+        if isinstance(item, float) and not math.isfinite(item):
+            # NaN, Infinity and 1e400 parse (Python's json accepts them) but are written
+            # back as null: the echoed metadata would silently differ from what was sent.
+            raise ValueError(
+                f"metadata value of {key!r} holds NaN, Infinity or a number too large for a "
+                "double; send it as a string"
+            )
     return value
+
