@@ -24,11 +24,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import faulthandler
 import itertools
 import json
+import os
 import platform
 import random
 import re
+import signal
 import statistics
 import sys
 import time
@@ -280,6 +283,99 @@ async def run_engine_bench(
     }
 
 
+# -- starting the engine ------------------------------------------------------------------
+
+
+def _engine_core_pids() -> list[int]:
+    """Child processes of this one that are vLLM engine cores (by their process title)."""
+    pids = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == os.getpid() and b"EngineCore" in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def dump_stacks(reason: str) -> None:
+    """Every thread's stack of this process, and of the engine core when it listens for it
+    (OCR_VLLM_STACKS_ON_SIGUSR1=1, see consumer/engines/deepseek_modes.py), to stderr."""
+    print(f"=== stacks: {reason}", file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    if os.environ.get("OCR_VLLM_STACKS_ON_SIGUSR1") == "1":
+        for pid in _engine_core_pids():
+            # Without the handler SIGUSR1 would kill the process: only sent when armed.
+            os.kill(pid, signal.SIGUSR1)
+
+
+async def first_page(engine: Engine, page: PageImage, timeout_s: float) -> float | None:
+    """Seconds one page takes through a fresh engine, or None when it does not finish in
+    `timeout_s` (stacks are dumped first, to show where it is stuck)."""
+    loop = asyncio.get_running_loop()
+    watch = loop.call_later(timeout_s * 0.8, dump_stacks, "first page is slow")
+    began = time.perf_counter()
+    try:
+        await asyncio.wait_for(engine.infer(PageRequest("bench-first/1/0", page)), timeout_s)
+    except TimeoutError:
+        dump_stacks("first page timed out")
+        return None
+    finally:
+        watch.cancel()
+    return time.perf_counter() - began
+
+
+async def start_engine(
+    settings: Settings, args: argparse.Namespace, probe: PageImage
+) -> tuple[Engine, float, dict[str, Any]]:
+    """A started engine that has completed one page.
+
+    For vLLM, the variants of --vllm-variants are tried in order until one completes a
+    first page within --first-page-timeout; the result records which one ran.
+    """
+    from consumer.config import EngineName
+    from consumer.engines.factory import create_engine, resolve_engine_name
+
+    is_vllm = resolve_engine_name(settings.engine) is EngineName.VLLM
+    variants: list[str | None] = list(args.vllm_variants.split(",")) if is_vllm else [None]
+    failed: list[str] = []
+    for variant in variants:
+        engine: Engine
+        if variant is None:
+            engine = create_engine(settings)
+        else:
+            from consumer.engines.vllm import VARIANTS, VllmEngine
+
+            engine = VllmEngine(settings, **VARIANTS[variant])
+        began = time.perf_counter()
+        await engine.start()
+        start_s = time.perf_counter() - began
+        print(
+            f"engine {engine.identity.name} ({variant}) up in {start_s:.1f} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        seconds = await first_page(engine, probe, args.first_page_timeout)
+        if seconds is not None:
+            if args.variant_file is not None and variant is not None:
+                args.variant_file.write_text(variant + "\n")
+            info = {
+                "vllm_variant": variant,
+                "variants_failed": failed,
+                "first_page_s": round(seconds, 2),
+            }
+            return engine, start_s, info
+        failed.append(str(variant))
+        await engine.close()
+    raise OcrError(
+        ErrorCode.ENGINE_ERROR,
+        f"no engine variant finished a page within {args.first_page_timeout:g} s: {failed}",
+    )
+
+
 # -- results ------------------------------------------------------------------------------
 
 
@@ -326,34 +422,37 @@ def bench_settings(args: argparse.Namespace) -> Settings:
         updates["ignore_eos"] = True
     if "metrics_port" not in explicit:
         updates["metrics_port"] = 0
+    if "page_timeout_s" not in explicit:
+        # Every page is submitted at once: pages beyond max_num_seqs queue inside the
+        # engine for whole waves, which the consumer's 120 s page limit is not made for
+        # (with 512 pages and 256 slots the second wave timed out on the H100).
+        updates["page_timeout_s"] = 3600.0
     return settings.model_copy(update=updates) if updates else settings
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    from consumer.engines.factory import create_engine
-
     if args.pdf is not None:
         pages = await pdf_pages(args.pdf, args.pages, args.dpi, settings)
         source = f"pdf:{args.pdf.name}@{args.dpi}dpi"
     else:
         pages = synthetic_pages(args.pages)
         source = f"synthetic {PAGE_SIZE[0]}x{PAGE_SIZE[1]}"
-    engine = create_engine(settings)
-    began = time.perf_counter()
-    await engine.start()
-    start_s = time.perf_counter() - began
+    engine, start_s, started = await start_engine(settings, args, pages[0])
+    if started.get("variants_failed") and args.fallback_pages > 0:
+        # The failed variants used up time: keep the run inside the caller's budget.
+        pages = pages[: args.fallback_pages]
     identity = engine.identity
     result: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "command": args.command,
         "engine": identity.model_dump(mode="json"),
         "engine_start_s": round(start_s, 1),
+        **started,
         "vllm_version": identity.version if identity.name == "vllm" else None,
         "source": source,
         "settings": {name: _jsonable(getattr(settings, name)) for name in ENGINE_SETTINGS},
         "pipeline_pages_per_s": None,
     }
-    print(f"engine {identity.name} up in {start_s:.1f} s", file=sys.stderr, flush=True)
     try:
         if args.command in ("engine", "all"):
             result.update(
@@ -374,7 +473,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                     await run_engine_bench(engine, pages[: args.warmup], warmup=0)
                 result.update(
                     await run_pipeline_bench(
-                        engine, settings, pages, pages_per_document=args.doc_pages,
+                        engine,
+                        settings,
+                        pages,
+                        pages_per_document=args.doc_pages,
                         dpi=PAGE_DPI if args.pdf is None else args.dpi,
                     )
                 )
@@ -435,6 +537,27 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--dpi", type=int, default=144, help="render DPI for --pdf")
     common.add_argument(
         "--doc-pages", type=int, default=8, help="pages per document in the pipeline run"
+    )
+    common.add_argument(
+        "--vllm-variants",
+        default="renderer-thread,inline-loop",
+        help="vLLM engine variants to try in order (consumer.engines.vllm.VARIANTS: "
+        "renderer-thread, renderer-loop, inline-thread, inline-loop)",
+    )
+    common.add_argument(
+        "--first-page-timeout",
+        type=float,
+        default=240.0,
+        help="seconds a fresh engine gets for its first page before the next variant",
+    )
+    common.add_argument(
+        "--fallback-pages",
+        type=int,
+        default=0,
+        help="time only this many pages when the first vLLM variant failed (0: all)",
+    )
+    common.add_argument(
+        "--variant-file", type=Path, default=None, help="write the vLLM variant that worked here"
     )
     common.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     common.add_argument("--label", default="", help="suffix of the result file name")

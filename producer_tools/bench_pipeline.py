@@ -28,6 +28,7 @@ from consumer.kafka_clients import client_kwargs
 from consumer.topics import default_topic_specs, ensure_topics
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, Source
+from schemas.result import PageResult
 
 READY_TIMEOUT_S = 180.0
 
@@ -101,10 +102,26 @@ async def run_pipeline_bench(
     statuses: dict[str, TaskStatus] = {}
     app = App(bench, engine=engine)
     app_task = asyncio.create_task(app.run())
+    # Progress says when a task is final; results say how many tokens each page decoded,
+    # so the figure is comparable with the engine run's output_tokens_per_page.
     progress = AIOKafkaConsumer(
-        bench.topic_progress, **client_kwargs(bench), group_id=None,
+        bench.topic_progress, bench.topic_results, **client_kwargs(bench), group_id=None,
         auto_offset_reset="earliest", enable_auto_commit=False,
     )
+    output_tokens: dict[str, int] = {}
+
+    def absorb(batch: dict[Any, list[Any]]) -> None:
+        for partition, records in batch.items():
+            for record in records:
+                if partition.topic == bench.topic_results:
+                    result = PageResult.model_validate_json(record.value)
+                    output_tokens[f"{result.task_id}/{result.page}"] = result.tokens.output
+                    continue
+                event = ProgressEvent.model_validate_json(record.value)
+                if event.status.is_final and event.task_id in waiting:
+                    waiting.discard(event.task_id)
+                    statuses[event.task_id] = event.status
+
     producer = AIOKafkaProducer(
         **client_kwargs(bench), acks="all", enable_idempotence=bench.kafka_idempotence
     )
@@ -123,14 +140,13 @@ async def run_pipeline_bench(
         await producer.flush()
         deadline = time.monotonic() + timeout_s
         while waiting and time.monotonic() < deadline:
-            batch = await progress.getmany(timeout_ms=200)
-            for records in batch.values():
-                for record in records:
-                    event = ProgressEvent.model_validate_json(record.value)
-                    if event.status.is_final and event.task_id in waiting:
-                        waiting.discard(event.task_id)
-                        statuses[event.task_id] = event.status
+            absorb(await progress.getmany(timeout_ms=200))
         seconds = time.perf_counter() - began
+        # The two topics are fetched independently: a task's last results may still be
+        # in flight when its final progress event arrives. Outside the clock.
+        drain_until = time.monotonic() + 10.0
+        while len(output_tokens) < len(pages) and time.monotonic() < drain_until:
+            absorb(await progress.getmany(timeout_ms=200))
     finally:
         await producer.stop()
         await progress.stop()
@@ -144,6 +160,9 @@ async def run_pipeline_bench(
         "pipeline_pages_per_s": round(done / seconds, 3) if done else 0.0,
         "pipeline_tasks_failed": sum(1 for s in statuses.values() if s is TaskStatus.FAILED),
         "pipeline_tasks_missing": len(waiting),
+        "pipeline_output_tokens_per_page": (
+            round(sum(output_tokens.values()) / len(output_tokens), 1) if output_tokens else 0.0
+        ),
         "pipeline_page_budget": bench.max_inflight_pages or "auto",
         "broker": bench.kafka_bootstrap,
     }

@@ -140,8 +140,20 @@ def plugin_registered() -> bool:
     return any(entry.value.replace(" ", "") == PLUGIN_VALUE for entry in found)
 
 
+ENV_STACKS = "OCR_VLLM_STACKS_ON_SIGUSR1"
+
+
 def vllm_general_plugin() -> None:
-    """vLLM's hook in each of its processes: apply the mode the parent chose, if any."""
+    """vLLM's hook in each of its processes: apply the mode the parent chose, if any.
+
+    With OCR_VLLM_STACKS_ON_SIGUSR1=1 it also makes SIGUSR1 print every thread's stack,
+    so that a stuck engine core can be inspected from outside (`kill -USR1 PID`).
+    """
     mode = os.environ.get(ENV_MODE)
     if mode and mode in MODES and mode != DEFAULT_MODE:
         _patch_modules(MODES[mode])
+    if os.environ.get(ENV_STACKS) == "1":
+        import faulthandler
+        import signal
+
+        faulthandler.register(signal.SIGUSR1, all_threads=True)

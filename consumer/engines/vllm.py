@@ -26,8 +26,10 @@ import functools
 import os
 import sys
 import time
+import uuid
+import warnings
 from collections.abc import AsyncGenerator
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from PIL import Image
 
@@ -40,6 +42,7 @@ from consumer.log import get_logger
 from consumer.postprocess.finish import classify_finish
 from consumer.postprocess.page import deepseek_page_text
 from schemas.common import ErrorCode
+from schemas.request import PromptKind
 from schemas.result import EngineIdentity
 
 log = get_logger(__name__)
@@ -47,6 +50,18 @@ log = get_logger(__name__)
 NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
 V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 MAX_IDENTITY_MODEL = 256  # EngineIdentity.model's limit; a long local path must still fit
+
+Preprocess = Literal["renderer", "inline"]
+
+# Named combinations of VllmEngine's start/preprocess options, for benchmarks and tests:
+# where the engine is constructed (a worker thread, or the event loop) and where images
+# are processed (vLLM's renderer thread pool, or inline by vLLM on the event loop).
+VARIANTS: dict[str, dict[str, Any]] = {
+    "renderer-thread": {"start_in_thread": True, "preprocess": "renderer"},
+    "renderer-loop": {"start_in_thread": False, "preprocess": "renderer"},
+    "inline-thread": {"start_in_thread": True, "preprocess": "inline"},
+    "inline-loop": {"start_in_thread": False, "preprocess": "inline"},
+}
 
 
 class StatsSink:
@@ -177,10 +192,44 @@ class _RealVllm:
         deepseek_modes.release(mode)
 
 
+MP_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
+WARMUP_TOKENS = 16
+WARMUP_TIMEOUT_S = 900.0
+
+
+def _fork_poisoned() -> bool:
+    """True when a forked child of this process could not use CUDA.
+
+    torch.cuda.is_available() (without PYTORCH_NVML_BASED_CUDA_CHECK=1) initialises the
+    CUDA driver here and marks every later fork as unable to use CUDA, yet
+    torch.cuda.is_initialized() stays False, so vLLM forks its engine core anyway and the
+    core dies with "Cannot re-initialize CUDA in forked subprocess" (seen on the H100 host).
+    torch tells only inside a forked child, so ask a throw-away one.
+    """
+    torch = sys.modules.get("torch")  # never import torch just to ask
+    if torch is None or not hasattr(os, "fork"):
+        return False
+    try:
+        with warnings.catch_warnings():
+            # "multi-threaded process, fork() may deadlock": the child only reads a flag.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        return False
+    if pid == 0:  # the child: one flag, then out without running any cleanup
+        try:
+            code = 1 if torch.cuda._is_in_bad_fork() else 0
+        except BaseException:
+            code = 0
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status) == 1
+
+
 def _spawn_expected() -> bool:
     """Whether vLLM will spawn (not fork) its engine core: then module patches made here do
     not reach it, and only the vLLM plugin can set the resolution mode there."""
-    if os.environ.get("VLLM_WORKER_MULTIPROC_METHOD") == "spawn":
+    if os.environ.get(MP_METHOD_ENV) == "spawn":
         return True
     torch = sys.modules.get("torch")  # never import torch just to ask
     try:
@@ -198,10 +247,19 @@ class VllmEngine:
         *,
         backend: VllmBackend | None = None,
         start_in_thread: bool = True,
+        preprocess: Preprocess = "renderer",
+        warmup_pages: int = 2,
     ) -> None:
+        """`start_in_thread`: build the engine off the event loop (else on it, blocking it
+        for the minutes of a start, as vLLM's own server does). `preprocess`: "renderer"
+        processes images on vLLM's renderer thread pool; "inline" hands vLLM the plain
+        prompt, which it processes on the event loop (vLLM 0.26's own path).
+        `warmup_pages`: blank pages decoded (a few tokens each) before start() returns."""
         self._settings = settings
         self._backend: VllmBackend = backend or _RealVllm()
         self._start_in_thread = start_in_thread
+        self._preprocess = preprocess
+        self._warmup_pages = warmup_pages
         self._engine: AsyncEngineLike | None = None
         self._sampling: Any = None
         self._mode = settings.resolution_mode.value
@@ -330,10 +388,22 @@ class VllmEngine:
                 "the no-repeat n-gram processor: unset it, or set OCR_NGRAM_SIZE=0"
             )
 
+    def _prepare_start_method(self) -> None:
+        if os.environ.get(MP_METHOD_ENV) == "spawn" or not _fork_poisoned():
+            return
+        os.environ[MP_METHOD_ENV] = "spawn"
+        log.warning(
+            "vllm_spawn_forced",
+            variable=MP_METHOD_ENV,
+            reason="CUDA was initialised in this process (e.g. torch.cuda.is_available()); "
+            "a forked engine core could not use the GPU",
+        )
+
     async def start(self) -> None:
         if self._engine is not None:
             return
         self._prepare_runner_env()
+        self._prepare_start_method()
         self._prepare_mode()
         args = self.engine_args()
         log.info(
@@ -361,11 +431,41 @@ class VllmEngine:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._engine = engine
         self._sampling = sampling
+        await self._warm_up(engine)
         self.start_seconds = time.monotonic() - began
         log.info(
             "vllm_engine_started",
             seconds=round(self.start_seconds, 1),
             version=self.identity.version,
+        )
+
+    async def _warm_up(self, engine: AsyncEngineLike) -> None:
+        """Decode a few tokens of blank pages, so the first real pages do not pay for lazy
+        set-up: image processor creation, and Triton kernels compiled for new batch shapes
+        (on the H100 a fresh engine's first page took 31 s, four concurrent first pages
+        more than 120 s, the default page time limit). Failures only log: the engine may
+        still serve, and a real page will say if it cannot."""
+        if self._warmup_pages <= 0:
+            return
+        params = self._backend.sampling_params(
+            self.sampling_args() | {"max_tokens": WARMUP_TOKENS, "ignore_eos": True}
+        )
+        prompt = build_prompt(PromptKind.MARKDOWN)
+        image = Image.new("RGB", (1240, 1754), "white")  # A4 at 150 dpi: the usual tiling
+        run = uuid.uuid4().hex[:8]
+
+        async def one(index: int) -> None:
+            await self._run_request(engine, f"warmup-{run}-{index}", prompt, image, params)
+
+        began = time.monotonic()
+        try:
+            async with asyncio.timeout(WARMUP_TIMEOUT_S):
+                await asyncio.gather(*(one(index) for index in range(self._warmup_pages)))
+        except Exception as exc:
+            log.warning("vllm_warmup_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        log.info(
+            "vllm_warmup_done", pages=self._warmup_pages, seconds=round(time.monotonic() - began, 1)
         )
 
     def _release_mode(self) -> None:
@@ -398,12 +498,23 @@ class VllmEngine:
             log.warning("vllm_abort_failed", request_id=request_id, error=str(exc))
         self._aborted_total += 1
 
-    async def _generate(self, engine: AsyncEngineLike, request: PageRequest, prompt: str) -> Any:
-        inputs = await self._backend.prepare_inputs(engine, prompt, request.page.image)
+    async def _run_request(
+        self,
+        engine: AsyncEngineLike,
+        request_id: str,
+        prompt: str,
+        image: Image.Image,
+        sampling: Any,
+    ) -> Any:
+        inputs: Any
+        if self._preprocess == "inline":
+            inputs = {"prompt": prompt, "multi_modal_data": {"image": image}}
+        else:
+            inputs = await self._backend.prepare_inputs(engine, prompt, image)
         final: Any = None
         # FINAL_ONLY yields once; aclosing ends the generator (and with it vLLM's own
         # abort-on-close) even if the loop is left early.
-        stream = engine.generate(inputs, self._sampling, request_id=request.request_id)
+        stream = engine.generate(inputs, sampling, request_id=request_id)
         async with contextlib.aclosing(stream):
             async for output in stream:
                 final = output
@@ -422,7 +533,9 @@ class VllmEngine:
         deadline = asyncio.timeout(self.page_timeout_s)
         try:
             async with deadline:
-                final = await self._generate(engine, request, prompt)
+                final = await self._run_request(
+                    engine, request_id, prompt, request.page.image, self._sampling
+                )
         except TimeoutError as exc:
             await self._abort(engine, request_id)
             if not deadline.expired():  # raised inside vLLM, not our time limit

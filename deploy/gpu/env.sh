@@ -16,3 +16,6 @@ export OCR_MAX_NUM_BATCHED_TOKENS=${OCR_MAX_NUM_BATCHED_TOKENS:-16384}
 export OCR_GPU_MEMORY_UTILIZATION=${OCR_GPU_MEMORY_UTILIZATION:-0.85}
 export OCR_MAX_MODEL_LEN=8192 OCR_PREPROCESS_WORKERS=${OCR_PREPROCESS_WORKERS:-8}
 export OCR_LOG_FORMAT=console
+# Let a stuck engine core print its threads' stacks on SIGUSR1 (the benchmark sends it
+# when a first page does not finish; see consumer/engines/deepseek_modes.py).
+export OCR_VLLM_STACKS_ON_SIGUSR1=1

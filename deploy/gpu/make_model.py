@@ -84,6 +84,9 @@ def model_config(layers: int) -> dict[str, Any]:
         "global_view_pos": "head",
         "tile_tag": "2D",
         "torch_dtype": "bfloat16",
+        # As in the released config. Without it transformers 5 takes the folder for an
+        # old Mistral tokenizer and warns on every tokenizer load.
+        "transformers_version": "4.46.3",
         "language_config": language,
         "projector_config": {
             "input_dim": 2048,

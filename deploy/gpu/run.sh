@@ -1,8 +1,12 @@
 #!/bin/bash
 # On the GPU host: assemble vLLM once, then run the engine benchmark and/or tests/gpu.
-# Usage: bash deploy/gpu/run.sh bench|tests|all [ocr-bench arguments...]
-# Expects the wheel parts in /tmp/acc (earlier commands copy one part each there, see
-# deploy/gpu/README.md) and writes logs and the result JSON under $OUT.
+# Usage: bash deploy/gpu/run.sh bench|pipeline|tests|all [ocr-bench arguments...]
+#   bench     ocr-bench engine (pages straight into the engine)
+#   pipeline  ocr-bench all: the engine run, then the same pages as documents through
+#             Kafka (Tansu) -> consumer -> result topics with the same started engine
+#   all       pipeline, then tests/gpu
+# Expects the wheel parts in /tmp/acc and the pipeline bundle in /tmp/pipe (earlier
+# commands copy them there, see deploy/gpu/README.md); logs and the result JSON go to $OUT.
 set -uo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$REPO" || exit 1
@@ -20,14 +24,31 @@ fi
 source deploy/gpu/env.sh
 python3 -c "import vllm, consumer.engines.vllm; print('vllm', vllm.__version__)" || exit 1
 rc=0
-if [[ $what == bench || $what == all ]]; then
-  python3 -m producer_tools.bench engine --out-dir "$OUT" "$@" 2>&1 | tee "$OUT/bench.log"
+command=engine
+if [[ $what == pipeline || $what == all ]]; then
+  command=all
+  bash deploy/gpu/services.sh start || exit 1
+  export PYTHONPATH="$PYTHONPATH:/tmp/ocrpipe"
+  export OCR_KAFKA_BOOTSTRAP=127.0.0.1:9092 OCR_REDIS_URL=redis://127.0.0.1:6379/0
+  # Tansu's memory build has no InitProducerId (see services.sh).
+  export OCR_KAFKA_IDEMPOTENCE=false
+  export OCR_RENDER_WORKERS=${OCR_RENDER_WORKERS:-8}
+fi
+if [[ $what != tests ]]; then
+  # Run by path: the producer_tools package __init__ imports aiokafka, absent for `bench`.
+  python3 producer_tools/bench.py $command --out-dir "$OUT" \
+    --variant-file /tmp/ocr-vllm-variant "$@" 2>&1 | tee "$OUT/bench.log"
   rc=$?
-  echo "bench exit $rc after $(($(date +%s) - began)) s"
+  echo "bench ($command) exit $rc after $(($(date +%s) - began)) s"
+  [[ $command == all ]] && bash deploy/gpu/services.sh stop
 fi
 if [[ $what == tests || $what == all ]]; then
+  # The engine variant the benchmark found working (see producer_tools/bench.py).
+  OCR_TEST_VLLM_VARIANT=$(cat /tmp/ocr-vllm-variant 2>/dev/null || true)
+  export OCR_TEST_VLLM_VARIANT
+  echo "tests use vLLM variant '${OCR_TEST_VLLM_VARIANT:-default}'"
   # Engine starts count against a test's time limit: allow a cold start.
-  python3 -m pytest -q -s -p no:cacheprovider -o timeout=900 tests/gpu 2>&1 \
+  python3 -m pytest -q -s -p no:cacheprovider -o timeout=420 tests/gpu 2>&1 \
     | tee "$OUT/gpu-tests.log"
   test_rc=$?
   echo "tests exit $test_rc after $(($(date +%s) - began)) s"

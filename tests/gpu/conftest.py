@@ -30,6 +30,10 @@ def _gpu_missing() -> str | None:
     to fork its engine core (it spawns instead once CUDA is initialised)."""
     if importlib.util.find_spec("vllm") is None:
         return "vLLM is not installed"
+    # Ask NVML, not the CUDA driver: a driver-based is_available() initialises CUDA in this
+    # process, after which vLLM's forked engine core dies with "Cannot re-initialize CUDA
+    # in forked subprocess" (seen on the H100 host).
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     try:
         import torch
     except Exception as exc:  # no torch, or one that fails to load its CUDA libraries
@@ -63,6 +67,16 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     spec.loader.exec_module(module)
     path: Path = module.write_model(tmp_path_factory.mktemp("model"))
     return path
+
+
+@pytest.fixture(scope="session")
+def engine_options() -> dict[str, Any]:
+    """VllmEngine options: the variant named by $OCR_TEST_VLLM_VARIANT (the GPU driver
+    passes the one the benchmark found working), else the engine's defaults."""
+    from consumer.engines.vllm import VARIANTS
+
+    name = os.environ.get("OCR_TEST_VLLM_VARIANT", "").strip()
+    return dict(VARIANTS[name]) if name else {}
 
 
 @pytest.fixture(scope="session")

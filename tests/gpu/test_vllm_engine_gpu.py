@@ -29,6 +29,7 @@ from schemas.result import FinishReason
 MAX_TOKENS = 48
 GUNDAM_IMAGE_TOKENS = 903  # a 1240x1754 page: 2x3 tiles of 640 plus the 1024 global view
 LONG_TOKENS = 4000  # a page that would decode for many seconds unless aborted
+PAGE_LIMIT_S = 120  # fail a test rather than hang the session on a stuck engine
 
 
 def text_page(number: int) -> PageImage:
@@ -59,9 +60,11 @@ def text_tokens(model: str, kind: PromptKind) -> int:
 
 
 @pytest.fixture(scope="module")
-async def engine(gpu_settings: Callable[..., Settings]) -> AsyncIterator[VllmEngine]:
+async def engine(
+    gpu_settings: Callable[..., Settings], engine_options: dict[str, Any]
+) -> AsyncIterator[VllmEngine]:
     settings = gpu_settings(max_tokens=MAX_TOKENS, ignore_eos=True)
-    engine = VllmEngine(settings)
+    engine = VllmEngine(settings, **engine_options)
     began = time.monotonic()
     await engine.start()
     print(f"\nengine start: {time.monotonic() - began:.1f} s")
@@ -76,7 +79,7 @@ def long_sampling(engine: VllmEngine) -> Any:
 
 
 async def test_markdown_page_token_counts(engine: VllmEngine) -> None:
-    out = await engine.infer(request("markdown"))
+    out = await asyncio.wait_for(engine.infer(request("markdown")), PAGE_LIMIT_S)
     expected_prompt = GUNDAM_IMAGE_TOKENS + text_tokens(engine._settings.model, PromptKind.MARKDOWN)
     assert out.prompt_tokens == expected_prompt
     assert out.output_tokens == MAX_TOKENS
@@ -89,8 +92,11 @@ async def test_markdown_page_token_counts(engine: VllmEngine) -> None:
 
 async def test_every_prompt_kind_runs(engine: VllmEngine) -> None:
     kinds = list(PromptKind)
-    outs = await asyncio.gather(
-        *(engine.infer(request(f"kind-{kind.value}", kind, n)) for n, kind in enumerate(kinds))
+    outs = await asyncio.wait_for(
+        asyncio.gather(
+            *(engine.infer(request(f"kind-{kind.value}", kind, n)) for n, kind in enumerate(kinds))
+        ),
+        PAGE_LIMIT_S,
     )
     for kind, out in zip(kinds, outs, strict=True):
         assert out.prompt_tokens == GUNDAM_IMAGE_TOKENS + text_tokens(engine._settings.model, kind)
@@ -107,9 +113,11 @@ async def test_offloaded_preprocessing_matches_vllm_own_path(engine: VllmEngine)
     plain = {"prompt": prompt, "multi_modal_data": {"image": page.image}}
     async for output in llm.generate(plain, engine._sampling, request_id="gpu-plain/7/0"):
         final = output
-    ours = await engine.infer(PageRequest("gpu-ours/7/0", page))
+    ours = await asyncio.wait_for(engine.infer(PageRequest("gpu-ours/7/0", page)), PAGE_LIMIT_S)
     assert len(final.prompt_token_ids) == ours.prompt_tokens
-    prepared = await engine._backend.prepare_inputs(llm, prompt, page.image)
+    prepared = await asyncio.wait_for(
+        engine._backend.prepare_inputs(llm, prompt, page.image), PAGE_LIMIT_S
+    )
     assert prepared["type"] == "multimodal"  # the fast path, not the fallback
 
 
@@ -128,7 +136,7 @@ async def test_cancellation_frees_the_batch_slot(engine: VllmEngine) -> None:
         engine._sampling = normal
     # The next page runs alone: were the aborted one still decoding, the scheduler would
     # report two running requests during it.
-    await engine.infer(request("after-cancel"))
+    await asyncio.wait_for(engine.infer(request("after-cancel")), PAGE_LIMIT_S)
     assert engine._sink.running <= 1
     assert engine.stats().extra["inflight"] == 0
 
@@ -143,7 +151,7 @@ async def test_page_timeout_aborts(engine: VllmEngine) -> None:
     finally:
         engine._sampling = normal
         engine.page_timeout_s = engine._settings.page_timeout_s
-    await engine.infer(request("after-timeout"))
+    await asyncio.wait_for(engine.infer(request("after-timeout")), PAGE_LIMIT_S)
     assert engine._sink.running <= 1
     assert engine.stats().extra["timeouts_total"] >= 1
 
@@ -159,7 +167,8 @@ async def test_stats_during_a_burst(engine: VllmEngine) -> None:
 
     sampler = asyncio.create_task(sample())
     try:
-        outs = await asyncio.gather(*(engine.infer(request("burst", number=n)) for n in range(48)))
+        burst = asyncio.gather(*(engine.infer(request("burst", number=n)) for n in range(48)))
+        outs = await asyncio.wait_for(burst, PAGE_LIMIT_S)
     finally:
         sampler.cancel()
     after = engine.stats()

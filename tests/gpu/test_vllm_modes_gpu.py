@@ -8,9 +8,11 @@ the plugin, not inherited memory, carries the mode into vLLM's child process.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from PIL import Image, ImageDraw
@@ -30,7 +32,9 @@ def page() -> PageImage:
 
 
 async def test_base_mode_prompt_is_273_image_tokens(
-    gpu_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+    gpu_settings: Callable[..., Settings],
+    engine_options: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from transformers import AutoTokenizer
 
@@ -38,7 +42,7 @@ async def test_base_mode_prompt_is_273_image_tokens(
     if spawn:
         monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
     settings = gpu_settings(resolution_mode="base", max_tokens=32, ignore_eos=True)
-    engine = VllmEngine(settings)
+    engine = VllmEngine(settings, **engine_options)
     began = time.monotonic()
     await engine.start()
     print(
@@ -46,7 +50,7 @@ async def test_base_mode_prompt_is_273_image_tokens(
         f"core {'spawned (plugin)' if spawn else 'forked'}"
     )
     try:
-        out = await engine.infer(PageRequest("gpu-base/1/0", page()))
+        out = await asyncio.wait_for(engine.infer(PageRequest("gpu-base/1/0", page())), 120)
     finally:
         await engine.close()
     tokenizer = AutoTokenizer.from_pretrained(settings.model)

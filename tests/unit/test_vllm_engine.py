@@ -161,16 +161,19 @@ def page_request(
 
 @pytest.fixture(autouse=True)
 def _v1_runner(monkeypatch: pytest.MonkeyPatch) -> None:
-    # start() sets this variable for the n-gram processor; keep the test process clean.
-    monkeypatch.delenv(V2_RUNNER_ENV, raising=False)
-    monkeypatch.delenv("VLLM_WORKER_MULTIPROC_METHOD", raising=False)
+    # start() sets these variables (n-gram processor, spawn after CUDA use). Setting each
+    # first makes monkeypatch restore its original state after the test, whatever start()
+    # did to it, so nothing leaks into other tests.
+    for name in (V2_RUNNER_ENV, "VLLM_WORKER_MULTIPROC_METHOD"):
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
 
 
 async def started(
     backend: FakeBackend | None = None, **overrides: Any
 ) -> tuple[VllmEngine, FakeBackend]:
     backend = backend or FakeBackend()
-    engine = VllmEngine(make_settings(**overrides), backend=backend)
+    engine = VllmEngine(make_settings(**overrides), backend=backend, warmup_pages=0)
     await engine.start()
     return engine, backend
 
@@ -291,7 +294,7 @@ async def test_explicit_v2_runner_conflicts_with_ngram(monkeypatch: pytest.Monke
     monkeypatch.setenv(V2_RUNNER_ENV, "1")
     backend = FakeBackend()
     with pytest.raises(EngineError, match=V2_RUNNER_ENV):
-        await VllmEngine(make_settings(), backend=backend).start()
+        await VllmEngine(make_settings(), backend=backend, warmup_pages=0).start()
     assert backend.engine_args is None  # refused before any engine was built
 
 
@@ -396,7 +399,7 @@ async def test_engine_failure_becomes_engine_error() -> None:
 
 
 async def test_infer_before_start_is_an_engine_error() -> None:
-    engine = VllmEngine(make_settings(), backend=FakeBackend())
+    engine = VllmEngine(make_settings(), backend=FakeBackend(), warmup_pages=0)
     with pytest.raises(EngineError, match="not started"):
         await engine.infer(page_request())
 
@@ -452,7 +455,9 @@ async def test_stats_come_from_the_scheduler_while_busy() -> None:
 
 async def test_identity_and_concurrency_hint() -> None:
     engine = VllmEngine(
-        make_settings(max_num_seqs=200, resolution_mode="base"), backend=FakeBackend()
+        make_settings(max_num_seqs=200, resolution_mode="base"),
+        backend=FakeBackend(),
+        warmup_pages=0,
     )
     identity = engine.identity
     assert (identity.name, identity.model, identity.version, identity.mode) == (
@@ -481,7 +486,9 @@ async def test_mode_unreachable_in_spawned_core_is_unsupported(
     monkeypatch.setattr(deepseek_modes, "plugin_registered", lambda: False)
     backend = FakeBackend()
     with pytest.raises(OcrError) as info:
-        await VllmEngine(make_settings(resolution_mode="large"), backend=backend).start()
+        await VllmEngine(
+            make_settings(resolution_mode="large"), backend=backend, warmup_pages=0
+        ).start()
     assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
     assert "spawn" in info.value.message
     assert backend.engine_args is None
@@ -497,7 +504,9 @@ async def test_spawn_is_fine_with_the_plugin(monkeypatch: pytest.MonkeyPatch) ->
 async def test_second_mode_in_one_process_is_unsupported() -> None:
     backend = FakeBackend(mode_error=deepseek_modes.ModeError("mode 'base' is already active"))
     with pytest.raises(OcrError) as info:
-        await VllmEngine(make_settings(resolution_mode="small"), backend=backend).start()
+        await VllmEngine(
+            make_settings(resolution_mode="small"), backend=backend, warmup_pages=0
+        ).start()
     assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
 
 
@@ -506,7 +515,9 @@ async def test_placeholder_mismatch_at_start_is_unsupported_mode() -> None:
         start_error=RuntimeError("Attempted to assign 273 multimodal tokens to 903 placeholders")
     )
     with pytest.raises(OcrError) as info:
-        await VllmEngine(make_settings(resolution_mode="base"), backend=backend).start()
+        await VllmEngine(
+            make_settings(resolution_mode="base"), backend=backend, warmup_pages=0
+        ).start()
     assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
     assert backend.modes == [("activate", "base"), ("release", "base")]
 
@@ -514,7 +525,7 @@ async def test_placeholder_mismatch_at_start_is_unsupported_mode() -> None:
 async def test_other_start_failure_is_engine_error() -> None:
     backend = FakeBackend(start_error=RuntimeError("CUDA out of memory"))
     with pytest.raises(EngineError) as info:
-        await VllmEngine(make_settings(), backend=backend).start()
+        await VllmEngine(make_settings(), backend=backend, warmup_pages=0).start()
     assert info.value.code is ErrorCode.ENGINE_ERROR
     assert "out of memory" in info.value.message
 
@@ -566,3 +577,95 @@ def test_plugin_applies_the_mode_from_the_environment(
 )
 def test_image_token_counts(mode: str, tokens: int | None) -> None:
     assert deepseek_modes.num_image_tokens(mode, 1240, 1754) == tokens
+
+
+async def test_inline_preprocess_hands_vllm_the_plain_prompt() -> None:
+    class NoPrepare(FakeBackend):
+        async def prepare_inputs(
+            self, engine: AsyncEngineLike, prompt: str, image: Image.Image
+        ) -> dict[str, Any]:
+            raise AssertionError("inline preprocessing must not use the renderer path")
+
+    backend = NoPrepare()
+    engine = VllmEngine(make_settings(), backend=backend, preprocess="inline", warmup_pages=0)
+    await engine.start()
+    await engine.infer(page_request())
+    prompt = backend.engine.calls[0][0]
+    assert prompt["prompt"] == build_prompt(PromptKind.MARKDOWN)
+    assert prompt["multi_modal_data"]["image"].size == (1000, 1000)
+
+
+async def test_start_on_the_loop_uses_the_same_arguments() -> None:
+    backend = FakeBackend()
+    engine = VllmEngine(make_settings(), backend=backend, start_in_thread=False, warmup_pages=0)
+    await engine.start()
+    assert backend.engine_args is not None
+    assert (await engine.infer(page_request())).output_tokens == 40
+
+
+def test_plugin_can_arm_stack_dumps(monkeypatch: pytest.MonkeyPatch) -> None:
+    import faulthandler
+    import signal
+
+    registered: list[int] = []
+    monkeypatch.setattr(faulthandler, "register", lambda signum, **kw: registered.append(signum))
+    monkeypatch.delenv(deepseek_modes.ENV_MODE, raising=False)
+    monkeypatch.setenv(deepseek_modes.ENV_STACKS, "1")
+    deepseek_modes.vllm_general_plugin()
+    assert registered == [signal.SIGUSR1]
+
+
+async def test_start_warms_up_with_short_blank_pages() -> None:
+    backend = FakeBackend()
+    engine = VllmEngine(make_settings(max_tokens=500), backend=backend, warmup_pages=3)
+    await engine.start()
+    assert [call[2].rsplit("-", 1)[1] for call in backend.engine.calls] == ["0", "1", "2"]
+    assert all(call[2].startswith("warmup-") for call in backend.engine.calls)
+    assert all(call[1]["max_tokens"] == 16 for call in backend.engine.calls)
+    assert all(call[1]["ignore_eos"] is True for call in backend.engine.calls)
+    stats = engine.stats()
+    assert (stats.pages_total, stats.extra["inflight"]) == (0, 0)  # not counted as pages
+    out = await engine.infer(page_request())
+    assert backend.engine.calls[-1][1]["max_tokens"] == 500  # real pages: the real cap
+    assert out.output_tokens == 40
+
+
+async def test_failed_warm_up_does_not_fail_start() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(fail=RuntimeError("kernel compile failed")))
+    engine = VllmEngine(make_settings(), backend=backend, warmup_pages=1)
+    await engine.start()
+    assert backend.engine.calls  # it was tried
+
+
+def _fake_torch(bad_fork: bool) -> types.ModuleType:
+    torch = types.ModuleType("torch")
+    torch.cuda = types.SimpleNamespace(  # type: ignore[attr-defined]
+        _is_in_bad_fork=lambda: bad_fork, is_initialized=lambda: False
+    )
+    return torch
+
+
+async def test_cuda_touched_before_start_forces_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(bad_fork=True))
+    await started()
+    assert os.environ["VLLM_WORKER_MULTIPROC_METHOD"] == "spawn"
+
+
+async def test_clean_process_keeps_vllm_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(bad_fork=False))
+    await started()
+    assert "VLLM_WORKER_MULTIPROC_METHOD" not in os.environ
+
+
+async def test_spawn_forced_makes_plugin_mandatory_for_modes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "torch", _fake_torch(bad_fork=True))
+    monkeypatch.setattr(deepseek_modes, "plugin_registered", lambda: False)
+    with pytest.raises(OcrError) as info:
+        await started(resolution_mode="base")
+    assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
