@@ -7,6 +7,8 @@
 #   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server
 #   stack.sh kill-kafka | start-kafka   SIGKILL / restart the broker (fault tests)
 #   stack.sh kill-redis | start-redis   SIGKILL / restart Redis (fault tests)
+#   stack.sh wipe-redis                 SIGKILL Redis and delete its data: the next
+#                                       start-redis comes up empty (state-loss fault tests)
 #   stack.sh start-consumer | stop-consumer
 #
 # Environment (defaults in brackets):
@@ -85,6 +87,14 @@ live_pid() {
     [[ "$state" != Z ]] || return 1
     tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF -- "$marker" || return 1
     echo "$pid"
+}
+
+# For a process we just started: alive and not a zombie. Not live_pid: until the forked
+# shell has exec'd, its command line lacks the marker (a start under load failed so).
+still_starting() {
+    local state
+    state=$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null || echo Z)
+    [[ "$state" != Z ]]
 }
 
 wait_gone() {
@@ -235,7 +245,7 @@ format_kafka_storage() {
 wait_kafka() {
     local pid=$1 deadline=$((SECONDS + KAFKA_START_TIMEOUT))
     until port_open "$KAFKA_HOST" "$KAFKA_PORT"; do
-        if ! live_pid kafka "$KAFKA_MARKER" >/dev/null; then
+        if ! still_starting "$pid"; then
             log_tail "$KAFKA_LOG"
             die "Kafka (pid $pid) exited during start-up; see $KAFKA_LOG"
         fi
@@ -332,7 +342,7 @@ start_redis() {
     echo "$pid" >"$RUN/redis.pid"
     local deadline=$((SECONDS + 30))
     until redis_answers; do
-        if ! live_pid redis "$REDIS_MARKER" >/dev/null; then
+        if ! still_starting "$pid"; then
             log_tail "$REDIS_LOG"
             die "redis (pid $pid) exited during start-up; see $REDIS_LOG"
         fi
@@ -462,10 +472,16 @@ main() {
         kill-kafka) stop_process kafka "$KAFKA_MARKER" 0 KILL ;;
         start-redis) start_redis ;;
         kill-redis) stop_process redis "$REDIS_MARKER" 0 KILL ;;
+        wipe-redis)
+            # Dead first: a live redis-server would rewrite its append-only file.
+            stop_process redis "$REDIS_MARKER" 0 KILL
+            rm -rf "$REDIS_DATA"
+            say "redis data deleted ($REDIS_DATA); start-redis starts it empty"
+            ;;
         start-consumer) start_consumer ;;
         stop-consumer) stop_consumer ;;
         *)
-            echo "usage: $0 up|down|status|deps|start-kafka|kill-kafka|start-redis|kill-redis|start-consumer|stop-consumer" >&2
+            echo "usage: $0 up|down|status|deps|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
             exit 2
             ;;
     esac

@@ -143,4 +143,7 @@ def test_lines_page_text_boxes_fit_the_image(lines: list[Line]) -> None:
     for block in result.blocks:
         x1, y1, x2, y2 = block.bbox_px
         assert 0 <= x1 <= x2 <= 800 and 0 <= y1 <= y2 <= 600
+        assert block.bbox_pdf is not None
+        px1, py1, px2, py2 = block.bbox_pdf
+        assert 0 <= px1 <= px2 <= 500 and 0 <= py1 <= py2 <= 500
         assert block.confidence is not None and 0 <= block.confidence <= 1

@@ -11,13 +11,13 @@ import signal
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pymupdf as _pymupdf
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -306,30 +306,55 @@ async def test_page_out_of_range_and_render_after_close() -> None:
         await opened.render_page(1, 72)
 
 
+async def _loop_gaps_during(work: Awaitable[object]) -> tuple[float, float]:
+    """(longest gap between ticks of a 2 ms ticker, duration of `work`)."""
+    gaps: list[float] = []
+    stop = asyncio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not stop.is_set():
+            await asyncio.sleep(0.002)
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    ticker = asyncio.create_task(tick())
+    start = time.perf_counter()
+    await work
+    elapsed = time.perf_counter() - start
+    stop.set()
+    await ticker
+    return max(gaps), elapsed
+
+
 async def test_render_does_not_block_the_event_loop() -> None:
     opened = await open_(heavy_pdf(400))
     try:
         await opened.render_page(1, 36)  # worker warm and document open
-        gaps: list[float] = []
-        stop = asyncio.Event()
+        # Rendering in a thread would stall the loop for the whole render (MuPDF holds the
+        # GIL), on every attempt; a noisy neighbour on a busy CI host stalls it only now and
+        # then, hence the best of three.
+        measured = []
+        for _ in range(3):
+            gap, elapsed = await _loop_gaps_during(opened.render_page(1, 400))
+            assert elapsed > 0.3, "the page must be heavy enough to prove anything"
+            measured.append(gap)
+            if gap < 0.05:
+                break
+        assert min(measured) < 0.05, f"loop stalled {[round(g * 1000) for g in measured]} ms"
+        assert (await opened.render_page(1, 400)).image.size == (3306, 4678)
+    finally:
+        await opened.close()
 
-        async def tick() -> None:
-            last = time.perf_counter()
-            while not stop.is_set():
-                await asyncio.sleep(0.002)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
 
-        ticker = asyncio.create_task(tick())
+async def test_a_long_document_renders_any_page_on_demand() -> None:
+    opened = await open_(many_pages_pdf(1500))
+    try:
         start = time.perf_counter()
-        page = await opened.render_page(1, 400)
-        elapsed = time.perf_counter() - start
-        stop.set()
-        await ticker
-        assert page.image.size == (3306, 4678)
-        assert elapsed > 0.3, "the page must be heavy enough to prove anything"
-        assert max(gaps) < 0.05, f"loop stalled {max(gaps) * 1000:.0f} ms in {elapsed:.2f} s"
+        page = await opened.render_page(1500, 72)
+        assert page.page == 1500 and page.image.size == (200, 200)
+        assert time.perf_counter() - start < 1.0
     finally:
         await opened.close()
 
@@ -490,6 +515,7 @@ async def test_unsupported_media_type_is_refused() -> None:
 
 
 @hypothesis_settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example(flips=[(150, 1)], cut=228)  # "malformed page tree": an FzErrorFormat, no RuntimeError
 @given(
     flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=12),
     cut=st.integers(10, 10_000),

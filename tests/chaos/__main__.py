@@ -1,0 +1,3 @@
+from tests.chaos.runner import main
+
+raise SystemExit(main())

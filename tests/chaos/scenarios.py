@@ -1,0 +1,293 @@
+"""The fault scenarios. Each draws its round plans from the harness's seeded generator at
+the start of the round, in a fixed order, so a seed always gives the same plans; only the
+moments the plans refer to ("after k pages of the batch") depend on the machine's speed."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TextIO
+
+import structlog
+
+from consumer.documents.render import shutdown_renderers
+from consumer.engines.rapidocr import RapidOcrEngine
+from schemas.common import ErrorCode
+from tests.chaos.harness import EXIT_MARGIN_S, GRACE_S, Harness
+from tests.support.apps import running_app
+from tests.support.engines import FaultyEngine
+
+Scenario = Callable[[Harness], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Plan:
+    pages: list[int]  # page count of each task of the batch
+    target: int  # the fault hits while this task (index in the batch) ...
+    after_pages: int  # ... has this many pages published (and at least two left) ...
+    extra_s: float  # ... plus this long
+    pause_s: float  # how long the killed part stays down
+    fallback: float  # picks the victim when the target's worker is gone already
+
+
+def draw_plan(h: Harness, tasks: int, low: int = 1, high: int = 4) -> Plan:
+    pages = [h.rng.randint(low, high) for _ in range(tasks)]
+    # At least one document of three pages or more, so that there is a middle to hit.
+    if max(pages) < 3:
+        pages[h.rng.randrange(tasks)] = h.rng.randint(3, 4)
+    target = pages.index(max(pages))
+    return Plan(
+        pages=pages,
+        target=target,
+        after_pages=h.rng.randint(1, pages[target] - 2),
+        # Short: the engine finishes a page every ~0.5 s, so a long wait would often see
+        # the target document done.
+        extra_s=h.rng.uniform(0.0, 0.15),
+        pause_s=h.rng.uniform(0.5, 4.0),
+        fallback=h.rng.random(),
+    )
+
+
+async def sigkill(h: Harness) -> None:
+    """Two static members, as deployed (pod name = consumer id = group instance id); each
+    round SIGKILLs the one working on a half-done document, then either restarts it in
+    place (same id: a container restart, which rejoins without a rebalance and takes its
+    own task lease back at once) or replaces it (a new id: a new pod, which waits for the
+    dead member's session and lease to expire)."""
+    in_place_rounds = 0
+    for _ in range(2):
+        await h.start_consumer(static=True)
+    for round_no in range(h.rounds):
+        plan = draw_plan(h, 4)
+        in_place = h.rng.random() < 0.5
+        started = time.monotonic()
+        batch = await h.submit(round_no, plan.pages)
+        busy, where = await h.until_mid_document(
+            batch, plan.target, plan.after_pages, plan.extra_s
+        )
+        victim = h.pick_victim(busy, plan.fallback)
+        h.note(f"round {round_no + 1}: SIGKILL {victim.consumer_id} (pid {victim.pid}), {where}")
+        victim.kill()
+        await victim.wait_exit(10.0)
+        victim.reap_children()
+        h.kills += 1
+        h.faults += 1
+        await asyncio.sleep(plan.pause_s)
+        if in_place:
+            in_place_rounds += 1
+            await h.start_consumer(victim.consumer_id, static=True)
+        else:
+            await h.start_consumer(static=True)
+        await h.wait_round(batch, started)
+    h.extra["restarts_in_place"] = in_place_rounds
+    h.extra["replacements"] = h.rounds - in_place_rounds
+
+
+async def sigterm(h: Harness) -> None:
+    """One member; each round SIGTERMs it mid-document: it must drain (pages in the engine
+    finish and are recorded, the rest stays resumable) and exit within the grace plus a
+    margin; its replacement then resumes without recomputing a finished page."""
+    h.expect_no_duplicates = True
+    exits: list[float | None] = []
+    h.extra["sigterm_exit_s"] = exits
+    h.extra["exit_limit_s"] = GRACE_S + EXIT_MARGIN_S
+    await h.start_consumer()
+    for round_no in range(h.rounds):
+        plan = draw_plan(h, 4)
+        started = time.monotonic()
+        batch = await h.submit(round_no, plan.pages)
+        busy, where = await h.until_mid_document(
+            batch, plan.target, plan.after_pages, plan.extra_s
+        )
+        victim = h.pick_victim(busy, plan.fallback)
+        h.note(f"round {round_no + 1}: SIGTERM {victim.consumer_id} (pid {victim.pid}), {where}")
+        took = await h.stop_consumer(victim)
+        exits.append(None if took is None else round(took, 2))
+        shown = "late" if took is None else f"after {took:.1f} s"
+        h.note(f"{victim.consumer_id} exited {shown} with code {victim.returncode}")
+        h.kills += 1
+        h.faults += 1
+        await asyncio.sleep(plan.pause_s)
+        await h.start_consumer()
+        await h.wait_round(batch, started)
+
+
+async def kafka(h: Harness) -> None:
+    """Two members; each round SIGKILLs the broker mid-batch and restarts it from its data
+    directory (the last round after more than 30 s); clients (consumers, their producers,
+    the group) must reconnect."""
+    restarts: list[float] = []
+    h.extra["kafka_restart_s"] = restarts
+    for _ in range(2):
+        await h.start_consumer()
+    for round_no in range(h.rounds):
+        plan = draw_plan(h, 4)
+        # The last round's outage outlasts the producers' 30 s request timeout and the
+        # session timeout, so the publisher's own retry loop and a full group rejoin run.
+        long_outage = round_no == h.rounds - 1
+        pause_s = h.rng.uniform(32.0, 40.0) if long_outage else plan.pause_s
+        started = time.monotonic()
+        batch = await h.submit(round_no, plan.pages)
+        _, where = await h.until_mid_document(
+            batch, plan.target, plan.after_pages, plan.extra_s
+        )
+        h.note(f"round {round_no + 1}: SIGKILL the broker for {pause_s:.1f} s, {where}")
+        await h.suite.stack.call("kill-kafka")
+        h.kills += 1
+        h.faults += 1
+        await asyncio.sleep(pause_s)
+        took = await h.suite.stack.call("start-kafka")
+        restarts.append(round(took, 1))
+        h.note(f"broker back after {pause_s:.1f} s down + {took:.1f} s start-up")
+        await h.wait_round(batch, started)
+
+
+async def redis(h: Harness) -> None:
+    """Two members; each round SIGKILLs Redis mid-batch, deletes its data and restarts it
+    empty: task state, page records and leases are gone. In rounds 1, 3, ... the member
+    working on the half-done document is SIGKILLed at the same moment, so another member
+    resumes its tasks from the emptied state (and recomputes their pages). Tasks must
+    still complete: pages may be computed twice, none may be lost."""
+    crashes = 0
+    for _ in range(2):
+        await h.start_consumer()
+    for round_no in range(h.rounds):
+        plan = draw_plan(h, 4)
+        crash_too = round_no % 2 == 0
+        started = time.monotonic()
+        batch = await h.submit(round_no, plan.pages)
+        busy, where = await h.until_mid_document(
+            batch, plan.target, plan.after_pages, plan.extra_s
+        )
+        victim = h.pick_victim(busy, plan.fallback) if crash_too else None
+        if victim is not None:
+            h.note(f"round {round_no + 1}: SIGKILL {victim.consumer_id} (pid {victim.pid}) "
+                   f"and Redis, delete Redis's data; {where}")
+            victim.kill()
+            h.kills += 1
+            crashes += 1
+        else:
+            h.note(f"round {round_no + 1}: SIGKILL Redis and delete its data, {where}")
+        await h.suite.stack.call("wipe-redis")
+        h.kills += 1
+        h.faults += 1
+        await asyncio.sleep(plan.pause_s)
+        await h.suite.stack.call("start-redis")
+        h.note(f"Redis back, empty, after {plan.pause_s:.1f} s")
+        if victim is not None:
+            await victim.wait_exit(10.0)
+            victim.reap_children()
+            await h.start_consumer()
+        await h.wait_round(batch, started)
+    h.extra["consumer_kills"] = crashes
+
+
+async def rebalance(h: Harness) -> None:
+    """Members join and leave (SIGTERM) a group of one to three while a batch runs; every
+    change is an eager rebalance that revokes and reassigns all six partitions."""
+    joins = 0
+    leaves = 0
+    await h.start_consumer(wait_joined=True)
+    for round_no in range(h.rounds):
+        pages = [h.rng.randint(1, 4) for _ in range(8)]
+        changes = [(h.rng.uniform(0.5, 3.0), h.rng.random()) for _ in range(4)]
+        started = time.monotonic()
+        batch = await h.submit(round_no, pages)
+        for index, (delay, draw) in enumerate(changes):
+            await asyncio.sleep(delay)
+            if all(h.done(t) for t in batch):
+                h.note(f"round {round_no + 1}: batch finished before change {index + 1}; "
+                       "the remaining changes are skipped")
+                break
+            members = h.alive()
+            join = len(members) <= 1 or (len(members) < 3 and draw < 0.5)
+            if join:
+                await h.start_consumer(wait_joined=True)
+                joins += 1
+            else:
+                victim = members[int(draw * 1000) % len(members)]
+                h.note(f"round {round_no + 1}: {victim.consumer_id} leaves (SIGTERM)")
+                took = await h.stop_consumer(victim)
+                h.note(f"{victim.consumer_id} left after {took or -1:.1f} s")
+                leaves += 1
+                h.kills += 1
+            h.faults += 1
+        await h.wait_round(batch, started)
+    h.extra["joins"] = joins
+    h.extra["leaves"] = leaves
+
+
+async def engine(h: Harness) -> None:
+    """An in-process App whose engine (RapidOCR behind FaultyEngine) raises on one page and
+    hangs on another of every document; the page timeout turns the hang into PAGE_TIMEOUT
+    and each task completes with its other pages."""
+    # The limit counts a page's wait behind the page RapidOCR is busy with: 3 s made real
+    # pages time out on a busy 2-core host (seen 2026-12-02), 8 s leaves room for that.
+    page_timeout_s = 8.0
+    h.extra["page_timeout_s"] = page_timeout_s
+    log_path = h.log_dir / f"{h.settings.consumer_id}.log"
+    h.inprocess_log = log_path
+    faulty = FaultyEngine(RapidOcrEngine())
+    settings = h.settings.model_copy(update={"page_timeout_s": page_timeout_s})
+    with log_path.open("a") as log:
+        log_in_process_to(log)
+        try:
+            async with running_app(settings, faulty, ready_timeout=120.0):
+                h.note("in-process App ready")
+                for round_no in range(h.rounds):
+                    fail, hang = h.rng.sample(range(1, 4), 2)
+                    pages = [h.rng.randint(3, 4) for _ in range(3)]
+                    faulty.fail_pages = {fail}
+                    faulty.hang_pages = {hang}
+                    h.note(f"round {round_no + 1}: engine raises on page {fail}, hangs on "
+                           f"page {hang}")
+                    started = time.monotonic()
+                    batch = await h.submit(
+                        round_no, pages,
+                        failed={fail: ErrorCode.ENGINE_ERROR, hang: ErrorCode.PAGE_TIMEOUT},
+                    )
+                    h.faults += 2 * len(batch)
+                    await h.wait_round(batch, started)
+        finally:
+            await faulty.close()
+            await asyncio.to_thread(shutdown_renderers)
+            log_in_process_to(h.suite.log_stream)
+
+
+def log_in_process_to(stream: TextIO) -> None:
+    """Consumer code running in the suite's process (the engine scenario's App, topic
+    admin) logs JSON lines to a file, as the subprocesses do, instead of interleaving with
+    the suite's report."""
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def silence_in_process_logs() -> None:
+    """After the suite's log file is closed: nothing may print after the summary line."""
+    structlog.configure(
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+        logger_factory=structlog.ReturnLoggerFactory(),
+    )
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "sigkill": sigkill,
+    "sigterm": sigterm,
+    "kafka": kafka,
+    "redis": redis,
+    "rebalance": rebalance,
+    "engine": engine,
+}
