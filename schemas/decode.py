@@ -59,7 +59,11 @@ def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> 
     except RecursionError as exc:
         # A few KB of '[' exhaust the parser's stack; uncaught, this crashed the consumer
         # loop on every re-delivery of the record (a poison pill for the whole group).
-        raise _too_deep() from exc
+        raise RequestDecodeError(
+            ErrorCode.REQUEST_INVALID,
+            "request nests JSON arrays or objects too deeply to parse; a request is an "
+            "object a few levels deep",
+        ) from exc
     if not isinstance(document, dict):
         raise RequestDecodeError(
             ErrorCode.REQUEST_INVALID,
@@ -78,11 +82,3 @@ def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> 
         return OcrRequest.model_validate_json(text)
     except ValidationError as exc:
         raise RequestDecodeError(ErrorCode.REQUEST_INVALID, _describe(exc), task_id) from exc
-
-
-def _too_deep() -> RequestDecodeError:
-    return RequestDecodeError(
-        ErrorCode.REQUEST_INVALID,
-        "request nests JSON arrays or objects too deeply to parse; a request is an object a "
-        "few levels deep",
-    )

@@ -16,9 +16,7 @@ import hashlib
 import io
 import json
 import os
-import struct
 import zipfile
-import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from schemas.dlq import DLQ_HEADER_CODE, DlqEnvelope
 from schemas.progress import TaskStatus
 from schemas.result import PageStatus
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf
+from tests.support.documents import encrypted_pdf, make_pdf, many_pages_pdf, png_claiming
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import TopicReader, produce_raw
 
@@ -50,57 +48,12 @@ MAX_REQUEST_BYTES = 64 * 1024
 # -- documents that must be refused --------------------------------------------------------
 
 
-def many_pages_pdf(count: int) -> bytes:
-    """A valid PDF of `count` empty pages, written directly (PyMuPDF needs seconds)."""
-    kids = " ".join(f"{number} 0 R" for number in range(3, count + 3))
-    bodies = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        f"<< /Type /Pages /Kids [{kids}] /Count {count} >>".encode(),
-    ]
-    bodies += [b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 200 200] >>"] * count
-    out = bytearray(b"%PDF-1.7\n")
-    offsets = []
-    for number, body in enumerate(bodies, start=1):
-        offsets.append(len(out))
-        out += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref = len(out)
-    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(bodies) + 1)
-    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (
-        len(bodies) + 1, xref,
-    )
-    return bytes(out)
-
-
-def encrypted_pdf() -> bytes:
-    document = pymupdf.open()
-    document.new_page().insert_text((72, 72), "secret")
-    data: bytes = document.tobytes(
-        encryption=pymupdf.PDF_ENCRYPT_AES_256, owner_pw="owner", user_pw="hunter2"
-    )
-    return data
-
-
 def huge_page_pdf() -> bytes:
     """One 200 x 200 inch page: 829 Mpx at 144 dpi, refused before rendering."""
     document = pymupdf.open()
     document.new_page(width=14_400, height=14_400)
     data: bytes = document.tobytes()
     return data
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims a size its tiny data does not have (a bomb header)."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        crc = zlib.crc32(kind + payload) & 0xFFFFFFFF
-        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b"")
-    )
 
 
 def bilevel_bomb() -> bytes:
