@@ -5,6 +5,9 @@
 - `ocr-collect` (collect.py): downstream; materialises results + progress into files.
 - follow_progress.py: the progress following shared by `ocr-submit --wait` and `ocr-watch`.
 
+The package itself needs no Kafka client to import: `ocr-bench engine` and its pages
+(bench.py, bench_pages.py) run on GPU hosts that carry no aiokafka.
+
 Every tool takes every `OCR_*` setting as a flag too (consumer.config.add_settings_arguments)
 and shares the exit codes and error handling below.
 """
@@ -17,7 +20,6 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 
 from consumer.config import settings_from_args
@@ -46,6 +48,9 @@ def run_cli(
     argv: list[str] | None,
 ) -> int:
     """Parse, set up logging, run the tool's coroutine, and turn failures into exit codes."""
+    # Imported here, not at the top: `ocr-bench engine` runs on GPU hosts without aiokafka.
+    from aiokafka.errors import KafkaError
+
     args = parser.parse_args(argv)
     try:
         settings = settings_from_args(args)

@@ -14,8 +14,8 @@ request to it, `request_id` = the page attempt's id, so a page can be aborted by
 - `stats()` reads the scheduler's own numbers (running, waiting, KV-cache usage), which a
   stat logger passed to `AsyncLLM` receives after every engine step.
 
-vLLM is imported only inside `_RealVllm`: the module imports (and its tests run) on machines
-without vLLM or torch. Tests swap `_RealVllm` for a fake through the `backend` argument.
+vLLM is imported only inside `vllm_backend.RealVllm`: the module imports (and its tests run)
+on machines without vLLM or torch. Tests swap it for a fake through the `backend` argument.
 """
 
 from __future__ import annotations
@@ -24,12 +24,9 @@ import asyncio
 import contextlib
 import functools
 import os
-import sys
 import time
 import uuid
-import warnings
-from collections.abc import AsyncGenerator
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from PIL import Image
 
@@ -37,6 +34,15 @@ from consumer.config import ResolutionMode, Settings
 from consumer.engines import deepseek_modes
 from consumer.engines.base import EngineOutput, EngineStats, PageRequest
 from consumer.engines.deepseek_prompts import NGRAM_WHITELIST_TOKEN_IDS, build_prompt, strip_eos
+from consumer.engines.vllm_backend import (
+    MP_METHOD_ENV,
+    AsyncEngineLike,
+    RealVllm,
+    StatsSink,
+    VllmBackend,
+    fork_poisoned,
+    spawn_expected,
+)
 from consumer.errors import EngineError, OcrError
 from consumer.log import get_logger
 from consumer.postprocess.finish import classify_finish
@@ -64,178 +70,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 
-class StatsSink:
-    """The scheduler's latest numbers, written by vLLM's stat-logger hook on the event loop
-    after each engine step (so reads need no lock), plus counters over the engine's life."""
-
-    def __init__(self) -> None:
-        self.running = 0
-        self.waiting = 0
-        self.kv_cache_usage = 0.0
-        self.preemptions_total = 0
-        self.records = 0
-
-    def record(
-        self, *, running: int, waiting: int, kv_cache_usage: float, preempted: int = 0
-    ) -> None:
-        self.running = running
-        self.waiting = waiting
-        self.kv_cache_usage = min(max(kv_cache_usage, 0.0), 1.0)
-        self.preemptions_total += preempted
-        self.records += 1
-
-
-class AsyncEngineLike(Protocol):
-    """The part of vLLM's `AsyncLLM` this engine uses."""
-
-    def generate(
-        self, prompt: Any, sampling_params: Any, request_id: str
-    ) -> AsyncGenerator[Any, None]: ...
-
-    async def abort(self, request_id: str) -> None: ...
-
-    def shutdown(self) -> None: ...
-
-
-class VllmBackend(Protocol):
-    """Everything that touches the vllm package; `_RealVllm` in production, fakes in tests."""
-
-    @property
-    def version(self) -> str: ...
-
-    def create_engine(self, engine_args: dict[str, Any], sink: StatsSink) -> AsyncEngineLike:
-        """Build and start the engine (blocking, minutes); `sink` receives scheduler stats."""
-        ...
-
-    def sampling_params(self, params: dict[str, Any]) -> Any: ...
-
-    async def prepare_inputs(self, engine: AsyncEngineLike, prompt: str, image: Image.Image) -> Any:
-        """The prompt as `generate()` takes it, its image already processed off the loop."""
-        ...
-
-    def activate_mode(self, mode: str) -> None: ...
-
-    def release_mode(self, mode: str) -> None: ...
-
-
-class _RealVllm:
-    """vllm 0.26 (the version pinned by the `gpu` extra), imported on first use."""
-
-    @property
-    def version(self) -> str:
-        try:
-            import vllm
-        except ImportError:
-            return ""
-        return str(vllm.__version__)
-
-    def create_engine(self, engine_args: dict[str, Any], sink: StatsSink) -> AsyncEngineLike:
-        from vllm.engine.arg_utils import AsyncEngineArgs
-        from vllm.v1.engine.async_llm import AsyncLLM
-        from vllm.v1.metrics.loggers import StatLoggerBase
-
-        class SinkStatLogger(StatLoggerBase):  # type: ignore[misc]
-            # A per-engine logger: vLLM builds one per engine core with (config, index).
-            def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
-                self.engine_index = engine_index
-
-            def record(
-                self,
-                scheduler_stats: Any,
-                iteration_stats: Any,
-                mm_cache_stats: Any = None,
-                engine_idx: int = 0,
-            ) -> None:
-                if scheduler_stats is None:
-                    return
-                preempted = getattr(iteration_stats, "num_preempted_reqs", 0) or 0
-                sink.record(
-                    running=int(scheduler_stats.num_running_reqs),
-                    waiting=int(scheduler_stats.num_waiting_reqs),
-                    kv_cache_usage=float(scheduler_stats.kv_cache_usage),
-                    preempted=int(preempted),
-                )
-
-            def log_engine_initialized(self) -> None:
-                pass
-
-        args = AsyncEngineArgs(**engine_args)
-        engine: AsyncEngineLike = AsyncLLM.from_engine_args(args, stat_loggers=[SinkStatLogger])
-        return engine
-
-    def sampling_params(self, params: dict[str, Any]) -> Any:
-        from vllm import SamplingParams
-        from vllm.sampling_params import RequestOutputKind
-
-        params = dict(params)
-        params["output_kind"] = RequestOutputKind[str(params["output_kind"]).upper()]
-        return SamplingParams(**params)
-
-    async def prepare_inputs(self, engine: AsyncEngineLike, prompt: str, image: Image.Image) -> Any:
-        mm_data = {"image": image}
-        renderer = getattr(engine, "renderer", None)
-        # The same call vLLM's own input processor makes for a text prompt with an image,
-        # but on the renderer's thread pool (renderer_num_workers threads) instead of on
-        # the event loop. A private method of vllm 0.26: when it is gone, fall back to the
-        # plain prompt (correct, only slower).
-        process = getattr(renderer, "_process_multimodal_async", None)
-        if process is None:
-            return {"prompt": prompt, "multi_modal_data": mm_data}
-        inputs = await process(prompt, mm_data, None, None, None)
-        inputs["prompt"] = prompt
-        return inputs
-
-    def activate_mode(self, mode: str) -> None:
-        deepseek_modes.activate(mode)
-
-    def release_mode(self, mode: str) -> None:
-        deepseek_modes.release(mode)
-
-
-MP_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 WARMUP_TOKENS = 16
 WARMUP_TIMEOUT_S = 900.0
-
-
-def _fork_poisoned() -> bool:
-    """True when a forked child of this process could not use CUDA.
-
-    torch.cuda.is_available() (without PYTORCH_NVML_BASED_CUDA_CHECK=1) initialises the
-    CUDA driver here and marks every later fork as unable to use CUDA, yet
-    torch.cuda.is_initialized() stays False, so vLLM forks its engine core anyway and the
-    core dies with "Cannot re-initialize CUDA in forked subprocess" (seen on the H100 host).
-    torch tells only inside a forked child, so ask a throw-away one.
-    """
-    torch = sys.modules.get("torch")  # never import torch just to ask
-    if torch is None or not hasattr(os, "fork"):
-        return False
-    try:
-        with warnings.catch_warnings():
-            # "multi-threaded process, fork() may deadlock": the child only reads a flag.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-    except OSError:
-        return False
-    if pid == 0:  # the child: one flag, then out without running any cleanup
-        try:
-            code = 1 if torch.cuda._is_in_bad_fork() else 0
-        except BaseException:
-            code = 0
-        os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status) == 1
-
-
-def _spawn_expected() -> bool:
-    """Whether vLLM will spawn (not fork) its engine core: then module patches made here do
-    not reach it, and only the vLLM plugin can set the resolution mode there."""
-    if os.environ.get(MP_METHOD_ENV) == "spawn":
-        return True
-    torch = sys.modules.get("torch")  # never import torch just to ask
-    try:
-        return bool(torch is not None and torch.cuda.is_initialized())
-    except Exception:
-        return False
 
 
 class VllmEngine:
@@ -256,7 +92,7 @@ class VllmEngine:
         prompt, which it processes on the event loop (vLLM 0.26's own path).
         `warmup_pages`: blank pages decoded (a few tokens each) before start() returns."""
         self._settings = settings
-        self._backend: VllmBackend = backend or _RealVllm()
+        self._backend: VllmBackend = backend or RealVllm()
         self._start_in_thread = start_in_thread
         self._preprocess = preprocess
         self._warmup_pages = warmup_pages
@@ -351,7 +187,7 @@ class VllmEngine:
         mode = self._mode
         if (
             mode != ResolutionMode.GUNDAM.value
-            and _spawn_expected()
+            and spawn_expected()
             and not (deepseek_modes.plugin_registered())
         ):
             raise OcrError(
@@ -389,7 +225,7 @@ class VllmEngine:
             )
 
     def _prepare_start_method(self) -> None:
-        if os.environ.get(MP_METHOD_ENV) == "spawn" or not _fork_poisoned():
+        if os.environ.get(MP_METHOD_ENV) == "spawn" or not fork_poisoned():
             return
         os.environ[MP_METHOD_ENV] = "spawn"
         log.warning(

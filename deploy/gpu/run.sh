@@ -1,7 +1,9 @@
 #!/bin/bash
 # On the GPU host: assemble vLLM once, then run the engine benchmark and/or tests/gpu.
-# Usage: bash deploy/gpu/run.sh bench|pipeline|tests|all [ocr-bench arguments...]
+# Usage: bash deploy/gpu/run.sh bench|pipeline|scaleout|tests|all [arguments...]
 #   bench     ocr-bench engine (pages straight into the engine)
+#   scaleout  bench/scaleout.py [its arguments]: consumer processes in one group, one
+#             alone, then all, then one SIGKILLed (writes $OUT/scaleout.json)
 #   pipeline  ocr-bench all: the engine run, then the same pages as documents through
 #             Kafka (Tansu) -> consumer -> result topics with the same started engine
 #   all       pipeline, then tests/gpu
@@ -25,7 +27,7 @@ source deploy/gpu/env.sh
 python3 -c "import vllm, consumer.engines.vllm; print('vllm', vllm.__version__)" || exit 1
 rc=0
 command=engine
-if [[ $what == pipeline || $what == all ]]; then
+if [[ $what == pipeline || $what == all || $what == scaleout ]]; then
   command=all
   bash deploy/gpu/services.sh start || exit 1
   export PYTHONPATH="$PYTHONPATH:/tmp/ocrpipe"
@@ -33,6 +35,15 @@ if [[ $what == pipeline || $what == all ]]; then
   # Tansu's memory build has no InitProducerId (see services.sh).
   export OCR_KAFKA_IDEMPOTENCE=false
   export OCR_RENDER_WORKERS=${OCR_RENDER_WORKERS:-8}
+fi
+if [[ $what == scaleout ]]; then
+  # A killed member's partitions move after the session timeout: 10 s, not 30 s, here.
+  export OCR_SESSION_TIMEOUT_MS=${OCR_SESSION_TIMEOUT_MS:-10000}
+  python3 bench/scaleout.py --out "$OUT/scaleout.json" "$@" 2>&1 | tee "$OUT/scaleout.log"
+  rc=$?
+  echo "scaleout exit $rc after $(($(date +%s) - began)) s"
+  bash deploy/gpu/services.sh stop
+  exit $rc
 fi
 if [[ $what != tests ]]; then
   # Run by path: the producer_tools package __init__ imports aiokafka, absent for `bench`.

@@ -21,13 +21,8 @@ from consumer.config import ResolutionMode, Settings
 from consumer.engines import deepseek_modes
 from consumer.engines.base import PageImage, PageRequest
 from consumer.engines.deepseek_prompts import PROMPTS, build_prompt, clean_locate_text
-from consumer.engines.vllm import (
-    NGRAM_PROCESSOR,
-    V2_RUNNER_ENV,
-    AsyncEngineLike,
-    StatsSink,
-    VllmEngine,
-)
+from consumer.engines.vllm import NGRAM_PROCESSOR, V2_RUNNER_ENV, VllmEngine
+from consumer.engines.vllm_backend import AsyncEngineLike, StatsSink
 from consumer.errors import EngineError, OcrError
 from schemas.common import ErrorCode
 from schemas.request import PromptKind
