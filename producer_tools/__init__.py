@@ -4,6 +4,7 @@
 - `ocr-watch` (watch.py): follows the progress of tasks until they are final.
 - `ocr-collect` (collect.py): downstream; materialises results + progress into files.
 - follow_progress.py: the progress following shared by `ocr-submit --wait` and `ocr-watch`.
+- task_files.py: a task's pages as Markdown, JSON and ZIP, for `ocr-collect` and `ocr-submit --out`.
 
 The package itself needs no Kafka client to import: `ocr-bench engine` and its pages
 (bench.py, bench_pages.py) run on GPU hosts that carry no aiokafka.

@@ -58,7 +58,7 @@ from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
 from producer_tools import EXIT_OK, ToolError, describe_validation, run_cli
-from producer_tools.collect import assemble_markdown, pages_json, read_task_results, write_atomic
+from producer_tools.collect import read_task_results
 from producer_tools.follow_progress import (
     ProgressFollower,
     make_display,
@@ -66,6 +66,7 @@ from producer_tools.follow_progress import (
     succeeded,
     topic_partitions,
 )
+from producer_tools.task_files import assemble_markdown, pages_json, write_atomic
 from schemas.cloudevents import CE_TYPE_REQUEST, ce_headers
 from schemas.common import TASK_ID_PATTERN, ErrorCode, MetadataValue
 from schemas.progress import ProgressEvent, TaskStatus

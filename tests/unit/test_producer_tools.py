@@ -15,17 +15,7 @@ from pathlib import Path
 import pytest
 
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
-from producer_tools.collect import (
-    LatestPages,
-    assemble_markdown,
-    page_file_name,
-    pages_json,
-    task_zip,
-    write_task_files,
-)
-from producer_tools.collect import (
-    build_parser as collect_parser,
-)
+from producer_tools.collect import build_parser as collect_parser
 from producer_tools.follow_progress import (
     FollowResult,
     LiveBars,
@@ -49,6 +39,14 @@ from producer_tools.submit import (
 )
 from producer_tools.submit import (
     build_parser as submit_parser,
+)
+from producer_tools.task_files import (
+    LatestPages,
+    assemble_markdown,
+    page_file_name,
+    pages_json,
+    task_zip,
+    write_task_files,
 )
 from producer_tools.watch import build_parser as watch_parser
 from schemas.common import TASK_ID_PATTERN, ErrorCode, ErrorInfo
