@@ -42,6 +42,9 @@ if [[ $what == scaleout ]]; then
   # Two engines sharing a GPU take longer a page than the consumer's 120 s default allows
   # for a page queued behind a full batch; the benchmark measures throughput, not limits.
   export OCR_PAGE_TIMEOUT_S=${OCR_PAGE_TIMEOUT_S:-600}
+  # A fixed output length, as ocr-bench decodes: dummy weights rarely emit EOS, so without
+  # it every page runs to the 4,096-token default (the 2026-12-03 warm-up run did).
+  export OCR_MAX_TOKENS=${OCR_MAX_TOKENS:-1000} OCR_IGNORE_EOS=${OCR_IGNORE_EOS:-true}
   python3 bench/scaleout.py --out "$OUT/scaleout.json" "$@" 2>&1 | tee "$OUT/scaleout.log"
   rc=$?
   echo "scaleout exit $rc after $(($(date +%s) - began)) s"
