@@ -220,8 +220,10 @@ class Run:
         deadline = time.monotonic() + PHASE_TIMEOUT_S
         while not tasks <= observed.finals.keys() and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
+            if kill is None or killed_at is not None:
+                continue
             arrived = sum(1 for key in expected if key in observed.results)
-            if kill is not None and killed_at is None and arrived >= self.args.kill_after * pages:
+            if arrived >= self.args.kill_after * pages:
                 consumers.kill(kill)
                 killed_at = round(time.perf_counter() - began, 2)
                 print(f"{phase}: SIGKILL c{kill} at {killed_at} s", flush=True)

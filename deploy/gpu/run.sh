@@ -52,7 +52,7 @@ if [[ $what == scaleout ]]; then
   exit $rc
 fi
 if [[ $what != tests ]]; then
-  # Run by path: the producer_tools package __init__ imports aiokafka, absent for `bench`.
+  # Needs no aiokafka: `bench` carries none (tests/unit/test_bench_host.py keeps it so).
   python3 producer_tools/bench.py $command --out-dir "$OUT" \
     --variant-file /tmp/ocr-vllm-variant "$@" 2>&1 | tee "$OUT/bench.log"
   rc=$?
