@@ -11,7 +11,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -29,6 +29,20 @@ class ResolutionMode(StrEnum):
     BASE = "base"
     LARGE = "large"
     GUNDAM = "gundam"
+
+
+class NgramProcessor(StrEnum):
+    """Which implementation of DeepSeek-OCR's no-repeat n-gram rule the engine runs."""
+
+    BATCHED = "batched"  # consumer/engines/ngram_processor.py: the whole batch per step
+    PER_REQUEST = "per-request"  # vLLM's NGramPerReqLogitsProcessor: Python per page
+
+
+class Detokenize(StrEnum):
+    """Where a page's output tokens become text."""
+
+    FINAL = "final"  # once, when the page is done, off the event loop
+    INCREMENTAL = "incremental"  # by vLLM after every engine step, on the event loop
 
 
 class LogFormat(StrEnum):
@@ -147,6 +161,12 @@ class Settings(BaseSettings):
     max_tokens: int = Field(4096, ge=16, description="Output token cap per page.")
     ngram_size: int = Field(30, ge=0, description="No-repeat n-gram size (0 disables).")
     ngram_window: int = Field(90, ge=1, description="No-repeat window in tokens.")
+    ngram_processor: NgramProcessor = Field(
+        NgramProcessor.BATCHED, description="No-repeat rule: batched or per-request (vLLM's)."
+    )
+    detokenize: Detokenize = Field(
+        Detokenize.FINAL, description="Output text: final (once per page) or incremental."
+    )
     ignore_eos: bool = Field(False, description="Benchmarks only: decode exactly max_tokens.")
     crops_dir: Path | None = Field(None, description="Write figure crops here when set.")
 
@@ -162,6 +182,17 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _ngram_rule(self) -> Settings:
+        if self.ngram_size == 1:
+            raise ValueError("ngram_size 1 would ban nothing: use 0 to disable, or >= 2")
+        if self.ngram_size and self.ngram_window < self.ngram_size:
+            raise ValueError(
+                f"ngram_window ({self.ngram_window}) must be at least ngram_size "
+                f"({self.ngram_size}): a shorter window holds no n-gram to ban"
+            )
+        return self
 
     @field_validator("kafka_bootstrap", "redis_url")
     @classmethod

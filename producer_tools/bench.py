@@ -3,6 +3,7 @@
     ocr-bench engine   [--pages N] [--pdf FILE] [settings...]   pages straight into the engine
     ocr-bench pipeline [...]                                     Kafka -> consumer -> results
     ocr-bench all      [...]                                     both, on one started engine
+    ocr-bench decoding [--passes ...] [--with-pipeline]          decoding options compared
 
 `engine` feeds N rendered pages (synthetic 1240x1754 text pages, or the pages of --pdf
 rendered by the consumer's own renderer) to `Engine.infer` all at once after a short
@@ -11,6 +12,10 @@ measure of the engine rather than of the model's mood, it decodes a fixed length
 `--max-tokens` defaults to 1000 here and `--ignore-eos` to true (set `--ignore-eos false`
 to let pages end on their own). Every OCR_* setting is a flag too (`--max-num-seqs 256`,
 `--load-format dummy`, `--model DIR`, ...).
+
+`decoding` (vLLM only, producer_tools/bench_decoding.py) runs the engine benchmark once
+per decoding pass on one engine: n-gram rule per-request / batched / off, detokenization
+incremental / final; `--with-pipeline` then runs the pipeline with the configured ones.
 
 Results go to bench/results/<date>-<device>.json (see --out-dir). The engine is started
 once and handed to each benchmark, so `all` pays the minutes of a vLLM start only once.
@@ -23,17 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import faulthandler
 import json
-import os
 import platform
 import re
-import signal
-import statistics
 import sys
-import time
-from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -41,10 +39,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from consumer.config import Settings, add_settings_arguments, settings_from_args
-from consumer.engines.base import Engine, EngineOutput, PageImage, PageRequest
+from consumer.config import NgramProcessor, Settings, add_settings_arguments, settings_from_args
+from consumer.engines.base import Engine, PageImage
 from consumer.errors import OcrError
 from consumer.log import configure_logging, get_logger
+from producer_tools.bench_engine import run_engine_bench, start_engine
 from producer_tools.bench_pages import PAGE_DPI, PAGE_SIZE, pdf_pages, synthetic_pages
 from schemas.common import ErrorCode
 from schemas.request import PromptKind
@@ -52,7 +51,6 @@ from schemas.request import PromptKind
 log = get_logger(__name__)
 
 DEFAULT_MAX_TOKENS = 1000
-STATS_INTERVAL_S = 0.5
 # Settings that shape engine throughput: recorded with every result.
 ENGINE_SETTINGS = (
     "engine",
@@ -70,206 +68,13 @@ ENGINE_SETTINGS = (
     "max_tokens",
     "ngram_size",
     "ngram_window",
+    "ngram_processor",
+    "detokenize",
     "ignore_eos",
     "page_timeout_s",
 )
 
 # -- the engine benchmark -----------------------------------------------------------------
-
-
-def _percentile(sorted_values: Sequence[float], fraction: float) -> float:
-    if not sorted_values:
-        return 0.0
-    index = min(len(sorted_values) - 1, max(0, round(fraction * (len(sorted_values) - 1))))
-    return sorted_values[index]
-
-
-async def _sample_stats(engine: Engine, samples: list[dict[str, float]]) -> None:
-    while True:
-        stats = engine.stats()
-        samples.append(
-            {
-                "running": stats.running,
-                "waiting": stats.waiting,
-                "kv_cache_usage": stats.kv_cache_usage,
-            }
-        )
-        await asyncio.sleep(STATS_INTERVAL_S)
-
-
-async def run_engine_bench(
-    engine: Engine,
-    pages: Sequence[PageImage],
-    *,
-    prompt: PromptKind = PromptKind.MARKDOWN,
-    warmup: int = 4,
-    concurrency: int = 0,
-    max_tokens: int = 0,
-) -> dict[str, Any]:
-    """Pages through a started engine; returns the figures (see the module docstring).
-
-    `concurrency` 0 submits every page at once (the engine queues what it cannot batch);
-    otherwise at most that many pages are in the engine at a time.
-    """
-    run = f"{time.time_ns():x}"
-    if warmup > 0:
-        # First requests pay for lazy set-up (output handler, kernels for new shapes).
-        await asyncio.gather(
-            *(
-                engine.infer(PageRequest(f"bench-{run}-warmup/{index}/0", page, prompt))
-                for index, page in enumerate(list(pages)[:warmup])
-            )
-        )
-    gate = asyncio.Semaphore(concurrency) if concurrency > 0 else None
-    latencies: list[float] = []
-    outputs: list[EngineOutput] = []
-    errors: Counter[str] = Counter()
-
-    async def one(index: int, page: PageImage) -> None:
-        async with gate if gate is not None else contextlib.nullcontext():
-            began = time.perf_counter()
-            try:
-                output = await engine.infer(PageRequest(f"bench-{run}/{index}/0", page, prompt))
-            except OcrError as exc:
-                errors[str(exc.code)] += 1
-                return
-            latencies.append(time.perf_counter() - began)
-            outputs.append(output)
-
-    samples: list[dict[str, float]] = []
-    sampler = asyncio.create_task(_sample_stats(engine, samples))
-    before = engine.stats()
-    began = time.perf_counter()
-    try:
-        await asyncio.gather(*(one(index, page) for index, page in enumerate(pages)))
-    finally:
-        seconds = time.perf_counter() - began
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
-    after = engine.stats()
-    done = len(outputs)
-    output_tokens = sum(output.output_tokens for output in outputs)
-    prompt_tokens = sum(output.prompt_tokens for output in outputs)
-    latencies.sort()
-    kv = [sample["kv_cache_usage"] for sample in samples]
-    return {
-        "pages": len(pages),
-        "pages_done": done,
-        "errors": dict(errors),
-        "warmup_pages": min(warmup, len(pages)),
-        "concurrency": concurrency or len(pages),
-        "prompt": str(prompt),
-        "max_tokens": max_tokens,
-        "seconds": round(seconds, 3),
-        "engine_pages_per_s": round(done / seconds, 3) if seconds > 0 else 0.0,
-        "output_tokens_per_s": round(output_tokens / seconds, 1) if seconds > 0 else 0.0,
-        "output_tokens_per_page": round(output_tokens / done, 1) if done else 0.0,
-        "prompt_tokens_per_page": round(prompt_tokens / done, 1) if done else 0.0,
-        "latency_p50_s": round(_percentile(latencies, 0.5), 3),
-        "latency_p90_s": round(_percentile(latencies, 0.9), 3),
-        "latency_p100_s": round(latencies[-1], 3) if latencies else 0.0,
-        "latency_mean_s": round(statistics.fmean(latencies), 3) if latencies else 0.0,
-        "finish_reasons": dict(Counter(str(output.finish_reason) for output in outputs)),
-        "running_max": max((int(sample["running"]) for sample in samples), default=0),
-        "waiting_max": max((int(sample["waiting"]) for sample in samples), default=0),
-        "kv_cache_usage_max": round(max(kv, default=0.0), 4),
-        "kv_cache_usage_mean": round(statistics.fmean(kv), 4) if kv else 0.0,
-        "preemptions": after.extra.get("preemptions_total", 0.0)
-        - before.extra.get("preemptions_total", 0.0),
-    }
-
-
-# -- starting the engine ------------------------------------------------------------------
-
-
-def _engine_core_pids() -> list[int]:
-    """Child processes of this one that are vLLM engine cores (by their process title)."""
-    pids = []
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            cmdline = (entry / "cmdline").read_bytes()
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == os.getpid() and b"EngineCore" in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
-def dump_stacks(reason: str) -> None:
-    """Every thread's stack of this process, and of the engine core when it listens for it
-    (OCR_VLLM_STACKS_ON_SIGUSR1=1, see consumer/engines/deepseek_modes.py), to stderr."""
-    print(f"=== stacks: {reason}", file=sys.stderr, flush=True)
-    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
-    if os.environ.get("OCR_VLLM_STACKS_ON_SIGUSR1") == "1":
-        for pid in _engine_core_pids():
-            # Without the handler SIGUSR1 would kill the process: only sent when armed.
-            os.kill(pid, signal.SIGUSR1)
-
-
-async def first_page(engine: Engine, page: PageImage, timeout_s: float) -> float | None:
-    """Seconds one page takes through a fresh engine, or None when it does not finish in
-    `timeout_s` (stacks are dumped first, to show where it is stuck)."""
-    loop = asyncio.get_running_loop()
-    watch = loop.call_later(timeout_s * 0.8, dump_stacks, "first page is slow")
-    began = time.perf_counter()
-    try:
-        await asyncio.wait_for(engine.infer(PageRequest("bench-first/1/0", page)), timeout_s)
-    except TimeoutError:
-        dump_stacks("first page timed out")
-        return None
-    finally:
-        watch.cancel()
-    return time.perf_counter() - began
-
-
-async def start_engine(
-    settings: Settings, args: argparse.Namespace, probe: PageImage
-) -> tuple[Engine, float, dict[str, Any]]:
-    """A started engine that has completed one page.
-
-    For vLLM, the variants of --vllm-variants are tried in order until one completes a
-    first page within --first-page-timeout; the result records which one ran.
-    """
-    from consumer.config import EngineName
-    from consumer.engines.factory import create_engine, resolve_engine_name
-
-    is_vllm = resolve_engine_name(settings.engine) is EngineName.VLLM
-    variants: list[str | None] = list(args.vllm_variants.split(",")) if is_vllm else [None]
-    failed: list[str] = []
-    for variant in variants:
-        engine: Engine
-        if variant is None:
-            engine = create_engine(settings)
-        else:
-            from consumer.engines.vllm import VARIANTS, VllmEngine
-
-            engine = VllmEngine(settings, **VARIANTS[variant])
-        began = time.perf_counter()
-        await engine.start()
-        start_s = time.perf_counter() - began
-        print(
-            f"engine {engine.identity.name} ({variant}) up in {start_s:.1f} s",
-            file=sys.stderr,
-            flush=True,
-        )
-        seconds = await first_page(engine, probe, args.first_page_timeout)
-        if seconds is not None:
-            if args.variant_file is not None and variant is not None:
-                args.variant_file.write_text(variant + "\n")
-            info = {
-                "vllm_variant": variant,
-                "variants_failed": failed,
-                "first_page_s": round(seconds, 2),
-            }
-            return engine, start_s, info
-        failed.append(str(variant))
-        await engine.close()
-    raise OcrError(
-        ErrorCode.ENGINE_ERROR,
-        f"no engine variant finished a page within {args.first_page_timeout:g} s: {failed}",
-    )
 
 
 # -- results ------------------------------------------------------------------------------
@@ -333,7 +138,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     else:
         pages = synthetic_pages(args.pages)
         source = f"synthetic {PAGE_SIZE[0]}x{PAGE_SIZE[1]}"
-    engine, start_s, started = await start_engine(settings, args, pages[0])
+    decoding = args.command == "decoding"
+    loaded = tuple(NgramProcessor) if decoding else ()
+    engine, start_s, started = await start_engine(settings, args, pages[0], loaded)
     if started.get("variants_failed") and args.fallback_pages > 0:
         # The failed variants used up time: keep the run inside the caller's budget.
         pages = pages[: args.fallback_pages]
@@ -361,11 +168,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                     max_tokens=settings.max_tokens,
                 )
             )
-        if args.command in ("pipeline", "all"):
+        if decoding:
+            result.update(await _decoding(engine, settings, pages, args))
+        if args.command in ("pipeline", "all") or (decoding and args.with_pipeline):
             try:
                 from producer_tools.bench_pipeline import run_pipeline_bench
 
-                if args.command == "pipeline" and args.warmup > 0:
+                if args.command != "all" and args.warmup > 0:
                     await run_engine_bench(engine, pages[: args.warmup], warmup=0)
                 result.update(
                     await run_pipeline_bench(
@@ -390,6 +199,46 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         await engine.close()
     result["device"] = device_name()
     result["torch_version"] = torch_version()
+    return result
+
+
+async def _decoding(
+    engine: Engine, settings: Settings, pages: Sequence[PageImage], args: argparse.Namespace
+) -> dict[str, Any]:
+    from consumer.engines.vllm import VllmEngine
+    from producer_tools.bench_decoding import (
+        DEFAULT_PASSES,
+        PASSES,
+        parse_passes,
+        run_decoding_bench,
+    )
+
+    if not isinstance(engine, VllmEngine):
+        raise OcrError(ErrorCode.ENGINE_ERROR, "ocr-bench decoding needs the vllm engine")
+    try:
+        passes = parse_passes(args.passes or DEFAULT_PASSES)
+    except ValueError as exc:
+        raise OcrError(ErrorCode.ENGINE_ERROR, str(exc)) from exc
+    if args.profile_dir is not None:
+        args.profile_dir.mkdir(parents=True, exist_ok=True)
+    result = await run_decoding_bench(
+        engine,
+        pages,
+        passes,
+        warmup=args.warmup,
+        max_tokens=settings.max_tokens,
+        preprocess_concurrency=2 * settings.preprocess_workers,
+        pyspy=args.pyspy,
+        profile_dir=args.profile_dir,
+    )
+    configured = (settings.ngram_processor if settings.ngram_size else None, settings.detokenize)
+    engine.set_decoding(ngram_processor=configured[0], detokenize=configured[1])
+    # The headline figures are those of the configured decoding, when a pass ran it.
+    for name in passes:
+        if PASSES[name] == configured:
+            headline = result["passes"][name]
+            result["configured_pass"] = name
+            result.update({k: v for k, v in headline.items() if not isinstance(v, dict | list)})
     return result
 
 
@@ -464,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("engine", parents=[common], help="pages straight into the engine")
     commands.add_parser("pipeline", parents=[common], help="the whole consumer pipeline")
     commands.add_parser("all", parents=[common], help="engine, then pipeline, one engine")
+    decoding = commands.add_parser(
+        "decoding", parents=[common], help="decoding options compared on one vLLM engine"
+    )
+    decoding.add_argument("--passes", default=None, help="comma-separated decoding passes")
+    decoding.add_argument("--with-pipeline", action="store_true", help="then the pipeline")
+    decoding.add_argument("--pyspy", type=Path, default=None, help="py-spy binary (profiles)")
+    decoding.add_argument("--profile-dir", type=Path, default=None, help="py-spy output here")
     return parser
 
 

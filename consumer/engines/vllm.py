@@ -26,14 +26,15 @@ import functools
 import os
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from PIL import Image
 
-from consumer.config import ResolutionMode, Settings
-from consumer.engines import deepseek_modes
+from consumer.config import Detokenize, NgramProcessor, ResolutionMode, Settings
+from consumer.engines import deepseek_modes, vllm_params
 from consumer.engines.base import EngineOutput, EngineStats, PageRequest
-from consumer.engines.deepseek_prompts import NGRAM_WHITELIST_TOKEN_IDS, build_prompt, strip_eos
+from consumer.engines.deepseek_prompts import build_prompt, strip_eos
 from consumer.engines.vllm_backend import (
     MP_METHOD_ENV,
     AsyncEngineLike,
@@ -46,14 +47,13 @@ from consumer.engines.vllm_backend import (
 from consumer.errors import EngineError, OcrError
 from consumer.log import get_logger
 from consumer.postprocess.finish import classify_finish
-from consumer.postprocess.page import deepseek_page_text
+from consumer.postprocess.page import PageText, deepseek_page_text
 from schemas.common import ErrorCode
 from schemas.request import PromptKind
 from schemas.result import EngineIdentity
 
 log = get_logger(__name__)
 
-NGRAM_PROCESSOR = "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
 V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
 MAX_IDENTITY_MODEL = 256  # EngineIdentity.model's limit; a long local path must still fit
 
@@ -85,12 +85,15 @@ class VllmEngine:
         start_in_thread: bool = True,
         preprocess: Preprocess = "renderer",
         warmup_pages: int = 2,
+        ngram_processors: Sequence[NgramProcessor] = (),
     ) -> None:
         """`start_in_thread`: build the engine off the event loop (else on it, blocking it
         for the minutes of a start, as vLLM's own server does). `preprocess`: "renderer"
         processes images on vLLM's renderer thread pool; "inline" hands vLLM the plain
         prompt, which it processes on the event loop (vLLM 0.26's own path).
-        `warmup_pages`: blank pages decoded (a few tokens each) before start() returns."""
+        `warmup_pages`: blank pages decoded (a few tokens each) before start() returns.
+        `ngram_processors`: the n-gram processors to load (default: the configured one);
+        benchmarks load both and switch between them with `set_decoding`."""
         self._settings = settings
         self._backend: VllmBackend = backend or RealVllm()
         self._start_in_thread = start_in_thread
@@ -98,6 +101,12 @@ class VllmEngine:
         self._warmup_pages = warmup_pages
         self._engine: AsyncEngineLike | None = None
         self._sampling: Any = None
+        self._tokenizer: Any = None
+        self._ngram: NgramProcessor | None = (
+            settings.ngram_processor if settings.ngram_size > 0 else None
+        )
+        self._ngram_loaded = tuple(ngram_processors) or (settings.ngram_processor,)
+        self._detokenize = settings.detokenize
         self._mode = settings.resolution_mode.value
         self._mode_active = False
         self._sink = StatsSink()
@@ -133,53 +142,25 @@ class VllmEngine:
 
     def engine_args(self) -> dict[str, Any]:
         """`AsyncEngineArgs` keyword arguments for these settings."""
-        s = self._settings
-        args: dict[str, Any] = {
-            "model": s.model,
-            "load_format": s.load_format,
-            "dtype": s.dtype,
-            "gpu_memory_utilization": s.gpu_memory_utilization,
-            "max_model_len": s.max_model_len,
-            "max_num_seqs": s.max_num_seqs,
-            "max_num_batched_tokens": s.max_num_batched_tokens,
-            "tensor_parallel_size": s.tensor_parallel_size,
-            "enforce_eager": s.enforce_eager,
-            # Image preprocessing threads (AsyncLLM defaults to one).
-            "renderer_num_workers": s.preprocess_workers,
-            "limit_mm_per_prompt": {"image": 1},
-            # Pages are never repeated: caching processed images or prompt prefixes costs
-            # memory and hashing for no hit, and with both off vLLM skips image hashing.
-            "mm_processor_cache_gb": 0,
-            "enable_prefix_caching": False,
-            # Stats feed the metrics endpoint and the stat logger behind stats().
-            "disable_log_stats": False,
-        }
-        if s.ngram_size > 0:
-            args["logits_processors"] = [NGRAM_PROCESSOR]
-        kwargs = deepseek_modes.mm_processor_kwargs(self._mode)
-        if kwargs is not None:
-            args["mm_processor_kwargs"] = kwargs
-        return args
+        return vllm_params.engine_args(self._settings, self._mode, self._ngram_loaded)
 
     def sampling_args(self) -> dict[str, Any]:
         """`SamplingParams` keyword arguments: one set for every page of this engine."""
-        s = self._settings
-        params: dict[str, Any] = {
-            "temperature": 0.0,  # greedy, as DeepSeek-OCR is evaluated
-            "max_tokens": s.max_tokens,
-            # Grounding tags (<|ref|>, <|det|>) are special tokens: keep them in the text.
-            "skip_special_tokens": False,
-            "ignore_eos": s.ignore_eos,
-            # One result per page; no streamed partial outputs to detokenize and discard.
-            "output_kind": "final_only",
-        }
-        if s.ngram_size > 0:
-            params["extra_args"] = {
-                "ngram_size": s.ngram_size,
-                "window_size": s.ngram_window,
-                "whitelist_token_ids": set(NGRAM_WHITELIST_TOKEN_IDS),
-            }
-        return params
+        return vllm_params.sampling_args(self._settings, self._ngram, self._detokenize)
+
+    def set_decoding(
+        self, *, ngram_processor: NgramProcessor | None, detokenize: Detokenize
+    ) -> None:
+        """Benchmarks: the n-gram rule (None: off) and detokenization for the pages
+        submitted from now on; the processor must be one loaded at start."""
+        if ngram_processor is not None and (
+            ngram_processor not in self._ngram_loaded or self._settings.ngram_size <= 0
+        ):
+            raise EngineError(f"n-gram processor {ngram_processor!s} is not loaded")
+        self._ngram = ngram_processor
+        self._detokenize = detokenize
+        if self._engine is not None:
+            self._sampling = self._backend.sampling_params(self.sampling_args())
 
     # -- life cycle ---------------------------------------------------------------------
 
@@ -255,6 +236,7 @@ class VllmEngine:
             else:
                 engine = self._backend.create_engine(args, self._sink)
             sampling = self._backend.sampling_params(self.sampling_args())
+            tokenizer = engine.get_tokenizer()
         except BaseException as exc:
             self._release_mode()
             if isinstance(exc, OcrError | asyncio.CancelledError | KeyboardInterrupt):
@@ -267,6 +249,7 @@ class VllmEngine:
             raise EngineError(f"vLLM engine failed to start: {type(exc).__name__}: {exc}") from exc
         self._engine = engine
         self._sampling = sampling
+        self._tokenizer = tokenizer
         await self._warm_up(engine)
         self.start_seconds = time.monotonic() - began
         log.info(
@@ -356,6 +339,14 @@ class VllmEngine:
                 final = output
         return final
 
+    async def preprocess(self, request: PageRequest) -> None:
+        """Benchmarks: only the image processing infer() does before vLLM sees the page."""
+        engine = self._engine
+        if engine is None:
+            raise EngineError("the vllm engine is not started (or already closed)")
+        prompt = build_prompt(request.prompt, request.locate_text)
+        await self._backend.prepare_inputs(engine, prompt, request.page.image)
+
     async def infer(self, request: PageRequest) -> EngineOutput:
         engine = self._engine
         if engine is None:
@@ -400,28 +391,35 @@ class VllmEngine:
             raise EngineError(f"vLLM returned no output for page {request_id}")
         return await self._to_output(final, request)
 
+    def _page_text(self, completion: Any, request: PageRequest) -> tuple[str, PageText]:
+        if self._detokenize is Detokenize.FINAL:
+            # vLLM left the text empty (detokenize=False): one decode of the whole page.
+            ids = list(completion.token_ids or ())
+            text = str(self._tokenizer.decode(ids, skip_special_tokens=False)) if ids else ""
+        else:
+            text = str(completion.text or "")
+        raw = strip_eos(text)
+        return raw, deepseek_page_text(raw, request.page, crops_dir=self._settings.crops_dir)
+
     async def _to_output(self, final: Any, request: PageRequest) -> EngineOutput:
         completion = final.outputs[0]
-        raw = strip_eos(str(completion.text or ""))
         output_tokens = len(completion.token_ids or ())
         prompt_tokens = len(getattr(final, "prompt_token_ids", None) or ())
+        # Decoding up to max_tokens ids, regexes over the text, and PNG crops when crops_dir
+        # is set: off the event loop, which is busy feeding the engine.
+        convert = functools.partial(self._page_text, completion, request)
+        try:
+            raw, page_text = await asyncio.get_running_loop().run_in_executor(None, convert)
+        except Exception as exc:
+            raise EngineError(
+                f"post-processing page {request.page.page} failed: {type(exc).__name__}: {exc}"
+            ) from exc
         reason, truncated = classify_finish(
             completion.finish_reason,
             raw,
             output_tokens=output_tokens,
             max_tokens=self._settings.max_tokens,
         )
-        # Regexes over up to max_tokens of text, and PNG crops when crops_dir is set: off
-        # the event loop, which is busy feeding the engine.
-        convert = functools.partial(
-            deepseek_page_text, raw, request.page, crops_dir=self._settings.crops_dir
-        )
-        try:
-            page_text = await asyncio.get_running_loop().run_in_executor(None, convert)
-        except Exception as exc:
-            raise EngineError(
-                f"post-processing page {request.page.page} failed: {type(exc).__name__}: {exc}"
-            ) from exc
         self._pages_total += 1
         self._prompt_tokens_total += prompt_tokens
         self._output_tokens_total += output_tokens
@@ -460,6 +458,8 @@ class VllmEngine:
             extra={
                 "inflight": float(inflight),
                 "preemptions_total": float(sink.preemptions_total),
+                "steps_total": float(sink.steps_total),
+                "generation_tokens_total": float(sink.generation_tokens_total),
                 "aborted_total": float(self._aborted_total),
                 "timeouts_total": float(self._timeouts_total),
                 "start_seconds": round(self.start_seconds, 3),

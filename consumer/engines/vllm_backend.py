@@ -31,6 +31,10 @@ class StatsSink:
         self.kv_cache_usage = 0.0
         self.preemptions_total = 0
         self.records = 0
+        # Engine steps seen and tokens they decoded: their rates say how long a step takes
+        # and how full it was (the decoding benchmark's timeline).
+        self.steps_total = 0
+        self.generation_tokens_total = 0
 
     def record(
         self, *, running: int, waiting: int, kv_cache_usage: float, preempted: int = 0
@@ -41,6 +45,10 @@ class StatsSink:
         self.preemptions_total += preempted
         self.records += 1
 
+    def record_step(self, generation_tokens: int) -> None:
+        self.steps_total += 1
+        self.generation_tokens_total += generation_tokens
+
 
 class AsyncEngineLike(Protocol):
     """The part of vLLM's `AsyncLLM` this engine uses."""
@@ -50,6 +58,8 @@ class AsyncEngineLike(Protocol):
     ) -> AsyncGenerator[Any, None]: ...
 
     async def abort(self, request_id: str) -> None: ...
+
+    def get_tokenizer(self) -> Any: ...
 
     def shutdown(self) -> None: ...
 
@@ -103,6 +113,8 @@ class RealVllm:
                 mm_cache_stats: Any = None,
                 engine_idx: int = 0,
             ) -> None:
+                if iteration_stats is not None:
+                    sink.record_step(int(iteration_stats.num_generation_tokens))
                 if scheduler_stats is None:
                     return
                 preempted = getattr(iteration_stats, "num_preempted_reqs", 0) or 0

@@ -2,7 +2,7 @@
 # Here (not on the GPU host): pack what the GPU host needs into three carry folders that
 # each stay under the device tool's 64 MiB per call, tracked files included.
 #   .gpu/c1  vLLM tree, bytes [0, 56 MiB)        + .gpu/whl (small extra wheels)
-#   .gpu/c2  vLLM tree, bytes [56, 112 MiB)
+#   .gpu/c2  vLLM tree, bytes [56, 112 MiB)      + pyspy/py-spy.xz (profiles of `run.sh decoding`)
 #   .gpu/c3  vLLM tree, the rest                 + pipe/ (aiokafka, redis-py, PyMuPDF wheels,
 #            the Tansu broker binary, Debian's redis-server with its libraries)
 # Usage: bash deploy/gpu/pack.sh   (after ../shared/gpu/build-wheelhouse.sh .gpu/parts)
@@ -41,6 +41,15 @@ if [ ! -f $g/pipe/redis.tar.xz ]; then
   tar -C "$tmp" -cJf $g/pipe/redis.tar.xz redis
   rm -rf "$tmp"
 fi
+if [ ! -f $g/pyspy/py-spy.xz ]; then
+  # A static sampling profiler for the engine core; ptrace must be allowed on the host.
+  tmp=$(mktemp -d)
+  python3 -m pip download -q "${plat[@]}" -d "$tmp" py-spy==0.4.3
+  unzip -q -o "$tmp"/py_spy-*.whl -d "$tmp/x"
+  mkdir -p $g/pyspy
+  xz -T0 -9 -c "$tmp"/x/py_spy-*.data/scripts/py-spy >$g/pyspy/py-spy.xz
+  rm -rf "$tmp"
+fi
 rm -rf $g/c1 $g/c2 $g/c3
 mkdir -p $g/c1/acc $g/c2/acc $g/c3/acc
 cat $g/parts/site312.part.* | split -b 56m -d - $g/c1/acc/site312.part.
@@ -48,4 +57,5 @@ mv $g/c1/acc/site312.part.01 $g/c2/acc/
 mv $g/c1/acc/site312.part.02 $g/c3/acc/
 cp -r $g/whl $g/c1/whl
 cp -r $g/pipe $g/c3/pipe
+cp -r $g/pyspy $g/c2/pyspy
 du -sh $g/c1 $g/c2 $g/c3

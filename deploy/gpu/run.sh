@@ -1,7 +1,10 @@
 #!/bin/bash
 # On the GPU host: assemble vLLM once, then run the engine benchmark and/or tests/gpu.
-# Usage: bash deploy/gpu/run.sh bench|pipeline|scaleout|tests|all [arguments...]
+# Usage: bash deploy/gpu/run.sh bench|decoding|pipeline|scaleout|tests|all [arguments...]
 #   bench     ocr-bench engine (pages straight into the engine)
+#   decoding  ocr-bench decoding --with-pipeline: the engine run once per decoding pass
+#             (n-gram rule per-request/batched/off, detokenization incremental/final) on
+#             one engine, then the pipeline; py-spy profiles when /tmp/pyspy/py-spy exists
 #   scaleout  bench/scaleout.py [its arguments]: consumer processes in one group, one
 #             alone, then all, then one SIGKILLed (writes $OUT/scaleout.json)
 #   pipeline  ocr-bench all: the engine run, then the same pages as documents through
@@ -27,8 +30,9 @@ source deploy/gpu/env.sh
 python3 -c "import vllm, consumer.engines.vllm; print('vllm', vllm.__version__)" || exit 1
 rc=0
 command=engine
-if [[ $what == pipeline || $what == all || $what == scaleout ]]; then
+if [[ $what == pipeline || $what == all || $what == scaleout || $what == decoding ]]; then
   command=all
+  [[ $what == decoding ]] && command=decoding
   bash deploy/gpu/services.sh start || exit 1
   export PYTHONPATH="$PYTHONPATH:/tmp/ocrpipe"
   export OCR_KAFKA_BOOTSTRAP=127.0.0.1:9092 OCR_REDIS_URL=redis://127.0.0.1:6379/0
@@ -52,12 +56,17 @@ if [[ $what == scaleout ]]; then
   exit $rc
 fi
 if [[ $what != tests ]]; then
+  extra=()
+  if [[ $command == decoding ]]; then
+    extra=(--with-pipeline --profile-dir "$OUT/profiles")
+    [ -x /tmp/pyspy/py-spy ] && extra+=(--pyspy /tmp/pyspy/py-spy)
+  fi
   # Needs no aiokafka: `bench` carries none (tests/unit/test_bench_host.py keeps it so).
   python3 producer_tools/bench.py $command --out-dir "$OUT" \
-    --variant-file /tmp/ocr-vllm-variant "$@" 2>&1 | tee "$OUT/bench.log"
+    --variant-file /tmp/ocr-vllm-variant "${extra[@]}" "$@" 2>&1 | tee "$OUT/bench.log"
   rc=$?
   echo "bench ($command) exit $rc after $(($(date +%s) - began)) s"
-  [[ $command == all ]] && bash deploy/gpu/services.sh stop
+  [[ $command != engine ]] && bash deploy/gpu/services.sh stop
 fi
 if [[ $what == tests || $what == all ]]; then
   # The engine variant the benchmark found working (see producer_tools/bench.py).

@@ -178,3 +178,49 @@ async def test_stats_during_a_burst(engine: VllmEngine) -> None:
     assert max(s.running for s in samples) > 1
     assert max(s.kv_cache_usage for s in samples) > 0.0
     assert (after.running, after.waiting) == (0, 0)
+
+
+def rule_violations(ids: list[int], ngram: int, window: int, whitelist: frozenset[int]) -> int:
+    """Tokens that complete an n-gram already seen in the window before them."""
+    count = 0
+    for end in range(ngram, len(ids)):
+        seen = ids[max(0, end - window) : end]
+        prefix = ids[end - ngram + 1 : end]
+        for start in range(len(seen) - ngram + 1):
+            if seen[start : start + ngram - 1] == prefix and seen[start + ngram - 1] == ids[end]:
+                count += ids[end] not in whitelist
+                break
+    return count
+
+
+async def test_batched_ngram_rule_holds_in_the_decoded_tokens(engine: VllmEngine) -> None:
+    # Random weights loop readily; with the rule on, no token may complete a repeat.
+    from consumer.config import Detokenize, NgramProcessor
+    from consumer.engines.deepseek_prompts import NGRAM_WHITELIST_TOKEN_IDS
+
+    settings = engine._settings
+    llm: Any = engine._engine
+    page = text_page(9)
+    prompt = build_prompt(PromptKind.MARKDOWN)
+    inputs = {"prompt": prompt, "multi_modal_data": {"image": page.image}}
+    found: dict[str, int] = {}
+    try:
+        for name, processor in (("batched", NgramProcessor.BATCHED), ("off", None)):
+            engine.set_decoding(ngram_processor=processor, detokenize=Detokenize.FINAL)
+            params = engine._backend.sampling_params(
+                engine.sampling_args() | {"max_tokens": 600, "ignore_eos": True}
+            )
+            final: Any = None
+            async for output in llm.generate(inputs, params, request_id=f"gpu-rule-{name}/9/0"):
+                final = output
+            ids = list(final.outputs[0].token_ids)
+            assert len(ids) == 600
+            found[name] = rule_violations(
+                ids, settings.ngram_size, settings.ngram_window, NGRAM_WHITELIST_TOKEN_IDS
+            )
+    finally:
+        engine.set_decoding(
+            ngram_processor=settings.ngram_processor, detokenize=settings.detokenize
+        )
+    print(f"\nn-gram rule violations in 600 tokens: {found}")
+    assert found["batched"] == 0

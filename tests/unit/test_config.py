@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,24 @@ def test_bad_values_name_the_setting(
     assert [(e["loc"], e["msg"]) for e in info.value.errors(include_url=False)] == [
         ((location,), message)
     ]
+
+
+@pytest.mark.parametrize(
+    ("size", "window", "message"),
+    [
+        ("1", "90", "ngram_size 1 would ban nothing: use 0 to disable, or >= 2"),
+        ("30", "20", "ngram_window (20) must be at least ngram_size (30)"),
+    ],
+)
+def test_ngram_rule_must_be_able_to_ban(
+    clean_env: pytest.MonkeyPatch, size: str, window: str, message: str
+) -> None:
+    clean_env.setenv("OCR_NGRAM_SIZE", size)
+    clean_env.setenv("OCR_NGRAM_WINDOW", window)
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings()
+    clean_env.setenv("OCR_NGRAM_SIZE", "0")  # off: any window will do
+    assert Settings().ngram_size == 0
 
 
 def test_flags_override_the_environment(clean_env: pytest.MonkeyPatch) -> None:

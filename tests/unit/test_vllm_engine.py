@@ -17,12 +17,13 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from consumer.config import ResolutionMode, Settings
+from consumer.config import Detokenize, NgramProcessor, ResolutionMode, Settings
 from consumer.engines import deepseek_modes
 from consumer.engines.base import PageImage, PageRequest
 from consumer.engines.deepseek_prompts import PROMPTS, build_prompt, clean_locate_text
-from consumer.engines.vllm import NGRAM_PROCESSOR, V2_RUNNER_ENV, VllmEngine
+from consumer.engines.vllm import V2_RUNNER_ENV, VllmEngine
 from consumer.engines.vllm_backend import AsyncEngineLike, StatsSink
+from consumer.engines.vllm_params import NGRAM_PROCESSORS
 from consumer.errors import EngineError, OcrError
 from schemas.common import ErrorCode
 from schemas.request import PromptKind
@@ -61,6 +62,24 @@ def answer(text: str, tokens: int = 40, reason: str | None = "stop") -> Script:
 
 
 @dataclass
+class FakeTokenizer:
+    """Decodes the ids FakeAsyncLLM hands out when asked not to detokenize: the first id
+    indexes the text it stands for, the rest pad the output to its token count."""
+
+    texts: list[str] = field(default_factory=list)
+    decoded: list[int] = field(default_factory=list)  # lengths of the id lists decoded
+
+    def encode(self, text: str, tokens: int) -> list[int]:
+        self.texts.append(text)
+        return [len(self.texts) - 1] + [0] * (tokens - 1) if tokens else []
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+        assert skip_special_tokens is False  # grounding tags must survive
+        self.decoded.append(len(ids))
+        return self.texts[ids[0]]
+
+
+@dataclass
 class FakeAsyncLLM:
     delay_s: float = 0.0
     script: Script = field(default_factory=lambda: answer(GROUNDED))
@@ -70,6 +89,10 @@ class FakeAsyncLLM:
     aborted: list[str] = field(default_factory=list)
     internal_aborts: list[str] = field(default_factory=list)
     shut_down: bool = False
+    tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+
+    def get_tokenizer(self) -> FakeTokenizer:
+        return self.tokenizer
 
     async def generate(
         self, prompt: Any, sampling_params: Any, request_id: str
@@ -84,12 +107,14 @@ class FakeAsyncLLM:
         if self.fail is not None:
             raise self.fail
         text, tokens, reason = self.script(prompt["prompt"])
+        if sampling_params.get("detokenize", True):
+            completion = FakeCompletion(text, list(range(tokens)), reason)
+        else:  # as vLLM: ids only, the text left empty
+            completion = FakeCompletion("", self.tokenizer.encode(text, tokens), reason)
         yield FakeRequestOutput(
             request_id=request_id,
             prompt_token_ids=list(range(self.prompt_tokens)),
-            outputs=[
-                FakeCompletion(text=text, token_ids=list(range(tokens)), finish_reason=reason)
-            ],
+            outputs=[completion],
         )
 
     async def abort(self, request_id: str) -> None:
@@ -248,7 +273,7 @@ async def test_engine_args_follow_settings() -> None:
     assert args["mm_processor_cache_gb"] == 0
     assert args["enable_prefix_caching"] is False
     assert args["disable_log_stats"] is False
-    assert args["logits_processors"] == [NGRAM_PROCESSOR]
+    assert args["logits_processors"] == [NGRAM_PROCESSORS[NgramProcessor.BATCHED]]
     assert "mm_processor_kwargs" not in args  # gundam is vLLM's own default
 
 
@@ -261,11 +286,62 @@ async def test_sampling_is_greedy_final_only_with_ngram_guard() -> None:
     assert params["skip_special_tokens"] is False
     assert params["ignore_eos"] is False
     assert params["output_kind"] == "final_only"
+    assert params["detokenize"] is False  # the default: decoded once, when the page is done
+    assert params["extra_args"] == {
+        "no_repeat_ngram_size": 30,
+        "no_repeat_window": 90,
+        "no_repeat_whitelist": [128821, 128822],
+    }
+
+
+async def test_per_request_processor_uses_vllms_own_keys() -> None:
+    engine, backend = await started(ngram_processor="per-request", detokenize="incremental")
+    await engine.infer(page_request())
+    assert backend.engine_args is not None
+    assert backend.engine_args["logits_processors"] == [
+        "vllm.model_executor.models.deepseek_ocr:NGramPerReqLogitsProcessor"
+    ]
+    params = backend.engine.calls[0][1]
+    assert params["detokenize"] is True
     assert params["extra_args"] == {
         "ngram_size": 30,
         "window_size": 90,
         "whitelist_token_ids": {128821, 128822},
     }
+
+
+@pytest.mark.parametrize("detokenize", ["final", "incremental"])
+async def test_both_detokenize_modes_give_the_same_page(detokenize: str) -> None:
+    engine, backend = await started(detokenize=detokenize)
+    out = await engine.infer(page_request())
+    assert out.raw_text == GROUNDED
+    assert [block.label for block in out.blocks] == ["title", "text", "image"]
+    assert out.output_tokens == 40
+    # "final" decodes each page's whole id list once; "incremental" leaves it to vLLM.
+    assert backend.engine.tokenizer.decoded == ([40] if detokenize == "final" else [])
+
+
+async def test_set_decoding_switches_later_pages_only_between_loaded_processors() -> None:
+    backend = FakeBackend()
+    engine = VllmEngine(
+        make_settings(), backend=backend, warmup_pages=0, ngram_processors=tuple(NgramProcessor)
+    )
+    await engine.start()
+    assert backend.engine_args is not None
+    assert backend.engine_args["logits_processors"] == list(NGRAM_PROCESSORS.values())
+    engine.set_decoding(ngram_processor=NgramProcessor.PER_REQUEST, detokenize=Detokenize.FINAL)
+    await engine.infer(page_request("t/1/0"))
+    engine.set_decoding(ngram_processor=None, detokenize=Detokenize.INCREMENTAL)
+    await engine.infer(page_request("t/2/0"))
+    first, second = (call[1] for call in backend.engine.calls)
+    assert "ngram_size" in first["extra_args"] and first["detokenize"] is False
+    assert "extra_args" not in second and second["detokenize"] is True
+
+    only_batched = VllmEngine(make_settings(), backend=FakeBackend(), warmup_pages=0)
+    with pytest.raises(EngineError, match="not loaded"):
+        only_batched.set_decoding(
+            ngram_processor=NgramProcessor.PER_REQUEST, detokenize=Detokenize.FINAL
+        )
 
 
 async def test_ngram_off_drops_processor_and_extra_args() -> None:
