@@ -168,7 +168,7 @@ async def run_decoding_bench(
         timeline = asyncio.create_task(_timeline(engine, rows))
         profile: asyncio.Task[dict[str, Any]] | None = None
         if pyspy is not None and profile_dir is not None:
-            out_file = profile_dir / f"pyspy-core-{name}.txt"
+            out_file = profile_dir / f"pyspy-core-{name.replace('+', '_')}.txt"
             profile = asyncio.create_task(profile_engine_core(pyspy, out_file, PROFILE_DELAY_S))
         digests[name] = {}
         try:
