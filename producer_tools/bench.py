@@ -70,6 +70,7 @@ ENGINE_SETTINGS = (
     "ngram_window",
     "ngram_processor",
     "detokenize",
+    "vision_batch",
     "ignore_eos",
     "page_timeout_s",
 )

@@ -185,6 +185,24 @@ class VllmEngine:
             raise OcrError(ErrorCode.RESOLUTION_MODE_UNSUPPORTED, str(exc)) from exc
         self._mode_active = True
 
+    def _prepare_vision(self) -> None:
+        batch = self._settings.vision_batch
+        if batch <= 0:
+            os.environ.pop(deepseek_modes.ENV_VISION_BATCH, None)
+            return
+        if spawn_expected() and not deepseek_modes.plugin_registered():
+            raise OcrError(
+                ErrorCode.ENGINE_ERROR,
+                "vision_batch needs the batched model class in vLLM's engine core, which "
+                "vLLM will spawn here and which learns of it only through the vLLM plugin "
+                f"{deepseek_modes.PLUGIN_VALUE}: install ocr-stream as a package, or set "
+                "OCR_VISION_BATCH=0",
+            )
+        # The engine core reads it (forked: inherited; spawned: through the plugin).
+        os.environ[deepseek_modes.ENV_VISION_BATCH] = str(batch)
+        self._backend.register_vision_model()
+        log.info("vllm_vision_batching", images_per_call=batch)
+
     def _prepare_runner_env(self) -> None:
         if self._settings.ngram_size <= 0:
             return
@@ -221,6 +239,7 @@ class VllmEngine:
             return
         self._prepare_runner_env()
         self._prepare_start_method()
+        self._prepare_vision()
         self._prepare_mode()
         args = self.engine_args()
         log.info(

@@ -132,6 +132,7 @@ class FakeBackend:
     engine_args: dict[str, Any] | None = None
     sink: StatsSink | None = None
     modes: list[tuple[str, str]] = field(default_factory=list)
+    vision_registered: int = 0
 
     @property
     def version(self) -> str:
@@ -160,6 +161,9 @@ class FakeBackend:
     def release_mode(self, mode: str) -> None:
         self.modes.append(("release", mode))
 
+    def register_vision_model(self) -> None:
+        self.vision_registered += 1
+
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"model": "deepseek-ai/DeepSeek-OCR", "max_tokens": 100}
@@ -184,7 +188,7 @@ def _v1_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     # start() sets these variables (n-gram processor, spawn after CUDA use). Setting each
     # first makes monkeypatch restore its original state after the test, whatever start()
     # did to it, so nothing leaks into other tests.
-    for name in (V2_RUNNER_ENV, "VLLM_WORKER_MULTIPROC_METHOD"):
+    for name in (V2_RUNNER_ENV, "VLLM_WORKER_MULTIPROC_METHOD", deepseek_modes.ENV_VISION_BATCH):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 
@@ -367,6 +371,30 @@ async def test_explicit_v2_runner_conflicts_with_ngram(monkeypatch: pytest.Monke
     with pytest.raises(EngineError, match=V2_RUNNER_ENV):
         await VllmEngine(make_settings(), backend=backend, warmup_pages=0).start()
     assert backend.engine_args is None  # refused before any engine was built
+
+
+async def test_vision_batching_reaches_the_engine_core_through_the_environment() -> None:
+    import os
+
+    engine, backend = await started(vision_batch=16)
+    assert os.environ[deepseek_modes.ENV_VISION_BATCH] == "16"
+    assert backend.vision_registered == 1
+    assert deepseek_modes.vision_batch() == 16
+    await engine.close()
+    _, off = await started()  # the default: vLLM's own encoder, and no stale variable
+    assert deepseek_modes.ENV_VISION_BATCH not in os.environ
+    assert off.vision_registered == 0
+
+
+async def test_vision_batching_without_the_plugin_is_refused_when_vllm_spawns(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+    monkeypatch.setattr(deepseek_modes, "plugin_registered", lambda: False)
+    backend = FakeBackend()
+    with pytest.raises(OcrError, match="OCR_VISION_BATCH=0"):
+        await VllmEngine(make_settings(vision_batch=8), backend=backend, warmup_pages=0).start()
+    assert backend.engine_args is None
 
 
 async def test_v2_runner_is_fine_without_ngram(monkeypatch: pytest.MonkeyPatch) -> None:
