@@ -164,11 +164,9 @@ class Settings(BaseSettings):
     ngram_processor: NgramProcessor = Field(
         NgramProcessor.BATCHED, description="No-repeat rule: batched or per-request (vLLM's)."
     )
-    vision_batch: int = Field(
-        0,
-        ge=0,
-        le=256,
-        description="Experimental: images per vision-encoder call (0: vLLM's page at a time).",
+    vision_cudagraphs: bool = Field(
+        False,
+        description="vLLM's batched vision encoder in CUDA graphs (experimental, unmeasured).",
     )
     detokenize: Detokenize = Field(
         Detokenize.FINAL, description="Output text: final (once per page) or incremental."

@@ -70,7 +70,7 @@ ENGINE_SETTINGS = (
     "ngram_window",
     "ngram_processor",
     "detokenize",
-    "vision_batch",
+    "vision_cudagraphs",
     "ignore_eos",
     "page_timeout_s",
 )
@@ -140,6 +140,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         pages = synthetic_pages(args.pages)
         source = f"synthetic {PAGE_SIZE[0]}x{PAGE_SIZE[1]}"
     decoding = args.command == "decoding"
+    if decoding:
+        _check_decoding_passes(args, settings)  # before the minutes of an engine start
     loaded = tuple(NgramProcessor) if decoding else ()
     engine, start_s, started = await start_engine(settings, args, pages[0], loaded)
     if started.get("variants_failed") and args.fallback_pages > 0:
@@ -201,6 +203,21 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     result["device"] = device_name()
     result["torch_version"] = torch_version()
     return result
+
+
+def _check_decoding_passes(args: argparse.Namespace, settings: Settings) -> None:
+    from producer_tools.bench_decoding import DEFAULT_PASSES, PASSES, parse_passes
+
+    try:
+        passes = parse_passes(args.passes or DEFAULT_PASSES)
+    except ValueError as exc:
+        raise OcrError(ErrorCode.ENGINE_ERROR, str(exc)) from exc
+    if settings.ngram_size <= 0 and any(PASSES[name][0] is not None for name in passes):
+        raise OcrError(
+            ErrorCode.ENGINE_ERROR,
+            "decoding passes with an n-gram rule need OCR_NGRAM_SIZE > 0 (the rule's "
+            "processors are loaded only then); pass only off+final, or set a size",
+        )
 
 
 async def _decoding(

@@ -175,6 +175,12 @@ async def run_decoding_bench(
             figures = await run_engine_bench(
                 engine, pages, warmup=warmup, max_tokens=max_tokens, digests=digests[name]
             )
+        except BaseException:
+            if profile is not None:
+                profile.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await profile
+            raise
         finally:
             timeline.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -141,30 +141,10 @@ def plugin_registered() -> bool:
 
 
 ENV_STACKS = "OCR_VLLM_STACKS_ON_SIGUSR1"
-# Pages per vision-encoder call in the engine core (Settings.vision_batch; unset or 0: off).
-ENV_VISION_BATCH = "OCR_VLLM_VISION_BATCH"
-ARCHITECTURE = "DeepseekOCRForCausalLM"
-VISION_MODEL_CLASS = "consumer.engines.deepseek_vision_model:BatchedVisionDeepseekOCR"
-
-
-def vision_batch() -> int:
-    try:
-        return max(0, int(os.environ.get(ENV_VISION_BATCH) or 0))
-    except ValueError:
-        return 0
-
-
-def register_vision_model() -> None:
-    """Put the batched-vision model class under DeepSeek-OCR's architecture in this
-    process's vLLM model registry (lazily: vLLM imports it when it builds the model)."""
-    from vllm import ModelRegistry
-
-    ModelRegistry.register_model(ARCHITECTURE, VISION_MODEL_CLASS)
 
 
 def vllm_general_plugin() -> None:
-    """vLLM's hook in each of its processes: apply the mode the parent chose, if any,
-    and the batched vision encoder when OCR_VLLM_VISION_BATCH asks for it.
+    """vLLM's hook in each of its processes: apply the mode the parent chose, if any.
 
     With OCR_VLLM_STACKS_ON_SIGUSR1=1 it also makes SIGUSR1 print every thread's stack,
     so that a stuck engine core can be inspected from outside (`kill -USR1 PID`).
@@ -172,8 +152,6 @@ def vllm_general_plugin() -> None:
     mode = os.environ.get(ENV_MODE)
     if mode and mode in MODES and mode != DEFAULT_MODE:
         _patch_modules(MODES[mode])
-    if vision_batch() > 0:
-        register_vision_model()
     if os.environ.get(ENV_STACKS) == "1":
         import faulthandler
         import signal

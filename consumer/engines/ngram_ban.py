@@ -172,6 +172,8 @@ class NgramBook:
                 continue
             indices = np.fromiter((index for index, _ in members), np.int64, len(members))
             keep = _not_whitelisted([row.rule.whitelist for _, row in members], local_rows, tokens)
+            # A placeholder id (-1) left in a list would index the last vocabulary entry.
+            keep &= tokens >= 0
             found_rows.append(indices[local_rows[keep]])
             found_tokens.append(tokens[keep])
         if not found_rows:

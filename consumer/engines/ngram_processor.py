@@ -1,6 +1,6 @@
 """The batched no-repeat n-gram rule as a vLLM V1 logits processor.
 
-vLLM loads this class by name (`BATCHED_NGRAM_PROCESSOR` in consumer/engines/vllm.py) inside
+vLLM loads this class by name (`NGRAM_PROCESSORS` in consumer/engines/vllm_params.py) inside
 its engine core, so the module imports vLLM and torch at the top and is never imported by
 the consumer itself. The rule and the row bookkeeping live in ngram_ban.py; this is only
 the glue: requests opt in through `SamplingParams.extra_args` (see `rule_extra_args`),

@@ -185,24 +185,6 @@ class VllmEngine:
             raise OcrError(ErrorCode.RESOLUTION_MODE_UNSUPPORTED, str(exc)) from exc
         self._mode_active = True
 
-    def _prepare_vision(self) -> None:
-        batch = self._settings.vision_batch
-        if batch <= 0:
-            os.environ.pop(deepseek_modes.ENV_VISION_BATCH, None)
-            return
-        if spawn_expected() and not deepseek_modes.plugin_registered():
-            raise OcrError(
-                ErrorCode.ENGINE_ERROR,
-                "vision_batch needs the batched model class in vLLM's engine core, which "
-                "vLLM will spawn here and which learns of it only through the vLLM plugin "
-                f"{deepseek_modes.PLUGIN_VALUE}: install ocr-stream as a package, or set "
-                "OCR_VISION_BATCH=0",
-            )
-        # The engine core reads it (forked: inherited; spawned: through the plugin).
-        os.environ[deepseek_modes.ENV_VISION_BATCH] = str(batch)
-        self._backend.register_vision_model()
-        log.info("vllm_vision_batching", images_per_call=batch)
-
     def _prepare_runner_env(self) -> None:
         if self._settings.ngram_size <= 0:
             return
@@ -239,7 +221,6 @@ class VllmEngine:
             return
         self._prepare_runner_env()
         self._prepare_start_method()
-        self._prepare_vision()
         self._prepare_mode()
         args = self.engine_args()
         log.info(
@@ -359,7 +340,8 @@ class VllmEngine:
         return final
 
     async def preprocess(self, request: PageRequest) -> None:
-        """Benchmarks: only the image processing infer() does before vLLM sees the page."""
+        """Benchmarks: only the image processing of one page, as infer() does it with
+        preprocess="renderer" (vLLM's renderer thread pool)."""
         engine = self._engine
         if engine is None:
             raise EngineError("the vllm engine is not started (or already closed)")
@@ -376,11 +358,14 @@ class VllmEngine:
             # vLLM would reject the duplicate, and an abort by this id would hit both.
             raise EngineError(f"page request {request_id} is already running")
         self._inflight.add(request_id)
+        # The page's text is made as its sampling parameters say, even if set_decoding()
+        # changes them while it runs.
+        sampling, detokenize = self._sampling, self._detokenize
         deadline = asyncio.timeout(self.page_timeout_s)
         try:
             async with deadline:
                 final = await self._run_request(
-                    engine, request_id, prompt, request.page.image, self._sampling
+                    engine, request_id, prompt, request.page.image, sampling
                 )
         except TimeoutError as exc:
             await self._abort(engine, request_id)
@@ -408,25 +393,39 @@ class VllmEngine:
             self._inflight.discard(request_id)
         if final is None or not getattr(final, "outputs", None):
             raise EngineError(f"vLLM returned no output for page {request_id}")
-        return await self._to_output(final, request)
+        return await self._to_output(final, request, detokenize)
 
-    def _page_text(self, completion: Any, request: PageRequest) -> tuple[str, PageText]:
-        if self._detokenize is Detokenize.FINAL:
-            # vLLM left the text empty (detokenize=False): one decode of the whole page.
+    def _page_text(
+        self, completion: Any, request: PageRequest, detokenize: Detokenize
+    ) -> tuple[str, PageText]:
+        if detokenize is Detokenize.FINAL:
+            # vLLM left the text empty (detokenize=False): one decode of the whole page,
+            # without the tokenizer's space clean-up, which vLLM's incremental decoding
+            # never applies either (the same text for valid UTF-8; see bench/README.md).
             ids = list(completion.token_ids or ())
-            text = str(self._tokenizer.decode(ids, skip_special_tokens=False)) if ids else ""
+            text = (
+                str(
+                    self._tokenizer.decode(
+                        ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
+                    )
+                )
+                if ids
+                else ""
+            )
         else:
             text = str(completion.text or "")
         raw = strip_eos(text)
         return raw, deepseek_page_text(raw, request.page, crops_dir=self._settings.crops_dir)
 
-    async def _to_output(self, final: Any, request: PageRequest) -> EngineOutput:
+    async def _to_output(
+        self, final: Any, request: PageRequest, detokenize: Detokenize
+    ) -> EngineOutput:
         completion = final.outputs[0]
         output_tokens = len(completion.token_ids or ())
         prompt_tokens = len(getattr(final, "prompt_token_ids", None) or ())
         # Decoding up to max_tokens ids, regexes over the text, and PNG crops when crops_dir
         # is set: off the event loop, which is busy feeding the engine.
-        convert = functools.partial(self._page_text, completion, request)
+        convert = functools.partial(self._page_text, completion, request, detokenize)
         try:
             raw, page_text = await asyncio.get_running_loop().run_in_executor(None, convert)
         except Exception as exc:

@@ -84,10 +84,6 @@ class VllmBackend(Protocol):
 
     def release_mode(self, mode: str) -> None: ...
 
-    def register_vision_model(self) -> None:
-        """Make vLLM build DeepSeek-OCR with the batched vision encoder in this process."""
-        ...
-
 
 class RealVllm:
     """vllm 0.26 (the version pinned by the `gpu` extra), imported on first use."""
@@ -163,9 +159,6 @@ class RealVllm:
 
     def release_mode(self, mode: str) -> None:
         deepseek_modes.release(mode)
-
-    def register_vision_model(self) -> None:
-        deepseek_modes.register_vision_model()
 
 
 def fork_poisoned() -> bool:

@@ -22,7 +22,6 @@ NGRAM_PROCESSORS: dict[NgramProcessor, str] = {
 }
 
 
-
 def engine_args(s: Settings, mode: str, ngram_loaded: Sequence[NgramProcessor]) -> dict[str, Any]:
     """`AsyncEngineArgs` keyword arguments for these settings, in resolution `mode`, with
     the n-gram processors `ngram_loaded` (when the rule is on)."""
@@ -46,13 +45,16 @@ def engine_args(s: Settings, mode: str, ngram_loaded: Sequence[NgramProcessor]) 
         # Stats feed the metrics endpoint and the stat logger behind stats().
         "disable_log_stats": False,
     }
+    if s.vision_cudagraphs:
+        # vLLM 0.26 then encodes the images of a step together (global views, then tiles)
+        # and replays captured graphs, instead of SAM and CLIP eagerly page by page.
+        args["compilation_config"] = {"cudagraph_mm_encoder": True}
     if s.ngram_size > 0:
         args["logits_processors"] = [NGRAM_PROCESSORS[kind] for kind in ngram_loaded]
     kwargs = deepseek_modes.mm_processor_kwargs(mode)
     if kwargs is not None:
         args["mm_processor_kwargs"] = kwargs
     return args
-
 
 
 def sampling_args(

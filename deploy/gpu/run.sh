@@ -74,9 +74,7 @@ if [[ $what == tests || $what == all ]]; then
   export OCR_TEST_VLLM_VARIANT
   echo "tests use vLLM variant '${OCR_TEST_VLLM_VARIANT:-default}'"
   # Engine starts count against a test's time limit: allow a cold start.
-  # tests/unit/test_deepseek_vision.py needs torch, which CI machines lack: run it here.
-  python3 -m pytest -q -s -p no:cacheprovider -o timeout=420 tests/gpu \
-    tests/unit/test_deepseek_vision.py 2>&1 \
+  python3 -m pytest -q -s -p no:cacheprovider -o timeout=420 tests/gpu 2>&1 \
     | tee "$OUT/gpu-tests.log"
   test_rc=$?
   echo "tests exit $test_rc after $(($(date +%s) - began)) s"

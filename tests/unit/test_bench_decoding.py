@@ -96,3 +96,20 @@ def test_top_frames_shares_of_leaf_frames() -> None:
         ("apply (ngram.py:10)", 0.3),
     ]
     assert top_frames("") == []
+
+
+def test_rule_passes_without_a_rule_size_are_refused_before_the_engine_starts() -> None:
+    import argparse
+
+    import pytest
+
+    from consumer.errors import OcrError
+    from producer_tools.bench import _check_decoding_passes
+
+    args = argparse.Namespace(passes="batched+final,off+final")
+    with pytest.raises(OcrError, match="OCR_NGRAM_SIZE > 0"):
+        _check_decoding_passes(args, make_settings(ngram_size=0))
+    _check_decoding_passes(argparse.Namespace(passes="off+final"), make_settings(ngram_size=0))
+    _check_decoding_passes(args, make_settings())
+    with pytest.raises(OcrError, match="unknown decoding passes"):
+        _check_decoding_passes(argparse.Namespace(passes="fast"), make_settings())

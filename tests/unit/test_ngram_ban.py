@@ -125,48 +125,74 @@ def test_rule_round_trips_through_extra_args_and_rejects_bad_values() -> None:
             rule_from_extra_args(extra_args)
 
 
-OPS = st.lists(
-    st.one_of(
-        st.tuples(st.just("add"), st.integers(0, 5), st.booleans()),
-        st.tuples(st.just("remove"), st.integers(0, 5), st.just(False)),
-        st.tuples(st.just("move"), st.integers(0, 5), st.integers(0, 5)),
-        st.tuples(st.just("swap"), st.integers(0, 5), st.integers(0, 5)),
+STEPS = st.lists(
+    st.tuples(
+        st.lists(st.integers(0, 7), max_size=3, unique=True),  # rows whose requests finish
+        st.integers(0, 3),  # new requests
+        st.lists(st.tuples(st.integers(0, 7), st.integers(0, 7)), max_size=2),  # swaps
     ),
-    max_size=30,
+    max_size=12,
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(OPS)
-def test_book_follows_vllms_batch_moves(ops: list[tuple[str, int, Any]]) -> None:
-    """Rows added, removed, moved and swapped, one BatchUpdate each: the book tracks the
-    same requests at the same rows as a plain dict of the batch does."""
-    rule = NgramRule(2, 4)
+@settings(max_examples=300, deadline=None)
+@given(STEPS)
+def test_book_tracks_a_simulated_persistent_batch(
+    steps: list[tuple[list[int], int, list[tuple[int, int]]]],
+) -> None:
+    """A batch run the way vLLM's persistent batch runs: finished requests leave holes,
+    new ones take the lowest free rows (a reused row is not reported as removed), the batch
+    is condensed by moving its last row into each hole, then rows are swapped. After every
+    update each row of the book holds the very output list of the request in that row."""
+    batch: dict[int, int] = {}  # row -> request
+    outputs: dict[int, list[int]] = {}
+    ruled: set[int] = set()
     book = NgramBook()
-    model: dict[int, list[int]] = {}
-    for number, (op, index, arg) in enumerate(ops):
-        ids = [number]
-        if op == "add":
-            book.update(Update(added=[(index, Params(rule if arg else None), None, ids)]))
-            if arg:
-                model[index] = ids
-            else:
-                model.pop(index, None)
-        elif op == "remove":
-            book.update(Update(removed=[index]))
-            model.pop(index, None)
-        else:
-            direction = Direction.SWAP if op == "swap" else Direction.UNIDIRECTIONAL
-            book.update(Update(moved=[(index, arg, direction)]))
-            a, b = model.pop(index, None), model.pop(arg, None)
-            if a is not None:
-                model[arg] = a
-            if b is not None and op == "swap":
-                model[index] = b
-        assert {row: entry.output_ids for row, entry in book._rows.items()} == model
-    assert set(book.rows()) == set(model)
-    book.update(None)
-    assert len(book) == len(model)
+    for finished, arriving, swaps in steps:
+        removed = [row for row in finished if row in batch]
+        for row in removed:
+            del batch[row]
+        added: list[tuple[int, Any, Any, list[int]]] = []
+        for _ in range(arriving):
+            row = min(set(range(len(batch) + 1)) - set(batch))
+            request = len(outputs)
+            outputs[request] = [request]
+            if request % 3:  # every third request asks for no rule
+                ruled.add(request)
+            batch[row] = request
+            rule = NgramRule(2, 4) if request in ruled else None
+            added.append((row, Params(rule), None, outputs[request]))
+        moved: list[tuple[int, int, Direction]] = []
+        while batch and (holes := set(range(max(batch))) - set(batch)):
+            last, hole = max(batch), min(holes)
+            batch[hole] = batch.pop(last)
+            moved.append((last, hole, Direction.UNIDIRECTIONAL))
+        for first, second in swaps:
+            if first != second and first in batch and second in batch:
+                batch[first], batch[second] = batch[second], batch[first]
+                moved.append((first, second, Direction.SWAP))
+        update = Update(
+            removed=[row for row in removed if row not in batch], added=added, moved=moved
+        )
+        book.update(update)
+        expected = {row: id(outputs[req]) for row, req in batch.items() if req in ruled}
+        assert {row: id(entry.output_ids) for row, entry in book._rows.items()} == expected
+    book.update(None)  # a step without changes
+    assert set(book.rows()) == {row for row, req in batch.items() if req in ruled}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(SEQUENCES, RULES), min_size=1, max_size=8))
+def test_rows_with_different_rules_in_one_batch(rows: list[tuple[list[int], NgramRule]]) -> None:
+    book = NgramBook()
+    book.update(
+        Update(added=[(index, Params(rule), None, ids) for index, (ids, rule) in enumerate(rows)])
+    )
+    found: list[set[int]] = [set() for _ in rows]
+    banned_rows, tokens = book.banned()
+    for row, token in zip(banned_rows.tolist(), tokens.tolist(), strict=True):
+        found[row].add(token)
+    assert found == [reference_bans(ids, rule) for ids, rule in rows]
 
 
 def test_book_sees_tokens_appended_in_place_and_mixed_whitelists() -> None:
@@ -191,3 +217,12 @@ def test_book_sees_tokens_appended_in_place_and_mixed_whitelists() -> None:
     rows, tokens = book.banned()
     pairs = sorted(zip(rows.tolist(), tokens.tolist(), strict=True))
     assert pairs == [(0, 6), (1, 5), (1, 6), (3, 6)]
+
+
+def test_placeholder_ids_are_never_banned() -> None:
+    # vLLM fills its lists with -1 until a step's tokens reach the CPU; a -1 that slipped
+    # through must not become a ban of the last vocabulary id (negative indexing).
+    book = NgramBook()
+    book.update(Update(added=[(0, Params(NgramRule(2, 8)), None, [5, -1, 5])]))
+    rows, tokens = book.banned()
+    assert rows.size == tokens.size == 0

@@ -73,8 +73,14 @@ class FakeTokenizer:
         self.texts.append(text)
         return [len(self.texts) - 1] + [0] * (tokens - 1) if tokens else []
 
-    def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
+    def decode(
+        self,
+        ids: list[int],
+        skip_special_tokens: bool = True,
+        clean_up_tokenization_spaces: bool | None = None,
+    ) -> str:
         assert skip_special_tokens is False  # grounding tags must survive
+        assert clean_up_tokenization_spaces is False  # as vLLM's incremental decoding
         self.decoded.append(len(ids))
         return self.texts[ids[0]]
 
@@ -132,7 +138,6 @@ class FakeBackend:
     engine_args: dict[str, Any] | None = None
     sink: StatsSink | None = None
     modes: list[tuple[str, str]] = field(default_factory=list)
-    vision_registered: int = 0
 
     @property
     def version(self) -> str:
@@ -161,9 +166,6 @@ class FakeBackend:
     def release_mode(self, mode: str) -> None:
         self.modes.append(("release", mode))
 
-    def register_vision_model(self) -> None:
-        self.vision_registered += 1
-
 
 def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {"model": "deepseek-ai/DeepSeek-OCR", "max_tokens": 100}
@@ -188,7 +190,7 @@ def _v1_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     # start() sets these variables (n-gram processor, spawn after CUDA use). Setting each
     # first makes monkeypatch restore its original state after the test, whatever start()
     # did to it, so nothing leaks into other tests.
-    for name in (V2_RUNNER_ENV, "VLLM_WORKER_MULTIPROC_METHOD", deepseek_modes.ENV_VISION_BATCH):
+    for name in (V2_RUNNER_ENV, "VLLM_WORKER_MULTIPROC_METHOD"):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 
@@ -279,6 +281,13 @@ async def test_engine_args_follow_settings() -> None:
     assert args["disable_log_stats"] is False
     assert args["logits_processors"] == [NGRAM_PROCESSORS[NgramProcessor.BATCHED]]
     assert "mm_processor_kwargs" not in args  # gundam is vLLM's own default
+    assert "compilation_config" not in args  # vLLM's eager vision encoder by default
+
+
+async def test_vision_cudagraphs_turn_on_vllms_encoder_graphs() -> None:
+    _, backend = await started(vision_cudagraphs=True)
+    assert backend.engine_args is not None
+    assert backend.engine_args["compilation_config"] == {"cudagraph_mm_encoder": True}
 
 
 async def test_sampling_is_greedy_final_only_with_ngram_guard() -> None:
@@ -323,6 +332,29 @@ async def test_both_detokenize_modes_give_the_same_page(detokenize: str) -> None
     assert out.output_tokens == 40
     # "final" decodes each page's whole id list once; "incremental" leaves it to vLLM.
     assert backend.engine.tokenizer.decoded == ([40] if detokenize == "final" else [])
+
+
+async def test_final_decoding_strips_the_eos_marker_vllm_would_have_dropped() -> None:
+    from consumer.engines.deepseek_prompts import EOS_TEXT
+
+    backend = FakeBackend(engine=FakeAsyncLLM(script=answer(GROUNDED + EOS_TEXT)))
+    engine, _ = await started(backend)
+    out = await engine.infer(page_request())
+    assert out.raw_text == GROUNDED
+
+
+async def test_a_page_keeps_its_decoding_when_set_decoding_changes_midway() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(delay_s=0.2))
+    engine = VllmEngine(
+        make_settings(), backend=backend, warmup_pages=0, ngram_processors=tuple(NgramProcessor)
+    )
+    await engine.start()
+    running = asyncio.create_task(engine.infer(page_request()))  # detokenize=False
+    await asyncio.sleep(0.05)
+    engine.set_decoding(ngram_processor=None, detokenize=Detokenize.INCREMENTAL)
+    out = await running
+    assert out.raw_text == GROUNDED  # decoded from its ids, not vLLM's (empty) text
+    assert backend.engine.calls[0][1]["detokenize"] is False
 
 
 async def test_set_decoding_switches_later_pages_only_between_loaded_processors() -> None:
@@ -371,30 +403,6 @@ async def test_explicit_v2_runner_conflicts_with_ngram(monkeypatch: pytest.Monke
     with pytest.raises(EngineError, match=V2_RUNNER_ENV):
         await VllmEngine(make_settings(), backend=backend, warmup_pages=0).start()
     assert backend.engine_args is None  # refused before any engine was built
-
-
-async def test_vision_batching_reaches_the_engine_core_through_the_environment() -> None:
-    import os
-
-    engine, backend = await started(vision_batch=16)
-    assert os.environ[deepseek_modes.ENV_VISION_BATCH] == "16"
-    assert backend.vision_registered == 1
-    assert deepseek_modes.vision_batch() == 16
-    await engine.close()
-    _, off = await started()  # the default: vLLM's own encoder, and no stale variable
-    assert deepseek_modes.ENV_VISION_BATCH not in os.environ
-    assert off.vision_registered == 0
-
-
-async def test_vision_batching_without_the_plugin_is_refused_when_vllm_spawns(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
-    monkeypatch.setattr(deepseek_modes, "plugin_registered", lambda: False)
-    backend = FakeBackend()
-    with pytest.raises(OcrError, match="OCR_VISION_BATCH=0"):
-        await VllmEngine(make_settings(vision_batch=8), backend=backend, warmup_pages=0).start()
-    assert backend.engine_args is None
 
 
 async def test_v2_runner_is_fine_without_ngram(monkeypatch: pytest.MonkeyPatch) -> None:
