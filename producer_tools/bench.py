@@ -140,8 +140,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         pages = synthetic_pages(args.pages)
         source = f"synthetic {PAGE_SIZE[0]}x{PAGE_SIZE[1]}"
     decoding = args.command == "decoding"
-    if decoding:
-        _check_decoding_passes(args, settings)  # before the minutes of an engine start
+    passes = _decoding_passes(args, settings) if decoding else []  # before an engine start
     loaded = tuple(NgramProcessor) if decoding else ()
     engine, start_s, started = await start_engine(settings, args, pages[0], loaded)
     if started.get("variants_failed") and args.fallback_pages > 0:
@@ -172,7 +171,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                 )
             )
         if decoding:
-            result.update(await _decoding(engine, settings, pages, args))
+            result.update(await _decoding(engine, settings, pages, passes, args))
         if args.command in ("pipeline", "all") or (decoding and args.with_pipeline):
             try:
                 from producer_tools.bench_pipeline import run_pipeline_bench
@@ -205,7 +204,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def _check_decoding_passes(args: argparse.Namespace, settings: Settings) -> None:
+def _decoding_passes(args: argparse.Namespace, settings: Settings) -> list[str]:
+    """The passes of --passes, refused now when these settings cannot run them."""
     from producer_tools.bench_decoding import DEFAULT_PASSES, PASSES, parse_passes
 
     try:
@@ -218,25 +218,22 @@ def _check_decoding_passes(args: argparse.Namespace, settings: Settings) -> None
             "decoding passes with an n-gram rule need OCR_NGRAM_SIZE > 0 (the rule's "
             "processors are loaded only then); pass only off+final, or set a size",
         )
+    return passes
 
 
 async def _decoding(
-    engine: Engine, settings: Settings, pages: Sequence[PageImage], args: argparse.Namespace
+    engine: Engine,
+    settings: Settings,
+    pages: Sequence[PageImage],
+    passes: Sequence[str],
+    args: argparse.Namespace,
 ) -> dict[str, Any]:
     from consumer.engines.vllm import VllmEngine
-    from producer_tools.bench_decoding import (
-        DEFAULT_PASSES,
-        PASSES,
-        parse_passes,
-        run_decoding_bench,
-    )
+    from consumer.engines.vllm_params import configured_decoding
+    from producer_tools.bench_decoding import PASSES, run_decoding_bench
 
     if not isinstance(engine, VllmEngine):
         raise OcrError(ErrorCode.ENGINE_ERROR, "ocr-bench decoding needs the vllm engine")
-    try:
-        passes = parse_passes(args.passes or DEFAULT_PASSES)
-    except ValueError as exc:
-        raise OcrError(ErrorCode.ENGINE_ERROR, str(exc)) from exc
     if args.profile_dir is not None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     result = await run_decoding_bench(
@@ -249,7 +246,7 @@ async def _decoding(
         pyspy=args.pyspy,
         profile_dir=args.profile_dir,
     )
-    configured = (settings.ngram_processor if settings.ngram_size else None, settings.detokenize)
+    configured = configured_decoding(settings)
     engine.set_decoding(ngram_processor=configured[0], detokenize=configured[1])
     # The headline figures are those of the configured decoding, when a pass ran it.
     for name in passes:

@@ -102,11 +102,8 @@ class VllmEngine:
         self._engine: AsyncEngineLike | None = None
         self._sampling: Any = None
         self._tokenizer: Any = None
-        self._ngram: NgramProcessor | None = (
-            settings.ngram_processor if settings.ngram_size > 0 else None
-        )
+        self._ngram, self._detokenize = vllm_params.configured_decoding(settings)
         self._ngram_loaded = tuple(ngram_processors) or (settings.ngram_processor,)
-        self._detokenize = settings.detokenize
         self._mode = settings.resolution_mode.value
         self._mode_active = False
         self._sink = StatsSink()
@@ -342,16 +339,17 @@ class VllmEngine:
     async def preprocess(self, request: PageRequest) -> None:
         """Benchmarks: only the image processing of one page, as infer() does it with
         preprocess="renderer" (vLLM's renderer thread pool)."""
-        engine = self._engine
-        if engine is None:
-            raise EngineError("the vllm engine is not started (or already closed)")
+        engine = self._started()
         prompt = build_prompt(request.prompt, request.locate_text)
         await self._backend.prepare_inputs(engine, prompt, request.page.image)
 
-    async def infer(self, request: PageRequest) -> EngineOutput:
-        engine = self._engine
-        if engine is None:
+    def _started(self) -> AsyncEngineLike:
+        if self._engine is None:
             raise EngineError("the vllm engine is not started (or already closed)")
+        return self._engine
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        engine = self._started()
         prompt = build_prompt(request.prompt, request.locate_text)
         request_id = request.request_id
         if request_id in self._inflight:
@@ -403,15 +401,13 @@ class VllmEngine:
             # without the tokenizer's space clean-up, which vLLM's incremental decoding
             # never applies either (the same text for valid UTF-8; see bench/README.md).
             ids = list(completion.token_ids or ())
-            text = (
-                str(
+            text = ""
+            if ids:
+                text = str(
                     self._tokenizer.decode(
                         ids, skip_special_tokens=False, clean_up_tokenization_spaces=False
                     )
                 )
-                if ids
-                else ""
-            )
         else:
             text = str(completion.text or "")
         raw = strip_eos(text)

@@ -22,6 +22,12 @@ NGRAM_PROCESSORS: dict[NgramProcessor, str] = {
 }
 
 
+def configured_decoding(s: Settings) -> tuple[NgramProcessor | None, Detokenize]:
+    """The n-gram rule's implementation (None: the rule is off) and the detokenization
+    that these settings ask of every page."""
+    return (s.ngram_processor if s.ngram_size > 0 else None), s.detokenize
+
+
 def engine_args(s: Settings, mode: str, ngram_loaded: Sequence[NgramProcessor]) -> dict[str, Any]:
     """`AsyncEngineArgs` keyword arguments for these settings, in resolution `mode`, with
     the n-gram processors `ngram_loaded` (when the rule is on)."""

@@ -104,12 +104,12 @@ def test_rule_passes_without_a_rule_size_are_refused_before_the_engine_starts() 
     import pytest
 
     from consumer.errors import OcrError
-    from producer_tools.bench import _check_decoding_passes
+    from producer_tools.bench import _decoding_passes
 
     args = argparse.Namespace(passes="batched+final,off+final")
     with pytest.raises(OcrError, match="OCR_NGRAM_SIZE > 0"):
-        _check_decoding_passes(args, make_settings(ngram_size=0))
-    _check_decoding_passes(argparse.Namespace(passes="off+final"), make_settings(ngram_size=0))
-    _check_decoding_passes(args, make_settings())
+        _decoding_passes(args, make_settings(ngram_size=0))
+    _decoding_passes(argparse.Namespace(passes="off+final"), make_settings(ngram_size=0))
+    assert _decoding_passes(args, make_settings()) == ["batched+final", "off+final"]
     with pytest.raises(OcrError, match="unknown decoding passes"):
-        _check_decoding_passes(argparse.Namespace(passes="fast"), make_settings())
+        _decoding_passes(argparse.Namespace(passes="fast"), make_settings())
