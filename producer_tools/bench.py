@@ -35,7 +35,7 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -47,6 +47,9 @@ from producer_tools.bench_engine import run_engine_bench, start_engine
 from producer_tools.bench_pages import PAGE_DPI, PAGE_SIZE, pdf_pages, synthetic_pages
 from schemas.common import ErrorCode
 from schemas.request import PromptKind
+
+if TYPE_CHECKING:
+    from producer_tools.bench_decoding import Pass
 
 log = get_logger(__name__)
 
@@ -204,15 +207,15 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     return result
 
 
-def _decoding_passes(args: argparse.Namespace, settings: Settings) -> list[str]:
+def _decoding_passes(args: argparse.Namespace, settings: Settings) -> list[Pass]:
     """The passes of --passes, refused now when these settings cannot run them."""
-    from producer_tools.bench_decoding import DEFAULT_PASSES, PASSES, parse_passes
+    from producer_tools.bench_decoding import DEFAULT_PASSES, parse_passes
 
     try:
         passes = parse_passes(args.passes or DEFAULT_PASSES)
     except ValueError as exc:
         raise OcrError(ErrorCode.ENGINE_ERROR, str(exc)) from exc
-    if settings.ngram_size <= 0 and any(PASSES[name][0] is not None for name in passes):
+    if settings.ngram_size <= 0 and any(spec.ngram is not None for spec in passes):
         raise OcrError(
             ErrorCode.ENGINE_ERROR,
             "decoding passes with an n-gram rule need OCR_NGRAM_SIZE > 0 (the rule's "
@@ -225,12 +228,12 @@ async def _decoding(
     engine: Engine,
     settings: Settings,
     pages: Sequence[PageImage],
-    passes: Sequence[str],
+    passes: Sequence[Pass],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
     from consumer.engines.vllm import VllmEngine
     from consumer.engines.vllm_params import configured_decoding
-    from producer_tools.bench_decoding import PASSES, run_decoding_bench
+    from producer_tools.bench_decoding import run_decoding_bench
 
     if not isinstance(engine, VllmEngine):
         raise OcrError(ErrorCode.ENGINE_ERROR, "ocr-bench decoding needs the vllm engine")
@@ -249,10 +252,13 @@ async def _decoding(
     configured = configured_decoding(settings)
     engine.set_decoding(ngram_processor=configured[0], detokenize=configured[1])
     # The headline figures are those of the configured decoding, when a pass ran it.
-    for name in passes:
-        if PASSES[name] == configured:
-            headline = result["passes"][name]
-            result["configured_pass"] = name
+    for spec in passes:
+        if (spec.ngram, spec.detokenize) == configured and spec.max_tokens in (
+            None,
+            settings.max_tokens,
+        ):
+            headline = result["passes"][spec.name]
+            result["configured_pass"] = spec.name
             result.update({k: v for k, v in headline.items() if not isinstance(v, dict | list)})
     return result
 

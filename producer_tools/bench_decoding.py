@@ -8,6 +8,10 @@ logger, and a one-second timeline of it; a first pass times the image preprocess
 Outputs are compared by page between passes: greedy decoding under the same rule should
 give the same text, whichever implementation ran it.
 
+A pass name may end in `@N` to decode N tokens a page in that pass instead of the run's
+`max_tokens`: `batched+final@64` next to `batched+final` separates what the admission of
+pages costs (preprocessing, vision encoder, prefill) from what decoding them costs.
+
 With `--profile-dir` and a py-spy binary (`--pyspy`), the engine core process is sampled
 for a few seconds in the middle of every pass (collapsed stacks, plus the top frames).
 """
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,12 +46,40 @@ PROFILE_DELAY_S = 15.0
 PROFILE_SECONDS = 8
 
 
-def parse_passes(text: str) -> list[str]:
+@dataclass(frozen=True)
+class Pass:
+    """One pass: the decoding options it runs with, and its own output length if any."""
+
+    name: str
+    ngram: NgramProcessor | None
+    detokenize: Detokenize
+    max_tokens: int | None = None
+
+    def tokens(self, default: int) -> int:
+        return self.max_tokens if self.max_tokens is not None else default
+
+
+def pass_spec(name: str) -> Pass:
+    """`batched+final` or `batched+final@64`; ValueError naming the choices otherwise."""
+    base, at, length = name.partition("@")
+    if base not in PASSES or (at and not (length.isdigit() and int(length) > 0)):
+        raise ValueError(
+            f"unknown decoding pass {name!r}; choose from {list(PASSES)}, each optionally "
+            "with @N for N output tokens a page"
+        )
+    ngram, detokenize = PASSES[base]
+    return Pass(name, ngram, detokenize, int(length) if at else None)
+
+
+def parse_passes(text: str) -> list[Pass]:
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in PASSES]
-    if unknown or not names:
-        raise ValueError(f"unknown decoding passes {unknown}; choose from {list(PASSES)}")
-    return names
+    if not names:
+        raise ValueError(f"no decoding passes given; choose from {list(PASSES)}")
+    passes = [pass_spec(name) for name in names]
+    repeated = [name for name, n in Counter(names).items() if n > 1]
+    if repeated:
+        raise ValueError(f"decoding passes {repeated} given twice")
+    return passes
 
 
 async def preprocess_rate(
@@ -150,7 +184,7 @@ def _read_if_present(path: Path) -> str | None:
 async def run_decoding_bench(
     engine: VllmEngine,
     pages: Sequence[PageImage],
-    passes: Sequence[str],
+    passes: Sequence[Pass],
     *,
     warmup: int,
     max_tokens: int,
@@ -161,19 +195,27 @@ async def run_decoding_bench(
     result: dict[str, Any] = await preprocess_rate(engine, pages, preprocess_concurrency)
     results: dict[str, dict[str, Any]] = {}
     digests: dict[str, dict[int, str]] = {}
-    for name in passes:
-        ngram, detokenize = PASSES[name]
-        engine.set_decoding(ngram_processor=ngram, detokenize=detokenize)
+    for spec in passes:
+        name = spec.name
+        engine.set_decoding(
+            ngram_processor=spec.ngram,
+            detokenize=spec.detokenize,
+            max_tokens=spec.tokens(max_tokens),
+        )
         rows: list[list[float]] = []
         timeline = asyncio.create_task(_timeline(engine, rows))
         profile: asyncio.Task[dict[str, Any]] | None = None
         if pyspy is not None and profile_dir is not None:
-            out_file = profile_dir / f"pyspy-core-{name.replace('+', '_')}.txt"
+            out_file = profile_dir / f"pyspy-core-{re.sub(r'[^a-z0-9-]', '_', name)}.txt"
             profile = asyncio.create_task(profile_engine_core(pyspy, out_file, PROFILE_DELAY_S))
         digests[name] = {}
         try:
             figures = await run_engine_bench(
-                engine, pages, warmup=warmup, max_tokens=max_tokens, digests=digests[name]
+                engine,
+                pages,
+                warmup=warmup,
+                max_tokens=spec.tokens(max_tokens),
+                digests=digests[name],
             )
         except BaseException:
             if profile is not None:
@@ -185,6 +227,7 @@ async def run_decoding_bench(
             timeline.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timeline
+        figures["output_tokens_per_page"] = spec.tokens(max_tokens)
         figures.update(step_figures(rows))
         figures["timeline"] = rows
         if profile is not None:
@@ -195,10 +238,16 @@ async def run_decoding_bench(
             f"{figures.get('steady_step_ms')} ms/step",
             flush=True,
         )
-    first = passes[0]
-    for name in passes[1:]:
-        shared = set(digests[first]) & set(digests[name])
-        same = sum(digests[first][index] == digests[name][index] for index in shared)
-        results[name][f"same_output_as_{first}"] = round(same / len(shared), 3) if shared else None
+    # Outputs compare only between passes of one output length: each with the first such.
+    firsts: dict[int, str] = {}
+    for spec in passes:
+        first = firsts.setdefault(spec.tokens(max_tokens), spec.name)
+        if first == spec.name:
+            continue
+        shared = set(digests[first]) & set(digests[spec.name])
+        same = sum(digests[first][index] == digests[spec.name][index] for index in shared)
+        results[spec.name][f"same_output_as_{first}"] = (
+            round(same / len(shared), 3) if shared else None
+        )
     result["passes"] = results
     return result

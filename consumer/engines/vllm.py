@@ -103,6 +103,7 @@ class VllmEngine:
         self._sampling: Any = None
         self._tokenizer: Any = None
         self._ngram, self._detokenize = vllm_params.configured_decoding(settings)
+        self._max_tokens = settings.max_tokens
         self._ngram_loaded = tuple(ngram_processors) or (settings.ngram_processor,)
         self._mode = settings.resolution_mode.value
         self._mode_active = False
@@ -143,19 +144,28 @@ class VllmEngine:
 
     def sampling_args(self) -> dict[str, Any]:
         """`SamplingParams` keyword arguments: one set for every page of this engine."""
-        return vllm_params.sampling_args(self._settings, self._ngram, self._detokenize)
+        args = vllm_params.sampling_args(self._settings, self._ngram, self._detokenize)
+        return args | {"max_tokens": self._max_tokens}
 
     def set_decoding(
-        self, *, ngram_processor: NgramProcessor | None, detokenize: Detokenize
+        self,
+        *,
+        ngram_processor: NgramProcessor | None,
+        detokenize: Detokenize,
+        max_tokens: int | None = None,
     ) -> None:
-        """Benchmarks: the n-gram rule (None: off) and detokenization for the pages
-        submitted from now on; the processor must be one loaded at start."""
+        """Benchmarks: the n-gram rule (None: off), detokenization and token cap (None:
+        the configured one) for the pages submitted from now on; the processor must be
+        one loaded at start."""
         if ngram_processor is not None and (
             ngram_processor not in self._ngram_loaded or self._settings.ngram_size <= 0
         ):
             raise EngineError(f"n-gram processor {ngram_processor!s} is not loaded")
+        if max_tokens is not None and max_tokens < 1:
+            raise EngineError(f"max_tokens must be at least 1, not {max_tokens}")
         self._ngram = ngram_processor
         self._detokenize = detokenize
+        self._max_tokens = self._settings.max_tokens if max_tokens is None else max_tokens
         if self._engine is not None:
             self._sampling = self._backend.sampling_params(self.sampling_args())
 
@@ -358,7 +368,7 @@ class VllmEngine:
         self._inflight.add(request_id)
         # The page's text is made as its sampling parameters say, even if set_decoding()
         # changes them while it runs.
-        sampling, detokenize = self._sampling, self._detokenize
+        sampling, detokenize, max_tokens = self._sampling, self._detokenize, self._max_tokens
         deadline = asyncio.timeout(self.page_timeout_s)
         try:
             async with deadline:
@@ -391,7 +401,7 @@ class VllmEngine:
             self._inflight.discard(request_id)
         if final is None or not getattr(final, "outputs", None):
             raise EngineError(f"vLLM returned no output for page {request_id}")
-        return await self._to_output(final, request, detokenize)
+        return await self._to_output(final, request, detokenize, max_tokens)
 
     def _page_text(
         self, completion: Any, request: PageRequest, detokenize: Detokenize
@@ -414,7 +424,7 @@ class VllmEngine:
         return raw, deepseek_page_text(raw, request.page, crops_dir=self._settings.crops_dir)
 
     async def _to_output(
-        self, final: Any, request: PageRequest, detokenize: Detokenize
+        self, final: Any, request: PageRequest, detokenize: Detokenize, max_tokens: int
     ) -> EngineOutput:
         completion = final.outputs[0]
         output_tokens = len(completion.token_ids or ())
@@ -432,7 +442,7 @@ class VllmEngine:
             completion.finish_reason,
             raw,
             output_tokens=output_tokens,
-            max_tokens=self._settings.max_tokens,
+            max_tokens=max_tokens,
         )
         self._pages_total += 1
         self._prompt_tokens_total += prompt_tokens

@@ -1,10 +1,12 @@
 #!/bin/bash
 # On the GPU host: assemble vLLM once, then run the engine benchmark and/or tests/gpu.
-# Usage: bash deploy/gpu/run.sh bench|decoding|pipeline|scaleout|tests|all [arguments...]
+# Usage: bash deploy/gpu/run.sh bench|decoding|passes|pipeline|scaleout|tests|all [arguments...]
 #   bench     ocr-bench engine (pages straight into the engine)
 #   decoding  ocr-bench decoding --with-pipeline: the engine run once per decoding pass
 #             (n-gram rule per-request/batched/off, detokenization incremental/final) on
 #             one engine, then the pipeline; py-spy profiles when /tmp/pyspy/py-spy exists
+#   passes    the same passes without the pipeline (no broker started): engine settings
+#             compared call by call, e.g. OCR_VISION_CUDAGRAPHS, on one warm host
 #   scaleout  bench/scaleout.py [its arguments]: consumer processes in one group, one
 #             alone, then all, then one SIGKILLed (writes $OUT/scaleout.json)
 #   pipeline  ocr-bench all: the engine run, then the same pages as documents through
@@ -30,6 +32,7 @@ source deploy/gpu/env.sh
 python3 -c "import vllm, consumer.engines.vllm; print('vllm', vllm.__version__)" || exit 1
 rc=0
 command=engine
+[[ $what == passes ]] && command=decoding
 if [[ $what == pipeline || $what == all || $what == scaleout || $what == decoding ]]; then
   command=all
   [[ $what == decoding ]] && command=decoding
@@ -58,7 +61,8 @@ fi
 if [[ $what != tests ]]; then
   extra=()
   if [[ $command == decoding ]]; then
-    extra=(--with-pipeline --profile-dir "$OUT/profiles")
+    extra=(--profile-dir "$OUT/profiles")
+    [[ $what == decoding ]] && extra+=(--with-pipeline)
     [ -x /tmp/pyspy/py-spy ] && extra+=(--pyspy /tmp/pyspy/py-spy)
   fi
   # Needs no aiokafka: `bench` carries none (tests/unit/test_bench_host.py keeps it so).
@@ -66,7 +70,7 @@ if [[ $what != tests ]]; then
     --variant-file /tmp/ocr-vllm-variant "${extra[@]}" "$@" 2>&1 | tee "$OUT/bench.log"
   rc=$?
   echo "bench ($command) exit $rc after $(($(date +%s) - began)) s"
-  [[ $command != engine ]] && bash deploy/gpu/services.sh stop
+  [[ $command != engine && $what != passes ]] && bash deploy/gpu/services.sh stop
 fi
 if [[ $what == tests || $what == all ]]; then
   # The engine variant the benchmark found working (see producer_tools/bench.py).

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 
-from consumer.config import NgramProcessor
+from consumer.config import Detokenize, NgramProcessor
 from consumer.engines.base import PageImage
 from consumer.engines.vllm import VllmEngine
 from producer_tools.bench_decoding import (
     PASSES,
+    Pass,
     parse_passes,
     run_decoding_bench,
     step_figures,
@@ -33,8 +35,9 @@ async def test_every_pass_runs_on_one_engine_with_its_own_decoding() -> None:
     await engine.start()
     names = list(PASSES)
     result = await run_decoding_bench(
-        engine, pages(6), names, warmup=1, max_tokens=100, preprocess_concurrency=2
-    )
+        engine, pages(6), parse_passes(",".join(names)), warmup=1, max_tokens=100,
+        preprocess_concurrency=2,
+    )  # fmt: skip
     assert result["preprocess_pages"] == 6 and result["preprocess_pages_per_s"] > 0
     assert list(result["passes"]) == names
     for name in names:
@@ -55,14 +58,38 @@ async def test_every_pass_runs_on_one_engine_with_its_own_decoding() -> None:
 
 
 def test_parse_passes_names_the_choices() -> None:
-    assert parse_passes("batched+final, off+final") == ["batched+final", "off+final"]
-    for text in ("", "batched+final,fast"):
+    assert parse_passes("batched+final, off+final@64") == [
+        Pass("batched+final", NgramProcessor.BATCHED, Detokenize.FINAL),
+        Pass("off+final@64", None, Detokenize.FINAL, 64),
+    ]
+    for text in ("", "batched+final,fast", "batched+final@", "off+final@0", "off+final@x"):
         try:
             parse_passes(text)
         except ValueError as exc:
             assert "per-request+incremental" in str(exc)
         else:
             raise AssertionError(f"{text!r} was accepted")
+    with pytest.raises(ValueError, match="given twice"):
+        parse_passes("off+final,off+final")
+
+
+async def test_a_pass_with_its_own_length_decodes_that_many_tokens() -> None:
+    backend = FakeBackend(engine=FakeAsyncLLM(delay_s=0.0))
+    engine = VllmEngine(
+        make_settings(), backend=backend, warmup_pages=0, ngram_processors=tuple(NgramProcessor)
+    )
+    await engine.start()
+    passes = parse_passes("batched+final,batched+final@8,off+final")
+    result = await run_decoding_bench(
+        engine, pages(3), passes, warmup=0, max_tokens=100, preprocess_concurrency=2
+    )
+    lengths = [call[1]["max_tokens"] for call in backend.engine.calls]
+    assert lengths == [100] * 3 + [8] * 3 + [100] * 3
+    figures = result["passes"]
+    assert [figures[p.name]["output_tokens_per_page"] for p in passes] == [100, 8, 100]
+    # Outputs of different lengths are not compared; those of one length are.
+    assert not any(key.startswith("same_output") for key in figures["batched+final@8"])
+    assert "same_output_as_batched+final" in figures["off+final"]
 
 
 def test_step_figures_find_the_steady_stretch() -> None:
@@ -101,8 +128,6 @@ def test_top_frames_shares_of_leaf_frames() -> None:
 def test_rule_passes_without_a_rule_size_are_refused_before_the_engine_starts() -> None:
     import argparse
 
-    import pytest
-
     from consumer.errors import OcrError
     from producer_tools.bench import _decoding_passes
 
@@ -110,6 +135,9 @@ def test_rule_passes_without_a_rule_size_are_refused_before_the_engine_starts() 
     with pytest.raises(OcrError, match="OCR_NGRAM_SIZE > 0"):
         _decoding_passes(args, make_settings(ngram_size=0))
     _decoding_passes(argparse.Namespace(passes="off+final"), make_settings(ngram_size=0))
-    assert _decoding_passes(args, make_settings()) == ["batched+final", "off+final"]
-    with pytest.raises(OcrError, match="unknown decoding passes"):
+    assert [p.name for p in _decoding_passes(args, make_settings())] == [
+        "batched+final",
+        "off+final",
+    ]
+    with pytest.raises(OcrError, match="unknown decoding pass"):
         _decoding_passes(argparse.Namespace(passes="fast"), make_settings())

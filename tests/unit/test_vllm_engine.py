@@ -357,6 +357,22 @@ async def test_a_page_keeps_its_decoding_when_set_decoding_changes_midway() -> N
     assert backend.engine.calls[0][1]["detokenize"] is False
 
 
+async def test_set_decoding_caps_later_pages_at_its_own_token_count() -> None:
+    # No finish reason from the engine: the cap decides whether a page was cut short.
+    backend = FakeBackend(engine=FakeAsyncLLM(script=answer(GROUNDED, tokens=40, reason=None)))
+    engine, _ = await started(backend)
+    assert not (await engine.infer(page_request("t/1/0"))).truncated  # 40 of 100
+    engine.set_decoding(ngram_processor=NgramProcessor.BATCHED, detokenize=Detokenize.FINAL,
+                        max_tokens=40)  # fmt: skip
+    capped = await engine.infer(page_request("t/2/0"))
+    assert capped.truncated and capped.finish_reason == FinishReason.LENGTH
+    engine.set_decoding(ngram_processor=NgramProcessor.BATCHED, detokenize=Detokenize.FINAL)
+    await engine.infer(page_request("t/3/0"))
+    assert [call[1]["max_tokens"] for call in backend.engine.calls] == [100, 40, 100]
+    with pytest.raises(EngineError, match="at least 1"):
+        engine.set_decoding(ngram_processor=None, detokenize=Detokenize.FINAL, max_tokens=0)
+
+
 async def test_set_decoding_switches_later_pages_only_between_loaded_processors() -> None:
     backend = FakeBackend()
     engine = VllmEngine(
