@@ -164,9 +164,10 @@ class Settings(BaseSettings):
     ngram_processor: NgramProcessor = Field(
         NgramProcessor.BATCHED, description="No-repeat rule: batched or per-request (vLLM's)."
     )
-    vision_cudagraphs: bool = Field(
-        False,
-        description="vLLM's batched vision encoder in CUDA graphs (experimental, unmeasured).",
+    vision_cudagraphs: bool | None = Field(
+        None,
+        description="vLLM's vision encoder batched in CUDA graphs; unset: on in gundam mode "
+        "(measured, bench/README.md), off in the others (not measured).",
     )
     detokenize: Detokenize = Field(
         Detokenize.FINAL, description="Output text: final (once per page) or incremental."

@@ -163,6 +163,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     }
     try:
         if args.command in ("engine", "all"):
+            digests: dict[int, str] = {}
             result.update(
                 await run_engine_bench(
                     engine,
@@ -171,8 +172,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                     warmup=args.warmup,
                     concurrency=args.concurrency,
                     max_tokens=settings.max_tokens,
+                    digests=digests,
                 )
             )
+            # By page, for bench/compare_outputs.py between runs of different settings.
+            result["output_digests"] = [digests.get(index) for index in range(len(pages))]
         if decoding:
             result.update(await _decoding(engine, settings, pages, passes, args))
         if args.command in ("pipeline", "all") or (decoding and args.with_pipeline):

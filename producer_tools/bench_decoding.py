@@ -228,6 +228,9 @@ async def run_decoding_bench(
             with contextlib.suppress(asyncio.CancelledError):
                 await timeline
         figures["output_tokens_per_page"] = spec.tokens(max_tokens)
+        # By page, so that runs with different engine settings can be compared
+        # (bench/compare_outputs.py): greedy decoding of the same pages under the same rule.
+        figures["output_digests"] = [digests[name].get(index) for index in range(len(pages))]
         figures.update(step_figures(rows))
         figures["timeline"] = rows
         if profile is not None:

@@ -28,6 +28,16 @@ def configured_decoding(s: Settings) -> tuple[NgramProcessor | None, Detokenize]
     return (s.ngram_processor if s.ngram_size > 0 else None), s.detokenize
 
 
+def vision_cudagraphs(s: Settings, mode: str) -> bool:
+    """Whether the engine captures vLLM's vision encoder graphs: as configured, else only
+    in gundam mode, the one measured (1.30x pages/s on an H200, bench/README.md), and not
+    under enforce_eager, which asks for no graphs at all. The graphs follow the mode's image
+    sizes, but no other mode has been run with them."""
+    if s.vision_cudagraphs is not None:
+        return s.vision_cudagraphs
+    return mode == deepseek_modes.DEFAULT_MODE and not s.enforce_eager
+
+
 def engine_args(s: Settings, mode: str, ngram_loaded: Sequence[NgramProcessor]) -> dict[str, Any]:
     """`AsyncEngineArgs` keyword arguments for these settings, in resolution `mode`, with
     the n-gram processors `ngram_loaded` (when the rule is on)."""
@@ -51,7 +61,7 @@ def engine_args(s: Settings, mode: str, ngram_loaded: Sequence[NgramProcessor]) 
         # Stats feed the metrics endpoint and the stat logger behind stats().
         "disable_log_stats": False,
     }
-    if s.vision_cudagraphs:
+    if vision_cudagraphs(s, mode):
         # vLLM 0.26 then encodes the images of a step together (global views, then tiles)
         # and replays captured graphs, instead of SAM and CLIP eagerly page by page.
         args["compilation_config"] = {"cudagraph_mm_encoder": True}

@@ -44,6 +44,7 @@ async def test_every_pass_runs_on_one_engine_with_its_own_decoding() -> None:
         figures = result["passes"][name]
         assert figures["pages_done"] == 6 and figures["errors"] == {}
         assert figures["timeline"]  # sampled at least once
+        assert len(figures["output_digests"]) == 6 and all(figures["output_digests"])
     # The fake answers every page the same way: identical outputs across passes.
     assert result["passes"]["batched+final"]["same_output_as_per-request+incremental"] == 1.0
     # Each pass's pages reached vLLM with that pass's options (warm-up + 6 pages a pass).

@@ -281,13 +281,28 @@ async def test_engine_args_follow_settings() -> None:
     assert args["disable_log_stats"] is False
     assert args["logits_processors"] == [NGRAM_PROCESSORS[NgramProcessor.BATCHED]]
     assert "mm_processor_kwargs" not in args  # gundam is vLLM's own default
-    assert "compilation_config" not in args  # vLLM's eager vision encoder by default
+    assert "compilation_config" not in args  # enforce_eager: no vision encoder graphs
 
 
-async def test_vision_cudagraphs_turn_on_vllms_encoder_graphs() -> None:
-    _, backend = await started(vision_cudagraphs=True)
-    assert backend.engine_args is not None
-    assert backend.engine_args["compilation_config"] == {"cudagraph_mm_encoder": True}
+@pytest.mark.parametrize(
+    ("mode", "setting", "eager", "graphs"),
+    [
+        (ResolutionMode.GUNDAM, None, False, True),
+        (ResolutionMode.GUNDAM, False, False, False),
+        (ResolutionMode.GUNDAM, None, True, False),  # enforce_eager: no graphs by default
+        (ResolutionMode.TINY, None, False, False),  # unmeasured modes stay eager unless asked
+        (ResolutionMode.LARGE, True, False, True),
+    ],
+)
+def test_vision_cudagraphs_default_follows_the_measured_mode(
+    mode: ResolutionMode, setting: bool | None, eager: bool, graphs: bool
+) -> None:
+    settings = make_settings(resolution_mode=mode, vision_cudagraphs=setting, enforce_eager=eager)
+    engine = VllmEngine(settings, backend=FakeBackend())
+    args = engine.engine_args()
+    assert ("compilation_config" in args) is graphs
+    if graphs:
+        assert args["compilation_config"] == {"cudagraph_mm_encoder": True}
 
 
 async def test_sampling_is_greedy_final_only_with_ngram_guard() -> None:
