@@ -1,6 +1,7 @@
 """Command-line tools around the ocr-stream topics.
 
-- `ocr-submit` (submit.py): upstream; hands documents over and publishes OcrRequests.
+- `ocr-submit` (submit.py): upstream; publishes OcrRequests and waits for their results;
+  submit_requests.py builds the requests (document hand-over, task ids).
 - `ocr-watch` (watch.py): follows the progress of tasks until they are final.
 - `ocr-collect` (collect.py): downstream; materialises results + progress into files.
 - follow_progress.py: the progress following shared by `ocr-submit --wait` and `ocr-watch`.

@@ -31,7 +31,7 @@ from consumer.kafka_clients import client_kwargs
 from consumer.publisher import TaskPartitioner, task_partition
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, collect, submit, watch
 from producer_tools.follow_progress import ProgressFollower
-from producer_tools.submit import RequestOptions, build_submissions
+from producer_tools.submit_requests import RequestOptions, build_submissions
 from schemas.cloudevents import (
     CE_TYPE_DLQ,
     CE_TYPE_PROGRESS,

@@ -26,19 +26,18 @@ from producer_tools.follow_progress import (
     report,
 )
 from producer_tools.submit import (
+    build_parser as submit_parser,
+)
+from producer_tools.submit import options_from_args, write_outputs
+from producer_tools.submit_requests import (
     MAX_INLINE_BYTES,
     RequestOptions,
     SubmitError,
     blob_name,
     build_submissions,
     hand_over,
-    options_from_args,
     output_stem,
     parse_metadata,
-    write_outputs,
-)
-from producer_tools.submit import (
-    build_parser as submit_parser,
 )
 from producer_tools.task_files import (
     LatestPages,
