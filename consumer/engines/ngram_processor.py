@@ -34,6 +34,7 @@ class BatchedNoRepeatNGram(LogitsProcessor):  # type: ignore[misc]
         self._book = NgramBook()
         self._device = device
         self._pin = is_pin_memory
+        self._neg_inf: torch.Tensor | None = None
 
     def is_argmax_invariant(self) -> bool:
         return False  # it bans tokens, greedy decoding included
@@ -52,5 +53,15 @@ class BatchedNoRepeatNGram(LogitsProcessor):  # type: ignore[misc]
         if self._pin:
             pairs = pairs.pin_memory()
         pairs = pairs.to(logits.device, non_blocking=True)
-        logits[pairs[0], pairs[1]] = float("-inf")
+        # The value as a tensor already on the device, as vLLM's own processors do: a
+        # Python float would become a new scalar tensor every step, and a host scalar can
+        # cost a copy that waits for the GPU, in the middle of the engine's step.
+        logits.index_put_((pairs[0], pairs[1]), self._negative_infinity(logits))
         return logits
+
+    def _negative_infinity(self, logits: torch.Tensor) -> torch.Tensor:
+        value = self._neg_inf
+        if value is None or value.dtype != logits.dtype or value.device != logits.device:
+            value = torch.tensor(float("-inf"), dtype=logits.dtype, device=logits.device)
+            self._neg_inf = value
+        return value
