@@ -45,6 +45,12 @@ class Detokenize(StrEnum):
     INCREMENTAL = "incremental"  # by vLLM after every engine step, on the event loop
 
 
+class S3AddressingStyle(StrEnum):
+    AUTO = "auto"  # botocore's choice: virtual-hosted where the bucket name allows it
+    PATH = "path"  # endpoint/bucket/key: most S3-compatible stores (MinIO, Ceph, versitygw)
+    VIRTUAL = "virtual"  # bucket.endpoint/key
+
+
 class LogFormat(StrEnum):
     AUTO = "auto"  # console on a terminal, JSON otherwise
     JSON = "json"
@@ -119,7 +125,7 @@ class Settings(BaseSettings):
 
     # Inputs and limits
     allowed_schemes: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["file", "http", "https", "inline"],
+        default_factory=lambda: ["file", "http", "https", "s3", "inline"],
         description="URI schemes a request may use (comma list).",
     )
     file_roots: Annotated[list[Path], NoDecode] = Field(
@@ -128,6 +134,17 @@ class Settings(BaseSettings):
     )
     blob_root: Path = Field(
         Path(".run/blobs"), description="Where ocr-submit hands files over (must be a file root)."
+    )
+    s3_buckets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Buckets s3:// URIs may name (comma list; empty: s3:// refused).",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (unset: AWS); credentials from the AWS chain."
+    )
+    s3_region: str | None = Field(None, description="S3 region (unset: from the AWS config).")
+    s3_addressing_style: S3AddressingStyle = Field(
+        S3AddressingStyle.AUTO, description="S3 bucket addressing: auto, path or virtual."
     )
     allow_private_networks: bool = Field(
         False, description="Allow http(s) to loopback/private/link-local addresses."
@@ -181,7 +198,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
     log_format: LogFormat = Field(LogFormat.AUTO, description="auto, json or console.")
 
-    @field_validator("allowed_schemes", "file_roots", mode="before")
+    @field_validator("allowed_schemes", "file_roots", "s3_buckets", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

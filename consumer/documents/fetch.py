@@ -2,7 +2,8 @@
 
 Everything about a Source is untrusted: the scheme must be allowed, file paths must stay
 under the configured roots after symlinks are followed, http(s) hosts must be public (see
-`netguard`), sizes and time are capped, and the bytes themselves decide the media type.
+`netguard`), s3:// buckets must be listed (`s3fetch`), sizes and time are capped, and the
+bytes themselves decide the media type.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Final
 from urllib.parse import unquote, urlsplit
 
 from consumer.config import Settings
-from consumer.documents import httpfetch
+from consumer.documents import httpfetch, s3fetch
 from consumer.documents.media import normalize_declared, require_supported
 from consumer.errors import OcrError
 from consumer.log import get_logger
@@ -134,6 +135,8 @@ async def _fetch_bytes(source: Source, settings: Settings) -> bytes:
         return await httpfetch.fetch_http(source.uri, settings)
     if scheme == "file":
         return await _fetch_file(source.uri, settings)
+    if scheme == "s3":
+        return await s3fetch.fetch_s3(source.uri, settings)
     raise OcrError(
         ErrorCode.SOURCE_SCHEME_NOT_ALLOWED,
         f"scheme {scheme!r} is listed in OCR_ALLOWED_SCHEMES but this release has no fetcher "

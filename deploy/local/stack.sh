@@ -4,7 +4,9 @@
 # tracked by PID files under .run/ so `down` stops exactly what `up` started.
 #
 #   stack.sh up | down | status
-#   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server
+#   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server,
+#                                       and build the S3 server the s3:// tests read from
+#   stack.sh s3-bin                     print that S3 server's path (building it if needed)
 #   stack.sh kill-kafka | start-kafka   SIGKILL / restart the broker (fault tests)
 #   stack.sh kill-redis | start-redis   SIGKILL / restart Redis (fault tests)
 #   stack.sh wipe-redis                 SIGKILL Redis and delete its data: the next
@@ -17,7 +19,8 @@
 #   OCR_KAFKA_VERSION [4.1.1]              org.apache.kafka:kafka_2.13 version
 #   OCR_KAFKA_JAVA_OPTS [-Xms128m -Xmx512m]
 #   OCR_KAFKA_START_TIMEOUT [120]          seconds `up` waits for the broker to answer
-#   OCR_CACHE_DIR [~/.cache/ocr-stream]    where the Kafka jars are cached (outside the repo)
+#   OCR_CACHE_DIR [~/.cache/ocr-stream]    where the Kafka jars and the S3 server are cached
+#   OCR_VERSITYGW_VERSION [v1.8.0]         github.com/versity/versitygw, built with Go
 #   OCR_REDIS_URL [redis://127.0.0.1:6379/0], OCR_REDIS_PASSWORD (sets requirepass)
 #   OCR_STACK_CONSUMER [1]                 `up` also starts .venv/bin/ocr-consumer --engine auto
 #   OCR_PYTHON [.venv/bin/python, else python3]  runs `python -m consumer.topics`
@@ -36,6 +39,10 @@ KAFKA_LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
 KAFKA_JAVA_OPTS=${OCR_KAFKA_JAVA_OPTS:--Xms128m -Xmx512m}
 KAFKA_START_TIMEOUT=${OCR_KAFKA_START_TIMEOUT:-120}
 STACK_CONSUMER=${OCR_STACK_CONSUMER:-1}
+# The tests' S3 server: Versity's S3 gateway (Apache-2.0) over a directory, built from the Go
+# module proxy once per cache. Not part of the stack's `up`: tests start their own.
+VERSITYGW_VERSION=${OCR_VERSITYGW_VERSION:-v1.8.0}
+VERSITYGW_BIN="$CACHE_DIR/versitygw-$VERSITYGW_VERSION/versitygw"
 
 if [[ -n "${OCR_PYTHON:-}" ]]; then
     PYTHON=$OCR_PYTHON
@@ -200,11 +207,31 @@ ensure_redis() {
     command -v redis-server >/dev/null || apt_install redis-server
 }
 
+ensure_s3_server() {
+    if [[ -x "$VERSITYGW_BIN" ]]; then
+        return 0
+    fi
+    command -v go >/dev/null || die "building the tests' S3 server needs Go (1.22 or newer): install it, or put a versitygw binary at $VERSITYGW_BIN"
+    say "building versitygw $VERSITYGW_VERSION with $(go version | awk '{print $3}') into $VERSITYGW_BIN"
+    local staging="$VERSITYGW_BIN.partial.$$" started=$SECONDS
+    rm -rf "$staging"
+    mkdir -p "$staging"
+    if ! GOBIN="$staging" GOFLAGS=-mod=mod go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"; then
+        rm -rf "$staging"
+        die "go install github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION failed"
+    fi
+    mkdir -p "$(dirname "$VERSITYGW_BIN")"
+    mv "$staging/versitygw" "$VERSITYGW_BIN"
+    rm -rf "$staging"
+    say "built versitygw in $((SECONDS - started))s"
+}
+
 deps() {
     ensure_java
     ensure_kafka_libs
     ensure_redis
-    say "dependencies ready: Java $(java_major), Kafka $KAFKA_VERSION, $(redis-server --version | awk '{print $3}')"
+    ensure_s3_server
+    say "dependencies ready: Java $(java_major), Kafka $KAFKA_VERSION, $(redis-server --version | awk '{print $3}'), versitygw $VERSITYGW_VERSION"
 }
 
 # --- Kafka ----------------------------------------------------------------------------------
@@ -468,6 +495,7 @@ main() {
         down) down ;;
         status) status ;;
         deps) deps ;;
+        s3-bin) ensure_s3_server >&2; echo "$VERSITYGW_BIN" ;;
         start-kafka) start_kafka ;;
         kill-kafka) stop_process kafka "$KAFKA_MARKER" 0 KILL ;;
         start-redis) start_redis ;;
@@ -481,7 +509,7 @@ main() {
         start-consumer) start_consumer ;;
         stop-consumer) stop_consumer ;;
         *)
-            echo "usage: $0 up|down|status|deps|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
+            echo "usage: $0 up|down|status|deps|s3-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
             exit 2
             ;;
     esac

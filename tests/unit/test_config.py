@@ -44,7 +44,7 @@ def test_defaults_are_the_local_stack() -> None:
     assert settings.topic_requests == "ocr.requests"
     assert settings.topic_dlq == "ocr.requests.dlq"
     assert settings.engine is EngineName.AUTO
-    assert settings.allowed_schemes == ["file", "http", "https", "inline"]
+    assert settings.allowed_schemes == ["file", "http", "https", "s3", "inline"]
 
 
 def test_environment_variables_are_typed(clean_env: pytest.MonkeyPatch) -> None:

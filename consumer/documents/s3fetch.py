@@ -1,0 +1,242 @@
+"""s3:// claim checks: objects of allow-listed buckets, read with boto3 off the event loop.
+
+A request names a bucket and a key and nothing else: the endpoint, region and credentials
+are the operator's (OCR_S3_ENDPOINT_URL, OCR_S3_REGION, and boto3's own credential chain:
+the AWS_* variables, shared config files, a pod's web identity, an instance role). So a
+request can neither send the consumer to another host nor bring credentials of its own, and
+its bucket must be one of OCR_S3_BUCKETS. The object's length is checked against
+OCR_MAX_DOCUMENT_BYTES before its body is read and again while reading; the whole fetch has
+OCR_FETCH_TIMEOUT_S.
+
+The key is everything after the bucket's slash, taken literally as S3 tools do (no
+percent-decoding, no query string): `s3://docs/in box/a?.pdf` is key `in box/a?.pdf`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Final
+
+from consumer.config import Settings
+from consumer.errors import OcrError
+from consumer.log import get_logger
+from schemas.common import ErrorCode
+
+log = get_logger(__name__)
+
+# S3's bucket naming rules (3-63 characters of lower-case letters, digits, dots, hyphens).
+_BUCKET: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+MAX_KEY_BYTES: Final = 1024
+_READ_CHUNK: Final = 1024 * 1024
+_SHOWN_CHARS: Final = 200
+_NOT_FOUND: Final = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
+_DENIED: Final = frozenset(
+    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+     "InvalidToken", "AllAccessDisabled"}
+)  # fmt: skip
+
+_clients: dict[tuple[str | None, str | None, str, float], Any] = {}
+_clients_lock = threading.Lock()
+
+
+@dataclass(frozen=True, slots=True)
+class S3Object:
+    bucket: str
+    key: str
+
+    def shown(self) -> str:
+        text = f"s3://{self.bucket}/{self.key}"
+        return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 3] + "..."
+
+
+def parse_s3_uri(uri: str) -> S3Object:
+    """`s3://bucket/key` -> S3Object; REQUEST_INVALID naming what is wrong otherwise."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme.lower() != "s3":
+        raise OcrError(ErrorCode.REQUEST_INVALID, "source uri is not an s3:// uri")
+    bucket, _, key = rest.partition("/")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise OcrError(
+            ErrorCode.REQUEST_INVALID,
+            f"s3 uri names bucket {bucket[:70]!r}, which is not a valid bucket name "
+            "(3-63 of a-z, 0-9, '.', '-'); use s3://bucket/key",
+        )
+    if not key:
+        raise OcrError(
+            ErrorCode.REQUEST_INVALID,
+            f"s3 uri s3://{bucket}/ names no object key; use s3://bucket/key",
+        )
+    if len(key.encode()) > MAX_KEY_BYTES:
+        raise OcrError(
+            ErrorCode.REQUEST_INVALID,
+            f"s3 object key is longer than S3's {MAX_KEY_BYTES} bytes; fix the uri",
+        )
+    return S3Object(bucket, key)
+
+
+def check_bucket(obj: S3Object, settings: Settings) -> None:
+    if obj.bucket in settings.s3_buckets:
+        return
+    if not settings.s3_buckets:
+        advice = "s3:// sources need OCR_S3_BUCKETS: list the buckets the consumer may read"
+    else:
+        advice = (
+            f"it is not one of OCR_S3_BUCKETS ({', '.join(settings.s3_buckets)}); use one of "
+            "those or add it"
+        )
+    raise OcrError(ErrorCode.SOURCE_PATH_NOT_ALLOWED, f"{obj.shown()} is refused: {advice}")
+
+
+async def fetch_s3(uri: str, settings: Settings) -> bytes:
+    """Read an s3:// claim check within the limits of `settings`."""
+    obj = parse_s3_uri(uri)
+    check_bucket(obj, settings)
+    timeout = settings.fetch_timeout_s
+    deadline = time.monotonic() + timeout
+    try:
+        # The thread also stops itself at the deadline (between chunks, and botocore's read
+        # timeout): a cancelled await does not stop a thread.
+        async with asyncio.timeout(timeout):
+            return await asyncio.to_thread(_fetch_blocking, obj, settings, deadline)
+    except TimeoutError:
+        raise _timed_out(obj, timeout) from None
+
+
+def _timed_out(obj: S3Object, timeout: float) -> OcrError:
+    return OcrError(
+        ErrorCode.SOURCE_TIMEOUT,
+        f"reading {obj.shown()} took longer than {timeout:g} s (OCR_FETCH_TIMEOUT_S); make "
+        "the document smaller or raise the limit",
+    )
+
+
+def _client(settings: Settings) -> Any:
+    """One client per endpoint configuration: clients are thread-safe and pool connections,
+    and creating one costs milliseconds (the first import of boto3 far more)."""
+    key = (
+        settings.s3_endpoint_url,
+        settings.s3_region,
+        settings.s3_addressing_style.value,
+        settings.fetch_timeout_s,
+    )
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                connect_timeout=min(10.0, settings.fetch_timeout_s),
+                read_timeout=settings.fetch_timeout_s,
+                retries={"max_attempts": 3, "mode": "standard"},
+                s3={"addressing_style": settings.s3_addressing_style.value},
+                max_pool_connections=32,
+                user_agent_extra="ocr-stream",
+            )
+            # A session per client: boto3's default session is not safe across threads.
+            client = boto3.session.Session().client(
+                "s3",
+                endpoint_url=settings.s3_endpoint_url,
+                region_name=settings.s3_region,
+                config=config,
+            )
+            _clients[key] = client
+    return client
+
+
+def forget_clients() -> None:
+    """Drop the cached clients (their credentials were resolved when they were made)."""
+    with _clients_lock:
+        _clients.clear()
+
+
+def _fetch_blocking(obj: S3Object, settings: Settings, deadline: float) -> bytes:
+    from botocore.exceptions import (
+        BotoCoreError,
+        ClientError,
+        ConnectTimeoutError,
+        EndpointConnectionError,
+        NoCredentialsError,
+        PartialCredentialsError,
+        ReadTimeoutError,
+    )
+
+    where = settings.s3_endpoint_url or "AWS S3"
+    try:
+        return _read_capped(_client(settings), obj, settings, deadline)
+    except ClientError as exc:
+        raise _client_error(exc, obj) from None
+    except (NoCredentialsError, PartialCredentialsError):
+        raise OcrError(
+            ErrorCode.SOURCE_FETCH_FAILED,
+            f"no usable S3 credentials to read {obj.shown()}: give the consumer "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE) or a role",
+        ) from None
+    except ReadTimeoutError:
+        raise _timed_out(obj, settings.fetch_timeout_s) from None
+    except (EndpointConnectionError, ConnectTimeoutError) as exc:
+        raise OcrError(
+            ErrorCode.SOURCE_FETCH_FAILED,
+            f"cannot reach {where} to read {obj.shown()} ({exc}); check OCR_S3_ENDPOINT_URL "
+            "and the network",
+        ) from None
+    except BotoCoreError as exc:
+        raise OcrError(
+            ErrorCode.SOURCE_FETCH_FAILED,
+            f"reading {obj.shown()} from {where} failed: {type(exc).__name__}: {exc}",
+        ) from None
+
+
+def _read_capped(client: Any, obj: S3Object, settings: Settings, deadline: float) -> bytes:
+    cap = settings.max_document_bytes
+    too_large = OcrError(
+        ErrorCode.SOURCE_TOO_LARGE,
+        f"{obj.shown()} is larger than OCR_MAX_DOCUMENT_BYTES={cap}; split or compress the "
+        "document, or raise the limit",
+    )
+    response = client.get_object(Bucket=obj.bucket, Key=obj.key)
+    body = response["Body"]
+    try:
+        if int(response.get("ContentLength") or 0) > cap:
+            raise too_large
+        chunks: list[bytes] = []
+        received = 0
+        while chunk := body.read(_READ_CHUNK):
+            received += len(chunk)
+            if received > cap:
+                raise too_large
+            if time.monotonic() > deadline:
+                raise _timed_out(obj, settings.fetch_timeout_s)
+            chunks.append(chunk)
+    finally:
+        body.close()
+    log.debug("fetch_s3_done", bucket=obj.bucket, bytes=received)
+    return b"".join(chunks)
+
+
+def _client_error(exc: Any, obj: S3Object) -> OcrError:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    if code in _NOT_FOUND or status == 404:
+        return OcrError(
+            ErrorCode.SOURCE_NOT_FOUND,
+            f"{obj.shown()} does not exist ({code or status}); check the bucket and key, or "
+            "upload the document again",
+        )
+    if code in _DENIED or status == 403:
+        return OcrError(
+            ErrorCode.SOURCE_FETCH_FAILED,
+            f"S3 refused to let the consumer read {obj.shown()} ({code or status}); grant its "
+            "credentials s3:GetObject on the bucket, or check them",
+        )
+    advice = "retry the request later" if isinstance(status, int) and status >= 500 else ""
+    return OcrError(
+        ErrorCode.SOURCE_FETCH_FAILED,
+        f"S3 answered {code or status} for {obj.shown()}"
+        + (f"; {advice}" if advice else f": {error.get('Message', '')}"),
+    )
