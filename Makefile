@@ -1,5 +1,6 @@
 # ocr-stream developer entry points. `make test` goes from a bare checkout to a verdict:
-# virtualenv, Java, the Kafka jars (Maven Central), redis-server, then lint, types and tests.
+# virtualenv, Java, the Kafka jars (Maven Central), redis-server, the tests' S3 server (built
+# with Go), then lint, types and tests.
 # The local stack listens on 127.0.0.1 only; `make down` stops everything it started.
 
 SHELL := /bin/bash
@@ -11,7 +12,7 @@ STACK := bash deploy/local/stack.sh
 # The stack scripts and test fixtures run `python -m consumer.topics` with this interpreter.
 export OCR_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
-.PHONY: install deps up up-stack down status test unit integration lint typecheck \
+.PHONY: install deps test-deps up up-stack down status test unit integration lint typecheck \
 	demo chaos bench-cpu clean
 
 # pyproject.toml is the only input: editing dependencies reinstalls, nothing else does.
@@ -29,6 +30,10 @@ install: $(VENV)
 deps:
 	$(STACK) deps
 
+# deps, and the S3 server the s3:// tests read from (built once with Go, cached likewise).
+test-deps:
+	$(STACK) test-deps
+
 # Kafka + Redis + one consumer (engine auto) in the background.
 up: $(VENV) deps
 	OCR_STACK_CONSUMER=$${OCR_STACK_CONSUMER:-1} $(STACK) up
@@ -43,14 +48,14 @@ down:
 status:
 	@$(STACK) status || true
 
-test: $(VENV) deps lint typecheck
+test: $(VENV) test-deps lint typecheck
 	$(VENV)/bin/pytest -q -m "not gpu" tests/unit tests/integration
 
 unit: $(VENV)
 	$(VENV)/bin/pytest -q -m "not gpu" tests/unit
 
 # Starts Kafka + Redis for the session when they are not already up, and stops them after.
-integration: $(VENV) deps
+integration: $(VENV) test-deps
 	$(VENV)/bin/pytest -q -m "not gpu" tests/integration
 
 lint: $(VENV)

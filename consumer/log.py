@@ -6,6 +6,7 @@ every event logged while working on a task carries it without threading loggers 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 
@@ -32,11 +33,32 @@ def configure_logging(level: str = "INFO", fmt: LogFormat = LogFormat.AUTO) -> N
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # A stream swapped since configuration (a test's captured output, closed after the
+        # test) once made every later warning raise, and a task that logged one never end.
+        logger_factory=_current_stderr_logger,
         cache_logger_on_first_use=False,
     )
     # aiokafka and others log through the standard library; keep them quiet but visible.
     logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr)
+
+
+class _StderrLogger:
+    """Writes each event to sys.stderr as it is at that moment (not as it was when logging
+    was configured), and never raises: an event lost to a closed or broken stream must not
+    end the task that logged it."""
+
+    def msg(self, message: str) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            print(message, file=sys.stderr, flush=True)
+
+    debug = info = warning = warn = error = critical = exception = fatal = msg
+
+
+def _current_stderr_logger(*_names: object) -> _StderrLogger:
+    return _STDERR_LOGGER
+
+
+_STDERR_LOGGER = _StderrLogger()
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:

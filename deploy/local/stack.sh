@@ -4,8 +4,9 @@
 # tracked by PID files under .run/ so `down` stops exactly what `up` started.
 #
 #   stack.sh up | down | status
-#   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server,
-#                                       and build the S3 server the s3:// tests read from
+#   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server
+#   stack.sh test-deps                  deps, and build the S3 server the s3:// tests read
+#                                       from (needs Go; `up` and the demo do not)
 #   stack.sh s3-bin                     print that S3 server's path (building it if needed)
 #   stack.sh kill-kafka | start-kafka   SIGKILL / restart the broker (fault tests)
 #   stack.sh kill-redis | start-redis   SIGKILL / restart Redis (fault tests)
@@ -230,8 +231,7 @@ deps() {
     ensure_java
     ensure_kafka_libs
     ensure_redis
-    ensure_s3_server
-    say "dependencies ready: Java $(java_major), Kafka $KAFKA_VERSION, $(redis-server --version | awk '{print $3}'), versitygw $VERSITYGW_VERSION"
+    say "dependencies ready: Java $(java_major), Kafka $KAFKA_VERSION, $(redis-server --version | awk '{print $3}')"
 }
 
 # --- Kafka ----------------------------------------------------------------------------------
@@ -495,6 +495,7 @@ main() {
         down) down ;;
         status) status ;;
         deps) deps ;;
+        test-deps) deps; ensure_s3_server; say "test server ready: versitygw $VERSITYGW_VERSION" ;;
         s3-bin) ensure_s3_server >&2; echo "$VERSITYGW_BIN" ;;
         start-kafka) start_kafka ;;
         kill-kafka) stop_process kafka "$KAFKA_MARKER" 0 KILL ;;
@@ -509,7 +510,7 @@ main() {
         start-consumer) start_consumer ;;
         stop-consumer) stop_consumer ;;
         *)
-            echo "usage: $0 up|down|status|deps|s3-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
+            echo "usage: $0 up|down|status|deps|test-deps|s3-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
             exit 2
             ;;
     esac

@@ -161,9 +161,14 @@ async def test_s3_documents_go_through_the_pipeline(
     async with running_app(settings, ScriptedEngine()):
         await produce_requests(settings, requests)
         async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
-            await reader.wait_for(
-                lambda r: all(r.final(settings, t) for t in ("s3-ok", "s3-refused")), timeout=120
-            )
+            try:
+                await reader.wait_for(
+                    lambda r: all(r.final(settings, t) for t in ("s3-ok", "s3-refused")),
+                    timeout=120,
+                )
+            except TimeoutError:
+                seen = [(e.task_id, str(e.status), e.error) for e in reader.progress(settings)]
+                raise AssertionError(f"not every task ended; progress seen: {seen}") from None
     assert sorted(r.page for r in reader.results(settings) if r.task_id == "s3-ok") == [1, 2, 3]
     [done] = reader.final(settings, "s3-ok")
     assert done.status is TaskStatus.COMPLETED
