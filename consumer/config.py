@@ -7,6 +7,7 @@ and a test fails when the two disagree.
 from __future__ import annotations
 
 import argparse
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +44,10 @@ class Detokenize(StrEnum):
 
     FINAL = "final"  # once, when the page is done, off the event loop
     INCREMENTAL = "incremental"  # by vLLM after every engine step, on the event loop
+
+
+# S3's bucket naming rules: 3-63 characters of lower-case letters, digits, dots, hyphens.
+S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class S3AddressingStyle(StrEnum):
@@ -204,6 +209,33 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ValueError(
+                f"{value!r} is not an endpoint URL: use http(s)://host[:port], e.g. "
+                "http://minio:9000 (unset for AWS)"
+            )
+        return value
+
+    @field_validator("s3_buckets")
+    @classmethod
+    def _bucket_names(cls, value: list[str]) -> list[str]:
+        bad = [name for name in value if not S3_BUCKET_NAME.fullmatch(name)]
+        if bad:
+            raise ValueError(f"not S3 bucket names: {bad} (3-63 of a-z, 0-9, '.', '-')")
+        return value
+
+    @model_validator(mode="after")
+    def _vision_graphs_need_graphs(self) -> Settings:
+        if self.vision_cudagraphs and self.enforce_eager:
+            raise ValueError(
+                "vision_cudagraphs=true asks for CUDA graphs that enforce_eager=true forbids; "
+                "unset one of them"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ngram_rule(self) -> Settings:

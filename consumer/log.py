@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import sys
+import threading
 
 import structlog
 
@@ -47,9 +48,15 @@ class _StderrLogger:
     was configured), and never raises: an event lost to a closed or broken stream must not
     end the task that logged it."""
 
+    def __init__(self) -> None:
+        # Events come from executor threads too: one write per line, one line at a time.
+        self._lock = threading.Lock()
+
     def msg(self, message: str) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            print(message, file=sys.stderr, flush=True)
+        with self._lock, contextlib.suppress(OSError, ValueError):
+            stream = sys.stderr
+            stream.write(message + "\n")
+            stream.flush()
 
     debug = info = warning = warn = error = critical = exception = fatal = msg
 

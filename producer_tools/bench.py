@@ -161,6 +161,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         "settings": {name: _jsonable(getattr(settings, name)) for name in ENGINE_SETTINGS},
         "pipeline_pages_per_s": None,
     }
+    if identity.name == "vllm":
+        from consumer.engines.vllm_params import vision_cudagraphs
+
+        # What the engine ran with, where the setting says "unset" (auto).
+        result["vision_cudagraphs_on"] = vision_cudagraphs(settings, identity.mode)
     try:
         if args.command in ("engine", "all"):
             digests: dict[int, str] = {}

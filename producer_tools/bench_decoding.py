@@ -62,7 +62,7 @@ class Pass:
 def pass_spec(name: str) -> Pass:
     """`batched+final` or `batched+final@64`; ValueError naming the choices otherwise."""
     base, at, length = name.partition("@")
-    if base not in PASSES or (at and not (length.isdigit() and int(length) > 0)):
+    if base not in PASSES or (at and not re.fullmatch(r"[1-9][0-9]*", length)):
         raise ValueError(
             f"unknown decoding pass {name!r}; choose from {list(PASSES)}, each optionally "
             "with @N for N output tokens a page"
@@ -227,7 +227,6 @@ async def run_decoding_bench(
             timeline.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timeline
-        figures["output_tokens_per_page"] = spec.tokens(max_tokens)
         # By page, so that runs with different engine settings can be compared
         # (bench/compare_outputs.py): greedy decoding of the same pages under the same rule.
         figures["output_digests"] = [digests[name].get(index) for index in range(len(pages))]

@@ -18,26 +18,32 @@ import asyncio
 import re
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
-from consumer.config import Settings
+from consumer.config import S3_BUCKET_NAME, Settings
 from consumer.errors import OcrError
 from consumer.log import get_logger
 from schemas.common import ErrorCode
 
 log = get_logger(__name__)
 
-# S3's bucket naming rules (3-63 characters of lower-case letters, digits, dots, hyphens).
-_BUCKET: Final = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f]")
 MAX_KEY_BYTES: Final = 1024
-_READ_CHUNK: Final = 1024 * 1024
 _SHOWN_CHARS: Final = 200
 _NOT_FOUND: Final = frozenset({"NoSuchKey", "NoSuchBucket", "NotFound", "404"})
-_DENIED: Final = frozenset(
-    {"AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-     "InvalidToken", "AllAccessDisabled"}
+_DENIED: Final = frozenset({"AccessDenied", "403", "AllAccessDisabled"})
+_BAD_CREDENTIALS: Final = frozenset(
+    {"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken",
+     "TokenRefreshRequired"}
 )  # fmt: skip
+
+# Reads of their own threads: a degraded store then holds at most these, never the loop's
+# default executor, where page post-processing runs.
+MAX_CONCURRENT_READS: Final = 8
+_READ_CHUNK_WHILE_TIMED: Final = 64 * 1024
+_executor = ThreadPoolExecutor(max_workers=MAX_CONCURRENT_READS, thread_name_prefix="s3-fetch")
 
 _clients: dict[tuple[str | None, str | None, str, float], Any] = {}
 _clients_lock = threading.Lock()
@@ -59,7 +65,7 @@ def parse_s3_uri(uri: str) -> S3Object:
     if not sep or scheme.lower() != "s3":
         raise OcrError(ErrorCode.REQUEST_INVALID, "source uri is not an s3:// uri")
     bucket, _, key = rest.partition("/")
-    if not _BUCKET.match(bucket) or ".." in bucket:
+    if not S3_BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
         raise OcrError(
             ErrorCode.REQUEST_INVALID,
             f"s3 uri names bucket {bucket[:70]!r}, which is not a valid bucket name "
@@ -69,6 +75,14 @@ def parse_s3_uri(uri: str) -> S3Object:
         raise OcrError(
             ErrorCode.REQUEST_INVALID,
             f"s3 uri s3://{bucket}/ names no object key; use s3://bucket/key",
+        )
+    # A store or proxy that normalises paths would read `docs/../other/x` from bucket
+    # `other`, outside OCR_S3_BUCKETS: such keys are refused, whatever the store does.
+    if any(segment in ("", ".", "..") for segment in key.split("/")) or _CONTROL.search(key):
+        raise OcrError(
+            ErrorCode.REQUEST_INVALID,
+            f"s3 uri s3://{bucket}/... has a key with an empty, '.' or '..' path segment or a "
+            "control character; name the object by its plain key",
         )
     if len(key.encode()) > MAX_KEY_BYTES:
         raise OcrError(
@@ -101,7 +115,9 @@ async def fetch_s3(uri: str, settings: Settings) -> bytes:
         # The thread also stops itself at the deadline (between chunks, and botocore's read
         # timeout): a cancelled await does not stop a thread.
         async with asyncio.timeout(timeout):
-            return await asyncio.to_thread(_fetch_blocking, obj, settings, deadline)
+            return await asyncio.get_running_loop().run_in_executor(
+                _executor, _fetch_blocking, obj, settings, deadline
+            )
     except TimeoutError:
         raise _timed_out(obj, timeout) from None
 
@@ -131,8 +147,9 @@ def _client(settings: Settings) -> Any:
 
             config = Config(
                 connect_timeout=min(10.0, settings.fetch_timeout_s),
-                read_timeout=settings.fetch_timeout_s,
-                retries={"max_attempts": 3, "mode": "standard"},
+                # Per socket read; the whole fetch's deadline is checked between chunks.
+                read_timeout=min(30.0, settings.fetch_timeout_s),
+                retries={"max_attempts": 2, "mode": "standard"},
                 s3={"addressing_style": settings.s3_addressing_style.value},
                 max_pool_connections=32,
                 user_agent_extra="ocr-stream",
@@ -165,7 +182,7 @@ def _fetch_blocking(obj: S3Object, settings: Settings, deadline: float) -> bytes
         ReadTimeoutError,
     )
 
-    where = settings.s3_endpoint_url or "AWS S3"
+    where = settings.s3_endpoint_url or "the AWS-configured S3 endpoint"
     try:
         return _read_capped(_client(settings), obj, settings, deadline)
     except ClientError as exc:
@@ -198,6 +215,8 @@ def _read_capped(client: Any, obj: S3Object, settings: Settings, deadline: float
         f"{obj.shown()} is larger than OCR_MAX_DOCUMENT_BYTES={cap}; split or compress the "
         "document, or raise the limit",
     )
+    if time.monotonic() > deadline:  # the fetch waited for a thread past its time
+        raise _timed_out(obj, settings.fetch_timeout_s)
     response = client.get_object(Bucket=obj.bucket, Key=obj.key)
     body = response["Body"]
     try:
@@ -205,7 +224,7 @@ def _read_capped(client: Any, obj: S3Object, settings: Settings, deadline: float
             raise too_large
         chunks: list[bytes] = []
         received = 0
-        while chunk := body.read(_READ_CHUNK):
+        while chunk := body.read(_READ_CHUNK_WHILE_TIMED):
             received += len(chunk)
             if received > cap:
                 raise too_large
@@ -228,11 +247,17 @@ def _client_error(exc: Any, obj: S3Object) -> OcrError:
             f"{obj.shown()} does not exist ({code or status}); check the bucket and key, or "
             "upload the document again",
         )
+    if code in _BAD_CREDENTIALS:
+        return OcrError(
+            ErrorCode.SOURCE_FETCH_FAILED,
+            f"S3 did not accept the consumer's credentials reading {obj.shown()} ({code}); "
+            "they are wrong, expired or for another endpoint: renew or fix them",
+        )
     if code in _DENIED or status == 403:
         return OcrError(
             ErrorCode.SOURCE_FETCH_FAILED,
             f"S3 refused to let the consumer read {obj.shown()} ({code or status}); grant its "
-            "credentials s3:GetObject on the bucket, or check them",
+            "credentials s3:GetObject on the bucket",
         )
     advice = "retry the request later" if isinstance(status, int) and status >= 500 else ""
     return OcrError(

@@ -122,7 +122,7 @@ async def test_bad_or_missing_credentials_say_what_to_fix(
     uri = put(server, "secret.pdf", b"%PDF-1.4\n")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     error = await expect_error(ErrorCode.SOURCE_FETCH_FAILED, uri, s3_settings(server))
-    assert "s3:GetObject" in error.message
+    assert "did not accept the consumer's credentials" in error.message
     s3fetch.forget_clients()
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")

@@ -63,7 +63,8 @@ def test_parse_passes_names_the_choices() -> None:
         Pass("batched+final", NgramProcessor.BATCHED, Detokenize.FINAL),
         Pass("off+final@64", None, Detokenize.FINAL, 64),
     ]
-    for text in ("", "batched+final,fast", "batched+final@", "off+final@0", "off+final@x"):
+    for text in ("", "batched+final,fast", "batched+final@", "off+final@0", "off+final@x",
+                 "off+final@²", "off+final@07"):  # fmt: skip
         try:
             parse_passes(text)
         except ValueError as exc:
@@ -87,7 +88,7 @@ async def test_a_pass_with_its_own_length_decodes_that_many_tokens() -> None:
     lengths = [call[1]["max_tokens"] for call in backend.engine.calls]
     assert lengths == [100] * 3 + [8] * 3 + [100] * 3
     figures = result["passes"]
-    assert [figures[p.name]["output_tokens_per_page"] for p in passes] == [100, 8, 100]
+    assert [figures[p.name]["max_tokens"] for p in passes] == [100, 8, 100]
     # Outputs of different lengths are not compared; those of one length are.
     assert not any(key.startswith("same_output") for key in figures["batched+final@8"])
     assert "same_output_as_batched+final" in figures["off+final"]
