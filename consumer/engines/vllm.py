@@ -144,8 +144,9 @@ class VllmEngine:
 
     def sampling_args(self) -> dict[str, Any]:
         """`SamplingParams` keyword arguments: one set for every page of this engine."""
-        args = vllm_params.sampling_args(self._settings, self._ngram, self._detokenize)
-        return args | {"max_tokens": self._max_tokens}
+        return vllm_params.sampling_args(
+            self._settings, self._ngram, self._detokenize, self._max_tokens
+        )
 
     def set_decoding(
         self,

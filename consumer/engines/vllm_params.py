@@ -74,13 +74,14 @@ def engine_args(s: Settings, mode: str, ngram_loaded: Sequence[NgramProcessor]) 
 
 
 def sampling_args(
-    s: Settings, ngram: NgramProcessor | None, detokenize: Detokenize
+    s: Settings, ngram: NgramProcessor | None, detokenize: Detokenize, max_tokens: int
 ) -> dict[str, Any]:
     """`SamplingParams` keyword arguments for every page: greedy, the n-gram rule by
-    implementation `ngram` (None: off), detokenized as `detokenize` says."""
+    implementation `ngram` (None: off), detokenized as `detokenize` says, at most
+    `max_tokens` a page."""
     params: dict[str, Any] = {
         "temperature": 0.0,  # greedy, as DeepSeek-OCR is evaluated
-        "max_tokens": s.max_tokens,
+        "max_tokens": max_tokens,
         # Grounding tags (<|ref|>, <|det|>) are special tokens: keep them in the text.
         "skip_special_tokens": False,
         "ignore_eos": s.ignore_eos,
