@@ -46,8 +46,13 @@ class Detokenize(StrEnum):
     INCREMENTAL = "incremental"  # by vLLM after every engine step, on the event loop
 
 
-# S3's bucket naming rules: 3-63 characters of lower-case letters, digits, dots, hyphens.
-S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_S3_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
+def is_s3_bucket_name(name: str) -> bool:
+    """S3's bucket naming rules: 3-63 of lower-case letters, digits, dots, hyphens, starting
+    and ending with a letter or digit, no two dots in a row."""
+    return bool(_S3_BUCKET_NAME.fullmatch(name)) and ".." not in name
 
 
 class S3AddressingStyle(StrEnum):
@@ -223,7 +228,7 @@ class Settings(BaseSettings):
     @field_validator("s3_buckets")
     @classmethod
     def _bucket_names(cls, value: list[str]) -> list[str]:
-        bad = [name for name in value if not S3_BUCKET_NAME.fullmatch(name)]
+        bad = [name for name in value if not is_s3_bucket_name(name)]
         if bad:
             raise ValueError(f"not S3 bucket names: {bad} (3-63 of a-z, 0-9, '.', '-')")
         return value

@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Final
 
-from consumer.config import S3_BUCKET_NAME, Settings
+from consumer.config import Settings, is_s3_bucket_name
 from consumer.errors import OcrError
 from consumer.log import get_logger
 from schemas.common import ErrorCode
@@ -65,7 +65,7 @@ def parse_s3_uri(uri: str) -> S3Object:
     if not sep or scheme.lower() != "s3":
         raise OcrError(ErrorCode.REQUEST_INVALID, "source uri is not an s3:// uri")
     bucket, _, key = rest.partition("/")
-    if not S3_BUCKET_NAME.fullmatch(bucket) or ".." in bucket:
+    if not is_s3_bucket_name(bucket):
         raise OcrError(
             ErrorCode.REQUEST_INVALID,
             f"s3 uri names bucket {bucket[:70]!r}, which is not a valid bucket name "

@@ -88,6 +88,7 @@ def test_settings_refuse_a_bad_endpoint_or_bucket_name() -> None:
     from pydantic import ValidationError
 
     for bad in ({"s3_endpoint_url": "minio:9000"}, {"s3_buckets": ["Docs"]},
+                {"s3_buckets": ["a..b"]},
                 {"vision_cudagraphs": True, "enforce_eager": True}):  # fmt: skip
         with pytest.raises(ValidationError):
             Settings(**bad)  # type: ignore[arg-type]
