@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from producer_tools.bench_engine import compare_digests as compare
+
 
 def digests(result: dict[str, Any], pass_name: str | None) -> list[str | None]:
     source = result if pass_name is None else result.get("passes", {}).get(pass_name, {})
@@ -30,17 +32,6 @@ def digests(result: dict[str, Any], pass_name: str | None) -> list[str | None]:
         where = "the result" if pass_name is None else f"pass {pass_name!r}"
         raise SystemExit(f"error: no output_digests in {where} (recorded since 2026-12-03)")
     return found
-
-
-def compare(a: list[str | None], b: list[str | None]) -> dict[str, Any]:
-    shared = [i for i in range(min(len(a), len(b))) if a[i] is not None and b[i] is not None]
-    differing = [i for i in shared if a[i] != b[i]]
-    return {
-        "pages_compared": len(shared),
-        "pages_same": len(shared) - len(differing),
-        "share_same": round((len(shared) - len(differing)) / len(shared), 4) if shared else None,
-        "first_differing_pages": differing[:10],
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

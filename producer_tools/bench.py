@@ -168,7 +168,6 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
         result["vision_cudagraphs_on"] = vision_cudagraphs(settings, identity.mode)
     try:
         if args.command in ("engine", "all"):
-            digests: dict[int, str] = {}
             result.update(
                 await run_engine_bench(
                     engine,
@@ -177,11 +176,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
                     warmup=args.warmup,
                     concurrency=args.concurrency,
                     max_tokens=settings.max_tokens,
-                    digests=digests,
                 )
             )
-            # By page, for bench/compare_outputs.py between runs of different settings.
-            result["output_digests"] = [digests.get(index) for index in range(len(pages))]
         if decoding:
             result.update(await _decoding(engine, settings, pages, passes, args))
         if args.command in ("pipeline", "all") or (decoding and args.with_pipeline):

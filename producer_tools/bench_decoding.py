@@ -31,7 +31,7 @@ from typing import Any
 from consumer.config import Detokenize, NgramProcessor
 from consumer.engines.base import PageImage, PageRequest
 from consumer.engines.vllm import VllmEngine
-from producer_tools.bench_engine import engine_core_pids, run_engine_bench
+from producer_tools.bench_engine import compare_digests, engine_core_pids, run_engine_bench
 
 # name -> (n-gram processor or None for off, detokenization)
 PASSES: dict[str, tuple[NgramProcessor | None, Detokenize]] = {
@@ -194,7 +194,6 @@ async def run_decoding_bench(
 ) -> dict[str, Any]:
     result: dict[str, Any] = await preprocess_rate(engine, pages, preprocess_concurrency)
     results: dict[str, dict[str, Any]] = {}
-    digests: dict[str, dict[int, str]] = {}
     for spec in passes:
         name = spec.name
         engine.set_decoding(
@@ -208,14 +207,12 @@ async def run_decoding_bench(
         if pyspy is not None and profile_dir is not None:
             out_file = profile_dir / f"pyspy-core-{re.sub(r'[^a-z0-9-]', '_', name)}.txt"
             profile = asyncio.create_task(profile_engine_core(pyspy, out_file, PROFILE_DELAY_S))
-        digests[name] = {}
         try:
             figures = await run_engine_bench(
                 engine,
                 pages,
                 warmup=warmup,
                 max_tokens=spec.tokens(max_tokens),
-                digests=digests[name],
             )
         except BaseException:
             if profile is not None:
@@ -227,9 +224,6 @@ async def run_decoding_bench(
             timeline.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timeline
-        # By page, so that runs with different engine settings can be compared
-        # (bench/compare_outputs.py): greedy decoding of the same pages under the same rule.
-        figures["output_digests"] = [digests[name].get(index) for index in range(len(pages))]
         figures.update(step_figures(rows))
         figures["timeline"] = rows
         if profile is not None:
@@ -246,10 +240,10 @@ async def run_decoding_bench(
         first = firsts.setdefault(spec.tokens(max_tokens), spec.name)
         if first == spec.name:
             continue
-        shared = set(digests[first]) & set(digests[spec.name])
-        same = sum(digests[first][index] == digests[spec.name][index] for index in shared)
-        results[spec.name][f"same_output_as_{first}"] = (
-            round(same / len(shared), 3) if shared else None
+        agreed = compare_digests(
+            results[first]["output_digests"], results[spec.name]["output_digests"]
         )
+        share = agreed["share_same"]
+        results[spec.name][f"same_output_as_{first}"] = None if share is None else round(share, 3)
     result["passes"] = results
     return result

@@ -57,13 +57,13 @@ async def run_engine_bench(
     warmup: int = 4,
     concurrency: int = 0,
     max_tokens: int = 0,
-    digests: dict[int, str] | None = None,
 ) -> dict[str, Any]:
     """Pages through a started engine; returns the figures (see the module docstring).
 
     `concurrency` 0 submits every page at once (the engine queues what it cannot batch);
-    otherwise at most that many pages are in the engine at a time. `digests`, when given,
-    receives a hash of each page's raw output by page index (to compare runs' outputs).
+    otherwise at most that many pages are in the engine at a time. `output_digests` holds
+    a hash of each page's raw output by page index (None where the page failed), so that
+    runs and passes can be compared page by page (`compare_digests`).
     """
     run = f"{time.time_ns():x}"
     if warmup > 0:
@@ -78,6 +78,7 @@ async def run_engine_bench(
     latencies: list[float] = []
     outputs: list[EngineOutput] = []
     errors: Counter[str] = Counter()
+    digests: list[str | None] = [None] * len(pages)
 
     async def one(index: int, page: PageImage) -> None:
         async with gate if gate is not None else contextlib.nullcontext():
@@ -89,8 +90,7 @@ async def run_engine_bench(
                 return
             latencies.append(time.perf_counter() - began)
             outputs.append(output)
-            if digests is not None:
-                digests[index] = hashlib.sha256(output.raw_text.encode()).hexdigest()[:16]
+            digests[index] = hashlib.sha256(output.raw_text.encode()).hexdigest()[:16]
 
     samples: list[dict[str, float]] = []
     sampler = asyncio.create_task(_sample_stats(engine, samples))
@@ -132,6 +132,19 @@ async def run_engine_bench(
         "kv_cache_usage_mean": round(statistics.fmean(kv), 4) if kv else 0.0,
         "preemptions": after.extra.get("preemptions_total", 0.0)
         - before.extra.get("preemptions_total", 0.0),
+        "output_digests": digests,
+    }
+
+
+def compare_digests(a: Sequence[str | None], b: Sequence[str | None]) -> dict[str, Any]:
+    """How many pages two runs' `output_digests` agree on, of those both finished."""
+    shared = [i for i in range(min(len(a), len(b))) if a[i] is not None and b[i] is not None]
+    differing = [i for i in shared if a[i] != b[i]]
+    return {
+        "pages_compared": len(shared),
+        "pages_same": len(shared) - len(differing),
+        "share_same": round((len(shared) - len(differing)) / len(shared), 4) if shared else None,
+        "first_differing_pages": differing[:10],
     }
 
 
