@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from numpy.typing import NDArray
 
 # `SamplingParams.extra_args` keys this rule reads. They differ from the keys of vLLM's
@@ -91,14 +90,21 @@ def banned_tokens(
     rows, window = history.shape
     if rows == 0 or ngram < 2 or window < ngram:
         return _EMPTY, _EMPTY
-    grams = sliding_window_view(history, ngram, axis=1)  # [rows, window - ngram + 1, ngram]
-    suffix = history[:, window - ngram + 1 :]  # each row's last ngram - 1 tokens
-    match = np.all(grams[:, :, :-1] == suffix[:, None, :], axis=2)
+    starts = window - ngram + 1  # n-grams that end inside the window
+    # An n-gram can match only where its (n-1)-th token equals the row's last token: that
+    # one comparison per start leaves few candidates (text rarely repeats), and only they
+    # are compared in full. Comparing every n-gram whole was ~3 ms a step at 256 pages.
+    candidate = history[:, ngram - 2 : ngram - 2 + starts] == history[:, -1:]
     # Only n-grams wholly inside the real tokens; a row shorter than ngram has none, which
     # also keeps its padded suffix from matching anything.
-    starts = np.arange(window - ngram + 1)
-    match &= starts[None, :] >= (window - filled)[:, None]
-    hit_rows, hit_starts = np.nonzero(match)
+    candidate &= np.arange(starts)[None, :] >= (window - filled)[:, None]
+    hit_rows, hit_starts = np.nonzero(candidate)
+    if ngram > 2 and hit_rows.size:
+        offsets = np.arange(ngram - 2)
+        earlier = history[hit_rows[:, None], hit_starts[:, None] + offsets]
+        suffix = history[hit_rows[:, None], window - ngram + 1 + offsets]
+        whole = np.all(earlier == suffix, axis=1)
+        hit_rows, hit_starts = hit_rows[whole], hit_starts[whole]
     return hit_rows.astype(np.int64), history[hit_rows, hit_starts + ngram - 1]
 
 
@@ -115,10 +121,74 @@ class BatchUpdateLike(Protocol):
     def moved(self) -> Sequence[tuple[int, int, Any]]: ...
 
 
+class _History:
+    """The last `window` tokens of every tracked request of one (ngram, window) rule.
+
+    Re-reading `window` tokens of each page's list every step costs a Python loop over the
+    batch (2 ms a step at 256 pages, as much as a decode step's sampler); here each request
+    owns a row (its slot) that takes one new token per step in a single numpy write for the
+    whole batch, and is rebuilt from the list only when that list did anything else.
+    """
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self._tokens = np.full((0, window), -1, dtype=np.int64)
+        self._seen = np.zeros(0, dtype=np.int64)  # the list's length when its row was last read
+        self._free: list[int] = []
+
+    def claim(self) -> int:
+        if not self._free:
+            grown = max(8, 2 * len(self._seen))
+            self._free = list(range(grown - 1, len(self._seen) - 1, -1))
+            self._tokens = np.concatenate(
+                (self._tokens, np.full((grown - len(self._seen), self.window), -1, np.int64))
+            )
+            self._seen = np.concatenate((self._seen, np.zeros(grown - len(self._seen), np.int64)))
+        slot = self._free.pop()
+        self._tokens[slot] = -1
+        self._seen[slot] = 0
+        return slot
+
+    def release(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def read(
+        self, slots: TokenArray, outputs: Sequence[list[int]]
+    ) -> tuple[TokenArray, TokenArray]:
+        """`recent_tokens(outputs, window)` for the requests in `slots`, from the rows."""
+        lengths = np.fromiter(map(len, outputs), np.int64, len(outputs))
+        seen = self._seen[slots]
+        # The token the row ends with must still be in the list where it was read: vLLM
+        # writes a step's token over a -1 placeholder once it reaches the CPU, and may drop
+        # tokens (a failed KV load) or put a preempted request back.
+        anchored = (seen > 0) & (seen <= lengths)
+        marks = zip(outputs, seen.tolist(), anchored.tolist(), strict=True)
+        anchors = np.fromiter(
+            (ids[k - 1] if ok else -1 for ids, k, ok in marks), np.int64, len(outputs)
+        )
+        anchored &= anchors == self._tokens[slots, -1]
+        grew = anchored & (lengths == seen + 1)
+        stale = ~anchored & (lengths > 0) | anchored & (lengths > seen + 1)
+        if grew.any():
+            picked = np.flatnonzero(grew)
+            rows = slots[picked]
+            self._tokens[rows, :-1] = self._tokens[rows, 1:]
+            self._tokens[rows, -1] = np.fromiter(
+                (outputs[i][-1] for i in picked.tolist()), np.int64, picked.size
+            )
+        for i in np.flatnonzero(stale).tolist():
+            self._tokens[slots[i]] = -1
+            tail = outputs[i][-self.window :]
+            self._tokens[slots[i], self.window - len(tail) :] = tail
+        self._seen[slots] = lengths
+        return self._tokens[slots], np.minimum(lengths, self.window)
+
+
 @dataclass
 class _Row:
     rule: NgramRule
     output_ids: list[int]  # vLLM's own list for the request, appended to as it decodes
+    slot: int  # its row in the rule's _History
 
 
 class NgramBook:
@@ -126,11 +196,14 @@ class NgramBook:
 
     vLLM's persistent batch reuses, moves and swaps rows between steps and says so in a
     BatchUpdate, to be applied in the order removed, added, moved. `output_ids` is vLLM's
-    live list for the request (it grows in place), so nothing is copied per step.
+    live list for the request (it grows in place); its recent tokens are kept in a
+    _History per rule and brought up to date once per step.
     """
 
     def __init__(self) -> None:
         self._rows: dict[int, _Row] = {}
+        self._histories: dict[tuple[int, int], _History] = {}
+        self._rules: dict[NgramRule, NgramRule] = {}  # one object per distinct rule
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -142,55 +215,65 @@ class NgramBook:
         if batch is None:
             return
         for index in batch.removed:
-            self._rows.pop(index, None)
+            self._drop(self._rows.pop(index, None))
         for index, params, _prompt_ids, output_ids in batch.added:
+            # A reused row is not reported as removed: its former request goes here.
+            self._drop(self._rows.pop(index, None))
             rule = rule_from_extra_args(getattr(params, "extra_args", None))
-            if rule is None:
-                self._rows.pop(index, None)
-            else:
-                self._rows[index] = _Row(rule, output_ids)
+            if rule is not None:
+                rule = self._rules.setdefault(rule, rule)
+                self._rows[index] = _Row(rule, output_ids, self._history(rule).claim())
         for first, second, direction in batch.moved:
             a = self._rows.pop(first, None)
             b = self._rows.pop(second, None)
             if a is not None:
                 self._rows[second] = a
-            if b is not None and getattr(direction, "name", str(direction)) == "SWAP":
-                self._rows[first] = b
+            if getattr(direction, "name", str(direction)) == "SWAP":
+                if b is not None:
+                    self._rows[first] = b
+            else:
+                self._drop(b)  # overwritten by the move
 
     def banned(self) -> tuple[TokenArray, TokenArray]:
         """(batch rows, tokens) to ban for the next token of every tracked request."""
-        groups: dict[tuple[int, int], list[tuple[int, _Row]]] = {}
+        # Rules are interned (see update), so a group is found by identity: hashing the
+        # dataclass per page per step cost more than the numpy work.
+        groups: dict[int, tuple[NgramRule, list[int], list[_Row]]] = {}
         for index, row in self._rows.items():
-            if len(row.output_ids) >= row.rule.ngram:
-                groups.setdefault((row.rule.ngram, row.rule.window), []).append((index, row))
+            group = groups.get(id(row.rule))
+            if group is None:
+                group = groups[id(row.rule)] = (row.rule, [], [])
+            group[1].append(index)
+            group[2].append(row)
         found_rows: list[TokenArray] = []
         found_tokens: list[TokenArray] = []
-        for (ngram, window), members in groups.items():
-            history, filled = recent_tokens([row.output_ids for _, row in members], window)
-            local_rows, tokens = banned_tokens(history, filled, ngram)
+        for rule, indices, members in groups.values():
+            slots = np.fromiter((row.slot for row in members), np.int64, len(members))
+            history, filled = self._history(rule).read(slots, [row.output_ids for row in members])
+            local_rows, tokens = banned_tokens(history, filled, rule.ngram)
             if local_rows.size == 0:
                 continue
-            indices = np.fromiter((index for index, _ in members), np.int64, len(members))
-            keep = _not_whitelisted([row.rule.whitelist for _, row in members], local_rows, tokens)
+            keep = _not_whitelisted(rule.whitelist, tokens)
             # A placeholder id (-1) left in a list would index the last vocabulary entry.
             keep &= tokens >= 0
-            found_rows.append(indices[local_rows[keep]])
+            found_rows.append(np.asarray(indices, dtype=np.int64)[local_rows[keep]])
             found_tokens.append(tokens[keep])
         if not found_rows:
             return _EMPTY, _EMPTY
         return np.concatenate(found_rows), np.concatenate(found_tokens)
 
+    def _history(self, rule: NgramRule) -> _History:
+        key = (rule.ngram, rule.window)
+        if key not in self._histories:
+            self._histories[key] = _History(rule.window)
+        return self._histories[key]
 
-def _not_whitelisted(
-    whitelists: Sequence[frozenset[int]], local_rows: TokenArray, tokens: TokenArray
-) -> NDArray[np.bool_]:
-    distinct = set(whitelists)
-    if distinct == {frozenset()}:
+    def _drop(self, row: _Row | None) -> None:
+        if row is not None:
+            self._history(row.rule).release(row.slot)
+
+
+def _not_whitelisted(whitelist: frozenset[int], tokens: TokenArray) -> NDArray[np.bool_]:
+    if not whitelist:
         return np.ones(tokens.shape, dtype=bool)
-    if len(distinct) == 1:  # the usual case: every page has the same whitelist
-        (only,) = distinct
-        return ~np.isin(tokens, np.fromiter(only, np.int64, len(only)))
-    keep = np.ones(tokens.shape, dtype=bool)
-    for position, (row, token) in enumerate(zip(local_rows.tolist(), tokens.tolist(), strict=True)):
-        keep[position] = token not in whitelists[row]
-    return keep
+    return ~np.isin(tokens, np.fromiter(whitelist, np.int64, len(whitelist)))

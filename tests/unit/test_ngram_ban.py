@@ -226,3 +226,76 @@ def test_placeholder_ids_are_never_banned() -> None:
     book.update(Update(added=[(0, Params(NgramRule(2, 8)), None, [5, -1, 5])]))
     rows, tokens = book.banned()
     assert rows.size == tokens.size == 0
+
+
+# What vLLM does to a request's list between two steps: one sampled token (the usual
+# case), nothing, a -1 placeholder then its token written over it, several tokens at once
+# (speculative decoding), tokens dropped (a failed KV load), or the whole list replaced.
+EDITS = st.sampled_from(["append", "append", "append", "none", "placeholder", "burst", "drop"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(EDITS, min_size=4, max_size=4), st.booleans()), max_size=40),
+    st.integers(0, 2**32 - 1),
+)
+def test_bans_stay_exact_while_the_batch_decodes(
+    steps: list[tuple[list[str], bool]], seed: int
+) -> None:
+    """The book reads each list's new tokens step by step: after any mix of edits and row
+    swaps it bans what a fresh reading of the whole lists bans."""
+    rng = np.random.default_rng(seed)
+    rule = NgramRule(3, 8, frozenset({3}))
+    outputs: list[list[int]] = [[] for _ in range(4)]
+    pending: set[int] = set()  # rows whose list ends with a placeholder
+    book = NgramBook()
+    book.update(Update(added=[(row, Params(rule), None, outputs[row]) for row in range(4)]))
+    for edits, swap in steps:
+        for row, edit in enumerate(edits):
+            ids = outputs[row]
+            if row in pending:
+                ids[-1] = int(rng.integers(0, 4))  # the placeholder's token arrives
+                pending.discard(row)
+            elif edit == "append":
+                ids.append(int(rng.integers(0, 4)))
+            elif edit == "placeholder":
+                ids.append(-1)
+                pending.add(row)
+            elif edit == "burst":
+                ids.extend(rng.integers(0, 4, size=3).tolist())
+            elif edit == "drop" and ids:
+                del ids[-int(rng.integers(1, len(ids) + 1)) :]
+        if swap:
+            outputs[0], outputs[1] = outputs[1], outputs[0]
+            pending = {({0: 1, 1: 0}.get(row, row)) for row in pending}
+            book.update(Update(moved=[(0, 1, Direction.SWAP)]))
+        rows, tokens = book.banned()
+        found: list[set[int]] = [set() for _ in outputs]
+        for row, token in zip(rows.tolist(), tokens.tolist(), strict=True):
+            found[row].add(token)
+        expected = [reference_bans(ids, rule) - {-1} for ids in outputs]
+        assert found == expected
+
+
+def test_rows_freed_by_finished_requests_are_reused_clean() -> None:
+    rule = NgramRule(2, 4)
+    book = NgramBook()
+    first = [1, 2, 1]
+    book.update(Update(added=[(0, Params(rule), None, first)]))
+    assert book.banned()[1].tolist() == [2]
+    # The next request takes the same batch row without a removal, then decodes.
+    second: list[int] = []
+    book.update(Update(added=[(0, Params(rule), None, second)]))
+    assert book.banned()[0].size == 0
+    second.extend([7, 8])
+    assert book.banned()[0].size == 0  # nothing of the first request's tokens is left
+    second.append(7)
+    assert book.banned()[1].tolist() == [8]
+    # A move onto a tracked row drops that row's request.
+    third = [5, 6, 5]
+    book.update(
+        Update(added=[(1, Params(rule), None, third)], moved=[(1, 0, Direction.UNIDIRECTIONAL)])
+    )
+    assert sorted(book.rows()) == [0]
+    rows, tokens = book.banned()
+    assert rows.tolist() == [0] and tokens.tolist() == [6]
