@@ -3,7 +3,10 @@
 The rule runs inside vLLM's engine core between the forward pass and the sampler, so its
 time a step is time the GPU can wait. This drives `NgramBook` the way vLLM does (one token
 appended to every page's list per step, DeepSeek-OCR's n=30 / window 90 / whitelist) and
-reports the median time of `banned()` a step. No GPU, vLLM or torch needed:
+reports the median time of `banned()` a step, for three batches: pages of text (tokens
+that rarely repeat), one page in eight looping over a 40-token phrase, and every page
+looping over a 4-token phrase (a stuck page, and what dummy weights emit on the GPU host).
+No GPU, vLLM or torch needed:
 
     .venv/bin/python bench/ngram_step.py --pages 256 --steps 1000
 """
@@ -36,33 +39,38 @@ class _Added:
         self.moved: list[tuple[int, int, Any]] = []
 
 
-def measure(pages: int, steps: int, vocabulary: int, seed: int) -> dict[str, Any]:
+# (name, share of the pages that loop, the loop's period in tokens)
+BATCHES = (("text", 0.0, 40), ("one-in-eight-looping", 0.125, 40), ("all-looping", 1.0, 4))
+
+
+def measure(
+    pages: int, steps: int, vocabulary: int, seed: int, looping_share: float, period: int
+) -> dict[str, Any]:
     rng = np.random.default_rng(seed)
     rule = NgramRule(30, 90, frozenset(NGRAM_WHITELIST_TOKEN_IDS))
     outputs: list[list[int]] = [[] for _ in range(pages)]
     book = NgramBook()
     book.update(_Added([(row, _Params(rule), None, outputs[row]) for row in range(pages)]))
     # Pages that loop (a phrase repeated) make the rule ban, as a stuck page does.
-    phrase = rng.integers(0, vocabulary, size=40).tolist()
-    looping = set(range(0, pages, 8))
+    phrase = rng.integers(0, vocabulary, size=period).tolist()
+    looping = set(range(round(pages * looping_share)))
     timings: list[float] = []
     bans = 0
     for step in range(steps):
         for row, ids in enumerate(outputs):
-            ids.append(phrase[step % 40] if row in looping else int(rng.integers(vocabulary)))
+            ids.append(phrase[step % period] if row in looping else int(rng.integers(vocabulary)))
         began = time.perf_counter()
         rows, _tokens = book.banned()
         timings.append(time.perf_counter() - began)
         bans += rows.size
     return {
-        "pages": pages,
+        "looping_pages": len(looping),
+        "loop_period": period,
         "steps": steps,
         "rule": {"ngram": rule.ngram, "window": rule.window},
         "median_ms_per_step": round(1000 * statistics.median(timings), 3),
         "p99_ms_per_step": round(1000 * sorted(timings)[int(0.99 * len(timings))], 3),
         "bans": bans,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
-        f"python {platform.python_version()}, numpy {np.__version__}",
     }
 
 
@@ -73,7 +81,17 @@ def main() -> None:
     parser.add_argument("--vocabulary", type=int, default=129_280)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    print(json.dumps(measure(args.pages, args.steps, args.vocabulary, args.seed), indent=2))
+    report = {
+        "pages": args.pages,
+        "steps": args.steps,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, "
+        f"python {platform.python_version()}, numpy {np.__version__}",
+        "batches": {
+            name: measure(args.pages, args.steps, args.vocabulary, args.seed, share, period)
+            for name, share, period in BATCHES
+        },
+    }
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

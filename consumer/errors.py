@@ -20,3 +20,12 @@ class OcrError(Exception):
 class EngineError(OcrError):
     def __init__(self, message: str, code: ErrorCode = ErrorCode.ENGINE_ERROR) -> None:
         super().__init__(code, message)
+
+
+def document_too_large(shown: str, cap: int) -> OcrError:
+    """The one message for a fetched document over the byte limit, whatever its source."""
+    return OcrError(
+        ErrorCode.SOURCE_TOO_LARGE,
+        f"{shown} is larger than OCR_MAX_DOCUMENT_BYTES={cap}; split or compress the "
+        "document, or raise the limit",
+    )

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 from consumer.config import Settings
 from consumer.documents import httpfetch, s3fetch
 from consumer.documents.media import normalize_declared, require_supported
-from consumer.errors import OcrError
+from consumer.errors import OcrError, document_too_large
 from consumer.log import get_logger
 from schemas.common import ErrorCode
 from schemas.request import Source
@@ -258,11 +258,7 @@ def _read_open_file(fd: int, roots: list[Path], cap: int, shown: str, outside: O
             ErrorCode.SOURCE_FETCH_FAILED,
             f"{shown} is not a regular file; point the uri at a document file",
         )
-    too_large = OcrError(
-        ErrorCode.SOURCE_TOO_LARGE,
-        f"{shown} is larger than OCR_MAX_DOCUMENT_BYTES={cap}; split the document or raise "
-        "the limit",
-    )
+    too_large = document_too_large(shown, cap)
     if info.st_size > cap:
         raise too_large
     chunks: list[bytes] = []

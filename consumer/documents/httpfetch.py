@@ -16,7 +16,7 @@ import httpx
 
 from consumer.config import Settings
 from consumer.documents import netguard
-from consumer.errors import OcrError
+from consumer.errors import OcrError, document_too_large
 from consumer.log import get_logger
 from schemas.common import ErrorCode
 
@@ -127,11 +127,7 @@ def _status_error(response: httpx.Response, url: httpx.URL) -> OcrError:
 
 async def _read_capped(response: httpx.Response, url: httpx.URL, cap: int) -> bytes:
     """The body, aborting as soon as it is known to exceed `cap` bytes."""
-    too_large = OcrError(
-        ErrorCode.SOURCE_TOO_LARGE,
-        f"{shown_url(url)} is larger than OCR_MAX_DOCUMENT_BYTES={cap}; split or compress "
-        "the document, or raise the limit",
-    )
+    too_large = document_too_large(shown_url(url), cap)
     declared = response.headers.get("content-length", "").strip()
     if declared.isdigit() and int(declared) > cap:
         raise too_large

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from consumer.config import Settings, is_s3_bucket_name
-from consumer.errors import OcrError
+from consumer.errors import OcrError, document_too_large
 from consumer.log import get_logger
 from schemas.common import ErrorCode
 
@@ -210,11 +210,7 @@ def _fetch_blocking(obj: S3Object, settings: Settings, deadline: float) -> bytes
 
 def _read_capped(client: Any, obj: S3Object, settings: Settings, deadline: float) -> bytes:
     cap = settings.max_document_bytes
-    too_large = OcrError(
-        ErrorCode.SOURCE_TOO_LARGE,
-        f"{obj.shown()} is larger than OCR_MAX_DOCUMENT_BYTES={cap}; split or compress the "
-        "document, or raise the limit",
-    )
+    too_large = document_too_large(obj.shown(), cap)
     if time.monotonic() > deadline:  # the fetch waited for a thread past its time
         raise _timed_out(obj, settings.fetch_timeout_s)
     response = client.get_object(Bucket=obj.bucket, Key=obj.key)

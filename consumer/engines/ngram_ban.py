@@ -91,18 +91,32 @@ def banned_tokens(
     if rows == 0 or ngram < 2 or window < ngram:
         return _EMPTY, _EMPTY
     starts = window - ngram + 1  # n-grams that end inside the window
-    # An n-gram can match only where its (n-1)-th token equals the row's last token: that
-    # one comparison per start leaves few candidates (text rarely repeats), and only they
-    # are compared in full. Comparing every n-gram whole was ~3 ms a step at 256 pages.
+    suffix_at = window - ngram + 1  # where each row's last n - 1 tokens begin
+    # The n-gram at start s matches when history[s + k] == history[suffix_at + k] for every
+    # k < n - 1. Compared one k at a time over the whole batch, last token first: each
+    # comparison is a contiguous [rows, starts] slice, and in text, which rarely repeats,
+    # few candidates survive the first one, and those few are gathered and compared in
+    # full. A looping page (what the rule is for) keeps many: then every k is compared, at
+    # a cost that does not depend on how many survive.
     candidate = history[:, ngram - 2 : ngram - 2 + starts] == history[:, -1:]
     # Only n-grams wholly inside the real tokens; a row shorter than ngram has none, which
     # also keeps its padded suffix from matching anything.
     candidate &= np.arange(starts)[None, :] >= (window - filled)[:, None]
+    unverified = ngram - 2  # tokens 0 .. unverified - 1 of each candidate still to compare
+    while unverified:
+        left = np.count_nonzero(candidate)
+        if left == 0:
+            return _EMPTY, _EMPTY
+        if left <= rows:
+            break
+        unverified -= 1
+        k = unverified
+        candidate &= history[:, k : k + starts] == history[:, suffix_at + k, None]
     hit_rows, hit_starts = np.nonzero(candidate)
-    if ngram > 2 and hit_rows.size:
-        offsets = np.arange(ngram - 2)
+    if unverified and hit_rows.size:
+        offsets = np.arange(unverified)
         earlier = history[hit_rows[:, None], hit_starts[:, None] + offsets]
-        suffix = history[hit_rows[:, None], window - ngram + 1 + offsets]
+        suffix = history[hit_rows[:, None], suffix_at + offsets]
         whole = np.all(earlier == suffix, axis=1)
         hit_rows, hit_starts = hit_rows[whole], hit_starts[whole]
     return hit_rows.astype(np.int64), history[hit_rows, hit_starts + ngram - 1]
