@@ -255,15 +255,18 @@ format_kafka_storage() {
     if [[ -f "$KAFKA_DATA/meta.properties" ]]; then
         return 0
     fi
-    local cluster_id
+    local cluster_id=""
     if [[ -s "$RUN/kafka-cluster-id" ]]; then
         cluster_id=$(<"$RUN/kafka-cluster-id")
-    else
-        # What `kafka-storage.sh random-uuid` prints (16 random bytes, URL-safe base64, no
-        # padding), without starting a JVM for it.
-        cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
-        echo "$cluster_id" >"$RUN/kafka-cluster-id"
     fi
+    # What `kafka-storage.sh random-uuid` prints (16 random bytes, URL-safe base64, no
+    # padding), without starting a JVM for it. Like Kafka's own Uuid.randomUuid, never one
+    # that starts with '-': the storage tool would read it as an option and refuse it (one
+    # id in 64; a saved one from before this rule was never formatted, so it is replaced).
+    while [[ -z $cluster_id || $cluster_id == -* ]]; do
+        cluster_id=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    done
+    echo "$cluster_id" >"$RUN/kafka-cluster-id"
     say "formatting Kafka storage in $KAFKA_DATA (cluster $cluster_id)"
     "${KAFKA_JVM[@]}" kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$KAFKA_PROPS" \
         >>"$KAFKA_LOG" 2>&1 || { log_tail "$KAFKA_LOG"; die "formatting Kafka storage failed"; }
