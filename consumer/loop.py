@@ -25,6 +25,7 @@ from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
 
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
+from consumer.lag import LagReporter
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
 from consumer.offsets import OffsetTracker
@@ -38,7 +39,6 @@ from schemas.request import OcrRequest
 log = get_logger(__name__)
 
 POLL_TIMEOUT_MS = 200
-LAG_INTERVAL_S = 5.0
 REVOKE_WAIT_S = 10.0
 
 
@@ -101,7 +101,10 @@ class ConsumerLoop:
         self._stopping = asyncio.Event()
         self._joined = asyncio.Event()
         self._last_commit = 0.0
-        self._last_lag = 0.0
+        self._lag = LagReporter(
+            self._consumer, metrics, assigned=lambda: set(self._assigned),
+            resume_offset=self._resume_offset,
+        )
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -124,6 +127,7 @@ class ConsumerLoop:
 
     async def run(self) -> None:
         """Poll until stop(); then drain within the shutdown grace and commit."""
+        lag = asyncio.create_task(self._lag.run())
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
@@ -134,9 +138,10 @@ class ConsumerLoop:
                     for record in records:
                         self._admit(partition, record)
                 await self._maybe_commit()
-                await self._maybe_report_lag()
                 self._metrics.set_inflight(self._scheduler.in_use, len(self._work))
         finally:
+            lag.cancel()
+            await asyncio.gather(lag, return_exceptions=True)
             await self._drain()
 
     async def _drain(self) -> None:
@@ -270,6 +275,7 @@ class ConsumerLoop:
             self._tracker.assign(partition)
         self._apply_backpressure()
         self._joined.set()
+        self._lag.poke()
 
     async def _cancel(self, tasks: list[asyncio.Task[None]]) -> None:
         for task in tasks:
@@ -302,16 +308,6 @@ class ConsumerLoop:
             return
         self._tracker.committed(positions)
 
-    async def _maybe_report_lag(self) -> None:
-        now = time.monotonic()
-        if now - self._last_lag < LAG_INTERVAL_S:
-            return
-        self._last_lag = now
-        for tp in self._assigned:
-            highwater = self._consumer.highwater(tp)
-            offsets = self._tracker.get(tp)
-            position = offsets.position() if offsets is not None else None
-            if highwater is None or position is None:
-                continue
-            lag = max(highwater - position, 0)
-            self._metrics.set_lag(tp.topic, tp.partition, lag)
+    def _resume_offset(self, tp: TopicPartition) -> int | None:
+        offsets = self._tracker.get(tp)
+        return offsets.position() if offsets is not None else None

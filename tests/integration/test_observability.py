@@ -1,0 +1,77 @@
+"""Metrics of a running consumer on the real broker: consumer lag while backpressure
+pauses partitions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from consumer.config import Settings
+from consumer.metrics import ConsumerMetrics
+from consumer.publisher import task_partition
+from schemas.request import OcrRequest, Source
+from tests.support.apps import running_app
+from tests.support.documents import make_pdf
+from tests.support.engines import ScriptedEngine
+from tests.support.kafka import produce_requests, wait_until
+
+pytestmark = pytest.mark.integration
+
+# The lag reporter asks for the log ends every 5 s; two rounds and some slack.
+LAG_TIMEOUT_S = 15.0
+
+
+@pytest.fixture
+def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
+    return stack_settings.model_copy(
+        update={"file_roots": [tmp_path], "metrics_port": 0, "commit_interval_s": 0.2}
+    )
+
+
+def _file_request(task_id: str, path: Path) -> OcrRequest:
+    return OcrRequest.model_validate(
+        {"task_id": task_id, "source": Source(uri=path.resolve().as_uri())}, strict=False
+    )
+
+
+def _lag(metrics: ConsumerMetrics, topic: str, partition: int) -> float | None:
+    return metrics.registry.get_sample_value(
+        "ocr_consumer_lag", {"topic": topic, "partition": str(partition)}
+    )
+
+
+async def test_lag_follows_the_log_end_while_partitions_are_paused(
+    settings: Settings, tmp_path: Path
+) -> None:
+    pdf = make_pdf(tmp_path / "one.pdf", pages=1)
+    # One task fills the budget and never finishes: every partition stays paused.
+    one_task = settings.model_copy(update={"max_inflight_tasks": 1, "shutdown_grace_s": 0.0})
+    partitions = settings.topic_partitions
+    topic = settings.topic_requests
+    hot = task_partition(b"lag-0", partitions)
+    same_partition = [
+        task_id for task_id in (f"lag-{i}" for i in range(1, 500))
+        if task_partition(task_id.encode(), partitions) == hot
+    ]
+    async with running_app(one_task, ScriptedEngine(delay_s=600)) as app:
+        await produce_requests(settings, [_file_request("lag-0", pdf)])
+        metrics = app.metrics
+        await wait_until(
+            lambda: metrics.registry.get_sample_value("ocr_paused_partitions") == partitions,
+            30,
+        )
+        # lag-0 is unfinished: the group would resume at offset 0 of its partition.
+        await wait_until(lambda: _lag(metrics, topic, hot) == 1, LAG_TIMEOUT_S)
+
+        # A backlog arrives on the paused partition; nothing fetches it, so only the log
+        # end can tell how far behind the partition is.
+        await produce_requests(settings, [_file_request(t, pdf) for t in same_partition[:5]])
+        await wait_until(lambda: _lag(metrics, topic, hot) == 6, LAG_TIMEOUT_S)
+        await produce_requests(settings, [_file_request(t, pdf) for t in same_partition[5:8]])
+        await wait_until(lambda: _lag(metrics, topic, hot) == 9, LAG_TIMEOUT_S)
+
+        assert metrics.registry.get_sample_value("ocr_paused_partitions") == partitions
+        for partition in set(range(partitions)) - {hot}:
+            assert _lag(metrics, topic, partition) == 0
+
