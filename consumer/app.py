@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from consumer import __version__
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.documents.render import shutdown_renderers, warm_up_renderers
-from consumer.engines.base import Engine
+from consumer.engines.base import Engine, EngineHealth
 from consumer.health import HealthServer
 from consumer.log import configure_logging, get_logger
 from consumer.loop import ConsumerLoop
@@ -52,8 +52,10 @@ class App:
 
     def __init__(
         self, settings: Settings, *, engine: Engine | None = None,
-        metrics: ConsumerMetrics | None = None,
+        metrics: ConsumerMetrics | None = None, health_port: int | None = None,
     ) -> None:
+        """`health_port` overrides OCR_METRICS_PORT and always serves, 0 on an ephemeral
+        port (read `app.health.url`): the setting's 0 means "off", which tests cannot use."""
         self.settings = settings
         self.consumer_id = settings.consumer_id or default_consumer_id()
         self.metrics = metrics or ConsumerMetrics()
@@ -62,17 +64,36 @@ class App:
         self._loop: ConsumerLoop | None = None
         self._stop_requested = asyncio.Event()
         self._engine_ready = False
+        self._serve_health = health_port is not None or settings.metrics_port != 0
+        self.health = HealthServer(
+            settings, self.metrics.registry, liveness=self.liveness, readiness=self.readiness,
+            port=health_port,
+        )
 
     @property
     def ready(self) -> bool:
         return self._engine_ready and self._loop is not None and self._loop.joined
 
+    def liveness(self) -> tuple[bool, str]:
+        """A dead engine fails every page with ENGINE_ERROR and never recovers on its own:
+        only a restart (the kubelet's, on this answer) brings the consumer back."""
+        health = self._engine_health()
+        if health is not None and not health.alive:
+            return False, f"engine dead: {health.reason}"
+        return True, "ok"
+
     def readiness(self) -> tuple[bool, str]:
+        health = self._engine_health()
+        if health is not None and not health.alive:
+            return False, f"engine dead: {health.reason}"
         if not self._engine_ready:
             return False, "engine starting"
         if self._loop is None or not self._loop.joined:
             return False, "joining consumer group"
         return True, "ready"
+
+    def _engine_health(self) -> EngineHealth | None:
+        return self._engine.health() if self._engine is not None else None
 
     def stop(self) -> None:
         self._stop_requested.set()
@@ -81,18 +102,20 @@ class App:
 
     async def run(self) -> None:
         settings = self.settings
-        health = HealthServer(
-            settings, self.metrics.registry, liveness=lambda: True, readiness=self.readiness
-        )
-        if settings.metrics_port:
-            await health.start()
+        if self._serve_health:
+            await self.health.start()
         engine = self._engine
         if engine is None:
             from consumer.engines.factory import create_engine
 
-            engine = create_engine(settings)
+            engine = self._engine = create_engine(settings)
         try:
-            log.info("engine_starting", engine=engine.identity.name, model=engine.identity.model)
+            identity = engine.identity
+            self.metrics.set_info(
+                consumer_id=self.consumer_id, engine=identity.name, model=identity.model,
+                engine_version=identity.version, mode=identity.mode, version=__version__,
+            )
+            log.info("engine_starting", engine=identity.name, model=identity.model)
             await engine.start()
             self._engine_ready = True
             if self._stop_requested.is_set():
@@ -101,8 +124,8 @@ class App:
         finally:
             if self._owns_engine:
                 await engine.close()
-            if settings.metrics_port:
-                await health.stop()
+            if self._serve_health:
+                await self.health.stop()
 
     async def _serve(self, engine: Engine) -> None:
         settings = self.settings
@@ -152,8 +175,14 @@ class App:
                 delay = min(delay * 2, 15.0)
 
     async def _pump_engine_stats(self, engine: Engine) -> None:
+        reported_dead = False
         while True:
             self.metrics.set_engine_stats(engine.stats())
+            health = engine.health()
+            if not health.alive and not reported_dead:
+                # Said once: the probes repeat it to the kubelet, which restarts the pod.
+                log.error("engine_dead", reason=health.reason)
+            reported_dead = not health.alive
             await asyncio.sleep(ENGINE_STATS_INTERVAL_S)
 
 

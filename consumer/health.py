@@ -46,9 +46,10 @@ def _evaluate(check: Check) -> tuple[bool, str]:
 class HealthServer:
     """Serves the registry and two probes on settings.metrics_host:metrics_port.
 
-    `liveness` answers "is the process loop alive" (a False restarts the pod); `readiness`
-    answers "should traffic/rollouts count this pod" (engine loaded, group joined). Both may
-    return a bool or (bool, reason). Port 0 binds an ephemeral port; read it from `.port`.
+    `liveness` answers "can this process still work" (event loop answering, engine alive; a
+    False restarts the pod); `readiness` answers "should traffic/rollouts count this pod"
+    (engine loaded, group joined). Both may return a bool or (bool, reason). Port 0 binds
+    an ephemeral port; read it from `.port`.
     """
 
     def __init__(

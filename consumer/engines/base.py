@@ -64,6 +64,16 @@ class EngineStats:
     extra: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class EngineHealth:
+    """Whether the engine can still serve pages. `alive` is False only for a failure that a
+    restart of the process fixes (the vLLM engine core died, the engine was closed): the
+    liveness probe turns it into a pod restart."""
+
+    alive: bool
+    reason: str = "ok"
+
+
 class Engine(Protocol):
     @property
     def identity(self) -> EngineIdentity: ...
@@ -81,6 +91,11 @@ class Engine(Protocol):
         ...
 
     def stats(self) -> EngineStats: ...
+
+    def health(self) -> EngineHealth:
+        """Cheap and non-blocking: the probes call it from the event loop. An engine that is
+        not started yet is alive (loading is what readiness reports)."""
+        ...
 
     async def close(self) -> None:
         """Release the engine; in-flight pages are aborted."""

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from consumer.engines.base import EngineOutput, EngineStats, PageRequest
+from consumer.engines.base import EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.errors import EngineError
 from consumer.log import get_logger
 from consumer.postprocess.page import Line, PageText, lines_page_text
@@ -228,6 +228,13 @@ class RapidOcrEngine:
         return EngineStats(
             running=self._running, waiting=self._waiting, pages_total=self._pages_total
         )
+
+    def health(self) -> EngineHealth:
+        # onnxruntime runs in this process: nothing can die apart from the process itself,
+        # which the probe notices by not answering. A closed engine serves no more pages.
+        if self._closed:
+            return EngineHealth(alive=False, reason="rapidocr engine closed")
+        return EngineHealth(alive=True, reason="ok" if self._executor else "not started")
 
     async def close(self) -> None:
         self._closed = True

@@ -33,7 +33,7 @@ from PIL import Image
 
 from consumer.config import Detokenize, NgramProcessor, ResolutionMode, Settings
 from consumer.engines import deepseek_modes, vllm_params
-from consumer.engines.base import EngineOutput, EngineStats, PageRequest
+from consumer.engines.base import EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.engines.deepseek_prompts import build_prompt, strip_eos
 from consumer.engines.vllm_backend import (
     MP_METHOD_ENV,
@@ -72,6 +72,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 WARMUP_TOKENS = 16
 WARMUP_TIMEOUT_S = 900.0
+MAX_HEALTH_REASON = 300  # a probe's JSON answer, not a traceback
 
 
 class VllmEngine:
@@ -100,6 +101,7 @@ class VllmEngine:
         self._preprocess = preprocess
         self._warmup_pages = warmup_pages
         self._engine: AsyncEngineLike | None = None
+        self._closed = False
         self._sampling: Any = None
         self._tokenizer: Any = None
         self._ngram, self._detokenize = vllm_params.configured_decoding(settings)
@@ -301,6 +303,7 @@ class VllmEngine:
             self._backend.release_mode(self._mode)
 
     async def close(self) -> None:
+        self._closed = True
         engine, self._engine = self._engine, None
         if engine is None:
             return
@@ -459,7 +462,19 @@ class VllmEngine:
             raw_text=raw,
         )
 
-    # -- stats --------------------------------------------------------------------------
+    # -- health and stats ---------------------------------------------------------------
+
+    def health(self) -> EngineHealth:
+        engine = self._engine
+        if engine is None:
+            if self._closed:
+                return EngineHealth(alive=False, reason="vLLM engine closed")
+            return EngineHealth(alive=True, reason="not started")
+        if engine.errored:
+            error = engine.dead_error
+            reason = f"vLLM engine core is dead: {type(error).__name__}: {error}"
+            return EngineHealth(alive=False, reason=reason[:MAX_HEALTH_REASON])
+        return EngineHealth(alive=True)
 
     def stats(self) -> EngineStats:
         sink = self._sink

@@ -63,6 +63,14 @@ class AsyncEngineLike(Protocol):
 
     def shutdown(self) -> None: ...
 
+    # vLLM sets these itself when its engine core process dies or its output handler ends;
+    # from then on every request fails with EngineDeadError and only a new engine helps.
+    @property
+    def errored(self) -> bool: ...
+
+    @property
+    def dead_error(self) -> BaseException: ...
+
 
 class VllmBackend(Protocol):
     """Everything that touches the vllm package; `RealVllm` in production, fakes in tests."""

@@ -14,9 +14,12 @@ from tests.support.kafka import wait_until
 
 @asynccontextmanager
 async def running_app(
-    settings: Settings, engine: Engine, *, ready_timeout: float = 60.0
+    settings: Settings, engine: Engine, *, ready_timeout: float = 60.0,
+    health_port: int | None = None,
 ) -> AsyncIterator[App]:
-    app = App(settings, engine=engine)
+    """`health_port=0` serves /metrics, /healthz and /readyz on an ephemeral port
+    (`app.health.url`)."""
+    app = App(settings, engine=engine, health_port=health_port)
     task = asyncio.create_task(app.run())
     try:
         await wait_until(lambda: app.ready or task.done(), ready_timeout)

@@ -13,7 +13,7 @@ import asyncio
 from collections import Counter
 from dataclasses import dataclass, field
 
-from consumer.engines.base import Engine, EngineOutput, EngineStats, PageRequest
+from consumer.engines.base import Engine, EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.errors import EngineError
 from schemas.result import Block, EngineIdentity, FinishReason
 
@@ -25,6 +25,8 @@ class ScriptedEngine:
     calls: Counter[tuple[str, int]] = field(default_factory=Counter)
     started: bool = False
     closed: bool = False
+    dead: str | None = None  # set to a reason to play an engine that died
+    start_gate: asyncio.Event | None = None  # start() waits for it: an engine still loading
 
     @property
     def identity(self) -> EngineIdentity:
@@ -35,6 +37,8 @@ class ScriptedEngine:
         return self.concurrency
 
     async def start(self) -> None:
+        if self.start_gate is not None:
+            await self.start_gate.wait()
         self.started = True
 
     async def infer(self, request: PageRequest) -> EngineOutput:
@@ -55,6 +59,11 @@ class ScriptedEngine:
 
     def stats(self) -> EngineStats:
         return EngineStats(pages_total=sum(self.calls.values()))
+
+    def health(self) -> EngineHealth:
+        if self.dead is not None:
+            return EngineHealth(alive=False, reason=self.dead)
+        return EngineHealth(alive=True)
 
     async def close(self) -> None:
         self.closed = True
@@ -88,6 +97,9 @@ class FaultyEngine:
 
     def stats(self) -> EngineStats:
         return self.inner.stats()
+
+    def health(self) -> EngineHealth:
+        return self.inner.health()
 
     async def close(self) -> None:
         await self.inner.close()

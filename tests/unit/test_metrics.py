@@ -9,10 +9,13 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
+from consumer import __version__
+from consumer.app import App
 from consumer.config import Settings
 from consumer.engines.base import EngineStats
 from consumer.health import HealthServer
 from consumer.metrics import LATENCY_BUCKETS, ConsumerMetrics
+from tests.support.engines import ScriptedEngine
 
 
 def _value(metrics: ConsumerMetrics, sample: str, **labels: str) -> float | None:
@@ -231,3 +234,51 @@ async def test_stop_does_not_wait_for_a_stalled_client(settings: Settings) -> No
     await asyncio.sleep(0.05)
     await asyncio.wait_for(server.stop(), 2)
     writer.close()
+
+
+# The App's probes and identity (no Kafka: the engine never finishes loading here) ---------
+
+
+async def test_app_probes_follow_the_engine_and_info_names_it(settings: Settings) -> None:
+    engine = ScriptedEngine(start_gate=asyncio.Event())
+    app = App(settings.model_copy(update={"consumer_id": "unit-1"}), engine=engine,
+              health_port=0)
+    run = asyncio.create_task(app.run())
+    try:
+        for _ in range(200):
+            if app.health.port:
+                break
+            await asyncio.sleep(0.01)
+        assert app.health.port
+        status, _, body = await _http(app.health.port, _get("/healthz"))
+        assert status == 200, body
+        status, _, body = await _http(app.health.port, _get("/readyz"))
+        assert status == 503 and json.loads(body)["reason"] == "engine starting"
+        info = app.metrics.registry.get_sample_value(
+            "ocr_consumer_info",
+            {"consumer_id": "unit-1", "engine": "scripted", "model": "test-double",
+             "engine_version": "0", "mode": "", "version": __version__},
+        )
+        assert info == 1.0
+
+        engine.dead = "engine core process exited"
+        status, _, body = await _http(app.health.port, _get("/healthz"))
+        assert status == 503
+        assert json.loads(body) == {
+            "status": "unavailable", "reason": "engine dead: engine core process exited"
+        }
+        status, _, body = await _http(app.health.port, _get("/readyz"))
+        assert status == 503 and json.loads(body)["reason"].startswith("engine dead")
+    finally:
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+    assert app.health.port is None  # stopped with the app
+
+
+async def test_metrics_port_zero_serves_nothing() -> None:
+    app = App(Settings(metrics_port=0), engine=ScriptedEngine(start_gate=asyncio.Event()))
+    run = asyncio.create_task(app.run())
+    await asyncio.sleep(0.1)
+    assert app.health.port is None
+    run.cancel()
+    await asyncio.gather(run, return_exceptions=True)

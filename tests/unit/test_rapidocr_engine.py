@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 from PIL import Image
 
-from consumer.engines.base import PageImage, PageRequest
+from consumer.engines.base import EngineHealth, PageImage, PageRequest
 from consumer.engines.rapidocr import RapidOcrEngine, _to_bgr
 from consumer.errors import EngineError
 from schemas.common import ErrorCode
@@ -163,6 +163,12 @@ async def test_cancelled_pages_keep_their_slot_until_the_model_returns(
 
 async def test_infer_before_start_and_after_close() -> None:
     ocr = RapidOcrEngine(warm_up=False)
+    assert ocr.health() == EngineHealth(alive=True, reason="not started")
     with pytest.raises(EngineError):
         await ocr.infer(request())
     await ocr.close()  # closing an engine that never started is fine
+    assert ocr.health() == EngineHealth(alive=False, reason="rapidocr engine closed")
+
+
+async def test_a_started_engine_is_alive(engine: RapidOcrEngine) -> None:
+    assert engine.health() == EngineHealth(alive=True, reason="ok")

@@ -19,7 +19,7 @@ from PIL import Image
 
 from consumer.config import Detokenize, NgramProcessor, ResolutionMode, Settings
 from consumer.engines import deepseek_modes
-from consumer.engines.base import PageImage, PageRequest
+from consumer.engines.base import EngineHealth, PageImage, PageRequest
 from consumer.engines.deepseek_prompts import PROMPTS, build_prompt, clean_locate_text
 from consumer.engines.vllm import V2_RUNNER_ENV, VllmEngine
 from consumer.engines.vllm_backend import AsyncEngineLike, StatsSink
@@ -85,6 +85,10 @@ class FakeTokenizer:
         return self.texts[ids[0]]
 
 
+class EngineDeadError(Exception):
+    """Stands in for vllm.v1.engine.exceptions.EngineDeadError."""
+
+
 @dataclass
 class FakeAsyncLLM:
     delay_s: float = 0.0
@@ -96,6 +100,12 @@ class FakeAsyncLLM:
     internal_aborts: list[str] = field(default_factory=list)
     shut_down: bool = False
     tokenizer: FakeTokenizer = field(default_factory=FakeTokenizer)
+    # AsyncLLM.errored: its engine core process died (or its output handler ended).
+    errored: bool = False
+
+    @property
+    def dead_error(self) -> BaseException:
+        return EngineDeadError("EngineCore encountered an issue. See stack trace above.")
 
     def get_tokenizer(self) -> FakeTokenizer:
         return self.tokenizer
@@ -104,6 +114,8 @@ class FakeAsyncLLM:
         self, prompt: Any, sampling_params: Any, request_id: str
     ) -> AsyncGenerator[FakeRequestOutput, None]:
         self.calls.append((prompt, sampling_params, request_id))
+        if self.errored:  # as AsyncLLM.add_request once the core is gone
+            raise self.dead_error
         try:
             await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:
@@ -564,6 +576,37 @@ async def test_close_aborts_inflight_and_shuts_down() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+
+
+# -- health -------------------------------------------------------------------------------
+
+
+async def test_health_says_when_the_engine_core_died() -> None:
+    backend = FakeBackend()
+    engine = VllmEngine(make_settings(), backend=backend, warmup_pages=0)
+    # Loading takes minutes; that is readiness's business, not a reason to restart.
+    assert engine.health().alive and engine.health().reason == "not started"
+    await engine.start()
+    assert engine.health().alive
+    backend.engine.errored = True
+    health = engine.health()
+    assert not health.alive
+    assert health.reason.startswith("vLLM engine core is dead: EngineDeadError: EngineCore")
+    with pytest.raises(EngineError, match="EngineDeadError"):
+        await engine.infer(page_request())
+    await engine.close()
+    assert engine.health() == EngineHealth(alive=False, reason="vLLM engine closed")
+
+
+async def test_health_reason_is_short() -> None:
+    class Verbose(FakeAsyncLLM):
+        @property
+        def dead_error(self) -> BaseException:
+            return EngineDeadError("x" * 10_000)
+
+    engine, backend = await started(FakeBackend(engine=Verbose()))
+    backend.engine.errored = True
+    assert len(engine.health().reason) <= 300
 
 
 # -- stats and identity -------------------------------------------------------------------
