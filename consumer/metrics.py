@@ -40,12 +40,12 @@ class ConsumerMetrics:
             "ocr_pages", "Pages finished, by status (ok, failed).", ["status"], registry=r
         )
         self.inference_seconds = Histogram(
-            "ocr_inference_seconds", "Engine time of one page.",
+            "ocr_inference_seconds", "Engine time of one page, without post-processing.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.page_queue_seconds = Histogram(
             "ocr_page_queue_seconds",
-            "Time a rendered page waited for the in-flight budget/engine.",
+            "Time a page waited for a slot of the in-flight page budget before rendering.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
         self.tasks = Counter(
@@ -68,7 +68,8 @@ class ConsumerMetrics:
         self.inflight_tasks = Gauge("ocr_inflight_tasks", "Tasks open now.", registry=r)
         self.consumer_lag = Gauge(
             "ocr_consumer_lag",
-            "Records behind the high watermark, per assigned partition.",
+            "Records between the log end and the group's resume offset, per assigned "
+            "partition (paused ones included).",
             ["topic", "partition"], registry=r,
         )
         self.paused_partitions = Gauge(
@@ -183,7 +184,8 @@ class ConsumerMetrics:
             self.engine_extra.labels(name=name).set(value)
 
     def set_info(self, **labels: str) -> None:
-        """ocr_consumer_info{consumer_id, engine, model, version, ...} = 1."""
+        """ocr_consumer_info{consumer_id, engine, model, engine_version, mode, version} = 1;
+        set once the engine is chosen (App.run)."""
         self.info.info(labels)
 
     # Introspection ----------------------------------------------------------------------------

@@ -49,6 +49,9 @@ class EngineOutput:
     prompt_tokens: int = 0
     output_tokens: int = 0
     raw_text: str = ""  # raw engine output (DeepSeek tags kept), for debugging
+    # The part of infer()'s time spent turning the raw output into text and blocks, so the
+    # pipeline can report it as its own stage instead of as inference.
+    postprocess_ms: float = 0.0
 
 
 @dataclass(slots=True)

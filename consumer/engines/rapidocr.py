@@ -168,13 +168,15 @@ class RapidOcrEngine:
         for instance in instances:
             self._instances.put(instance)
 
-    def _ocr(self, request: PageRequest) -> tuple[PageText, str]:
-        """Runs in a worker thread: inference plus the (cheap) mapping to PageText."""
+    def _ocr(self, request: PageRequest) -> tuple[PageText, str, float]:
+        """Runs in a worker thread: inference plus the (cheap) mapping to PageText, and the
+        milliseconds of that mapping."""
         instance = self._instances.get()
         try:
             result, _elapsed = instance(_to_bgr(request.page.image))
         finally:
             self._instances.put(instance)
+        began = time.perf_counter()
         lines: list[Line] = [
             (str(text), _axis_box(points), float(score)) for points, text, score in result or []
         ]
@@ -182,7 +184,7 @@ class RapidOcrEngine:
         raw = "\n".join(line[0] for line in lines)
         if request.prompt is PromptKind.LOCATE:
             page_text = locate_blocks(page_text, request.locate_text or "")
-        return page_text, raw
+        return page_text, raw, (time.perf_counter() - began) * 1000.0
 
     async def infer(self, request: PageRequest) -> EngineOutput:
         if request.prompt not in _TEXT_PROMPTS and request.prompt is not PromptKind.LOCATE:
@@ -208,7 +210,7 @@ class RapidOcrEngine:
         # The slot is freed when the thread's work ends, not when the awaiting task does.
         future.add_done_callback(lambda _: _call_soon(loop, self._release))
         try:
-            page_text, raw = await asyncio.wrap_future(future)
+            page_text, raw, postprocess_ms = await asyncio.wrap_future(future)
         except Exception as exc:
             raise EngineError(f"rapidocr failed on page {request.page.page}: {exc}") from exc
         self._pages_total += 1
@@ -218,6 +220,7 @@ class RapidOcrEngine:
             blocks=page_text.blocks,
             finish_reason=FinishReason.STOP,
             raw_text=raw,
+            postprocess_ms=postprocess_ms,
         )
 
     def _release(self) -> None:

@@ -436,6 +436,7 @@ class VllmEngine:
         # Decoding up to max_tokens ids, regexes over the text, and PNG crops when crops_dir
         # is set: off the event loop, which is busy feeding the engine.
         convert = functools.partial(self._page_text, completion, request, detokenize)
+        began = time.perf_counter()
         try:
             raw, page_text = await asyncio.get_running_loop().run_in_executor(None, convert)
         except Exception as exc:
@@ -448,6 +449,7 @@ class VllmEngine:
             output_tokens=output_tokens,
             max_tokens=max_tokens,
         )
+        postprocess_ms = (time.perf_counter() - began) * 1000.0
         self._pages_total += 1
         self._prompt_tokens_total += prompt_tokens
         self._output_tokens_total += output_tokens
@@ -460,6 +462,7 @@ class VllmEngine:
             prompt_tokens=prompt_tokens,
             output_tokens=output_tokens,
             raw_text=raw,
+            postprocess_ms=postprocess_ms,
         )
 
     # -- health and stats ---------------------------------------------------------------

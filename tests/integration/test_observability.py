@@ -1,5 +1,5 @@
 """Metrics of a running consumer on the real broker: consumer lag while backpressure
-pauses partitions."""
+pauses partitions, the pages' wait for the in-flight page budget."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from schemas.request import OcrRequest, Source
 from tests.support.apps import running_app
 from tests.support.documents import make_pdf
 from tests.support.engines import ScriptedEngine
-from tests.support.kafka import produce_requests, wait_until
+from tests.support.kafka import TopicReader, produce_requests, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,3 +75,22 @@ async def test_lag_follows_the_log_end_while_partitions_are_paused(
         for partition in set(range(partitions)) - {hot}:
             assert _lag(metrics, topic, partition) == 0
 
+
+async def test_page_queue_time_is_the_wait_for_the_page_budget(
+    settings: Settings, tmp_path: Path
+) -> None:
+    pdf = make_pdf(tmp_path / "three.pdf", pages=3)
+    # One page at a time, 0.3 s each in the engine: page 1 starts at once, pages 2 and 3
+    # each wait at least one page's time for the slot.
+    serial = settings.model_copy(update={"max_inflight_pages": 1})
+    async with running_app(serial, ScriptedEngine(delay_s=0.3)) as app:
+        await produce_requests(settings, [_file_request("queue-1", pdf)])
+        async with TopicReader(settings, settings.topic_progress) as reader:
+            await reader.wait_for(lambda r: bool(r.final(settings, "queue-1")))
+    registry = app.metrics.registry
+    assert registry.get_sample_value("ocr_page_queue_seconds_count") == 3
+    assert registry.get_sample_value("ocr_page_queue_seconds_bucket", {"le": "0.1"}) == 1
+    waited = registry.get_sample_value("ocr_page_queue_seconds_sum")
+    assert waited is not None and waited >= 2 * 0.3
+    # The task's own wait (Kafka timestamp to start) stays a metric of its own.
+    assert registry.get_sample_value("ocr_task_queue_seconds_count") == 1

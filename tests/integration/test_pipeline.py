@@ -82,6 +82,11 @@ async def test_multi_page_pdf_on_the_cpu_engine(
     assert sorted(t["kind"] for t in timing) == ["page", "page", "page", "task"]
     task_timing = next(t for t in timing if t["kind"] == "task")
     assert task_timing["stages"]["infer_ms"] > 0 and task_timing["stages"]["fetch_ms"] > 0
+    # Post-processing is its own stage, in each page's result and timing and in the sum.
+    assert all(r.timings.postprocess_ms > 0 for r in results)
+    page_post = [t["stages"]["postprocess_ms"] for t in timing if t["kind"] == "page"]
+    assert all(ms > 0 for ms in page_post)
+    assert task_timing["stages"]["postprocess_ms"] == pytest.approx(sum(page_post))
     # Keys, partitions and CloudEvents headers as the contract says.
     result_records = reader.on(settings.topic_results)
     assert sorted(r.key for r in result_records) == ["pdf-1/1", "pdf-1/2", "pdf-1/3"]

@@ -609,6 +609,12 @@ async def test_health_reason_is_short() -> None:
     assert len(engine.health().reason) <= 300
 
 
+async def test_postprocessing_time_is_reported_apart() -> None:
+    engine, _ = await started()
+    out = await engine.infer(page_request())
+    assert out.postprocess_ms > 0
+
+
 # -- stats and identity -------------------------------------------------------------------
 
 
