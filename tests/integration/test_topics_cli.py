@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
 from consumer.config import Settings
-from consumer.topics import default_topic_specs, delete_topics
+from consumer.topics import TopicSpec, default_topic_specs, delete_topics, ensure_topics
 from producer_tools import topics as cli
 
 pytestmark = pytest.mark.integration
@@ -72,6 +73,49 @@ async def test_check_explains_partition_mismatches(
     out = capsys.readouterr().out
     assert f"topic {fresh.topic_requests!r}: partitions is 2, expected 4" in out
     assert "why it matters: partitions cap the number of busy consumers" in out
+
+
+def _with_configs(
+    specs: list[TopicSpec], name: str, configs: dict[str, str]
+) -> list[TopicSpec]:
+    """`specs` with the topic `name` created by someone who set `configs` differently."""
+    return [
+        replace(spec, configs=spec.configs | configs) if spec.name == name else spec
+        for spec in specs
+    ]
+
+
+async def test_check_explains_a_results_topic_that_is_not_compacted(
+    fresh: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The mistake to catch: a results topic made by hand with the broker's default policy.
+    specs = _with_configs(
+        default_topic_specs(fresh), fresh.topic_results, {"cleanup.policy": "delete"}
+    )
+    await ensure_topics(fresh, specs)
+    assert await cli.run("check", fresh, wait_s=10) == 1
+    out = capsys.readouterr().out
+    results = fresh.topic_results
+    assert f"topic {results!r}: config cleanup.policy is delete, expected compact" in out
+    assert "why it matters: results must be compacted (keyed task_id/page)" in out
+    assert out.count("MISMATCH") == 1
+
+
+async def test_check_explains_a_shorter_retention(
+    fresh: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    day_ms = str(24 * 3600 * 1000)
+    specs = _with_configs(default_topic_specs(fresh), fresh.topic_dlq, {"retention.ms": day_ms})
+    await ensure_topics(fresh, specs)
+    assert await cli.run("check", fresh, wait_s=10) == 1
+    out = capsys.readouterr().out
+    thirty_days_ms = str(30 * 24 * 3600 * 1000)
+    assert (
+        f"topic {fresh.topic_dlq!r}: config retention.ms is {day_ms}, expected {thirty_days_ms}"
+        in out
+    )
+    assert "why it matters: records older than this are deleted and cannot be replayed" in out
+    assert out.count("MISMATCH") == 1
 
 
 async def _cli(*args: str) -> tuple[int, str, str]:
