@@ -33,6 +33,9 @@ from consumer.tasks import TaskRunner
 log = get_logger(__name__)
 
 ENGINE_STATS_INTERVAL_S = 2.0
+# The process's exit status when its engine died: any supervisor (kubelet, compose's
+# restart policy, systemd) restarts it, and the tasks it had open resume elsewhere or here.
+EXIT_ENGINE_DEAD = 3
 
 
 def default_consumer_id() -> str:
@@ -63,6 +66,7 @@ class App:
         self._owns_engine = engine is None
         self._loop: ConsumerLoop | None = None
         self._stop_requested = asyncio.Event()
+        self.exit_code = 0
         self._engine_ready = False
         self._serve_health = health_port is not None or settings.metrics_port != 0
         self.health = HealthServer(
@@ -175,14 +179,18 @@ class App:
                 delay = min(delay * 2, 15.0)
 
     async def _pump_engine_stats(self, engine: Engine) -> None:
-        reported_dead = False
         while True:
             self.metrics.set_engine_stats(engine.stats())
             health = engine.health()
-            if not health.alive and not reported_dead:
-                # Said once: the probes repeat it to the kubelet, which restarts the pod.
-                log.error("engine_dead", reason=health.reason)
-            reported_dead = not health.alive
+            if not health.alive:
+                # A dead engine does not come back. Pages that meet it leave their tasks
+                # unfinished (EngineDead), so stopping now loses nothing: the offsets stay
+                # uncommitted and the tasks resume after the restart. Not waiting for the
+                # liveness probe also covers supervisors that have none.
+                log.error("engine_dead", reason=health.reason, exit_code=EXIT_ENGINE_DEAD)
+                self.exit_code = EXIT_ENGINE_DEAD
+                self.stop()
+                return
             await asyncio.sleep(ENGINE_STATS_INTERVAL_S)
 
 
@@ -207,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ocr-consumer: invalid settings: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(_run_until_signalled(App(settings)))
-    return 0
+    app = App(settings)
+    asyncio.run(_run_until_signalled(app))
+    return app.exit_code
 
 
 if __name__ == "__main__":

@@ -9,15 +9,22 @@ Invariants:
   we get back keep their tasks (records re-delivered from the committed offset are
   recognised and skipped); tasks of partitions that moved away are cancelled and stay
   resumable from the pages Redis recorded.
+- One task id runs at most once at a time in this process. A copy of a running request
+  (same content) follows it: its offset, on whatever partition it came, is finished when
+  the run finishes; if the run is interrupted instead, the first copy on a partition still
+  ours runs in its place. A `force` copy replaces the run once it has stopped.
+- Every received offset ends finished or stays pending until its partition is revoked: work
+  that raised (a publish that kept failing, a bug) is retried with backoff, never dropped,
+  so a partition's commits cannot stall behind a record nobody will finish.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import Coroutine
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
@@ -40,15 +47,23 @@ log = get_logger(__name__)
 
 POLL_TIMEOUT_MS = 200
 REVOKE_WAIT_S = 10.0
+# Work that raised is tried again after 1, 2, 4 ... seconds, at most a minute apart.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
 
 
 @dataclass(slots=True)
 class _Work:
+    """One received record's work (a task, a dead letter, a conflict report)."""
+
     partition: TopicPartition
     offset: int
     task_id: str | None
-    followers: list[int]  # offsets of duplicate requests waiting on this one
-    fingerprint: str = ""  # the running request's content, to tell copies from conflicts
+    start: Callable[[], Awaitable[None]]  # does the work from the beginning, every time
+    fingerprint: str = ""  # the request's content, to tell copies from conflicts
+    # Copies of the request received while this runs, finished when it finishes.
+    followers: list[_Work] = field(default_factory=list)
+    failures: int = 0  # times the work raised; the retry delay grows with it
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -190,41 +205,89 @@ class ConsumerLoop:
         try:
             request = decode_request(record.value, max_bytes=self._settings.max_request_bytes)
         except RequestDecodeError as exc:
-            self._spawn(partition, record.offset, None, self._dead_letter(request_record, exc))
+            self._spawn(_Work(
+                partition, record.offset, None,
+                functools.partial(self._dead_letter, request_record, exc),
+            ))
             return
         fingerprint = request.content_fingerprint()
-        running = self._by_task_id.get(request.task_id)
-        if running is not None and not request.force:
-            if self._work[running].fingerprint != fingerprint:
-                conflict = self._runner.reject_conflict(request, request_record)
-                self._spawn(partition, record.offset, None, conflict)
-                return
-            # The same task is already running here: this copy finishes when it does.
-            self._work[running].followers.append(record.offset)
-            return
-        self._spawn(
-            partition, record.offset, request.task_id, self._run_task(request, request_record),
-            fingerprint=fingerprint,
+        work = _Work(
+            partition, record.offset, request.task_id,
+            functools.partial(self._run_task, request, request_record), fingerprint,
         )
+        running = self._by_task_id.get(request.task_id)
+        if running is None:
+            self._spawn(work)
+            return
+        leader = self._work[running]
+        if request.force:
+            self._replace(running, work)
+        elif leader.fingerprint != fingerprint:
+            self._spawn(_Work(
+                partition, record.offset, None,
+                functools.partial(self._runner.reject_conflict, request, request_record),
+            ))
+        else:
+            leader.followers.append(work)
 
-    def _spawn(
-        self, partition: TopicPartition, offset: int, task_id: str | None,
-        work: Coroutine[Any, Any, None], *, fingerprint: str = "",
-    ) -> None:
-        task = asyncio.create_task(work)
-        self._work[task] = _Work(partition, offset, task_id, [], fingerprint)
-        if task_id is not None:
-            self._by_task_id[task_id] = task
+    def _spawn(self, work: _Work, *, after: asyncio.Task[None] | None = None) -> None:
+        task = asyncio.create_task(self._start(work, after))
+        self._work[task] = work
+        if work.task_id is not None:
+            self._by_task_id[work.task_id] = task
         task.add_done_callback(self._work_done)
+
+    async def _start(self, work: _Work, after: asyncio.Task[None] | None) -> None:
+        if after is not None:
+            await asyncio.wait([after])  # the replaced run must have released the task
+        if work.failures:
+            await asyncio.sleep(min(RETRY_FIRST_S * 2.0 ** (work.failures - 1), RETRY_MAX_S))
+        await work.start()
+
+    def _replace(self, running: asyncio.Task[None], work: _Work) -> None:
+        """A forced request for a task running here: the run stops (it stays resumable)
+        and the forced one starts from scratch once it has; the stopped run's offset and
+        its followers finish with the new run."""
+        replaced = self._work[running]
+        work.followers = [replaced, *replaced.followers]
+        replaced.followers = []
+        running.cancel()
+        self._spawn(work, after=running)
 
     def _work_done(self, task: asyncio.Task[None]) -> None:
         work = self._work.pop(task)
         if work.task_id is not None and self._by_task_id.get(work.task_id) is task:
             del self._by_task_id[work.task_id]
-        if task.cancelled() or task.exception() is not None:
-            return  # unfinished: the offset stays uncommitted and the task resumable
-        for offset in (work.offset, *work.followers):
-            self._tracker.done(work.partition, offset)
+        error = None if task.cancelled() else task.exception()
+        if task.cancelled() or isinstance(error, TaskInterrupted):
+            # Unfinished and resumable: offsets stay pending. Copies waiting on it, on
+            # partitions still ours, would otherwise wait for nothing: the first one runs.
+            self._hand_over(work.followers)
+            return
+        if error is not None:
+            self._retry(work, error)
+            return
+        for finished in (work, *work.followers):
+            self._tracker.done(finished.partition, finished.offset)
+
+    def _hand_over(self, followers: list[_Work]) -> None:
+        if self._stopping.is_set():
+            return  # uncommitted, so read again after the restart
+        waiting = [copy for copy in followers if copy.partition in self._assigned]
+        if waiting:
+            leader, *rest = waiting
+            leader.followers = rest
+            self._spawn(leader)
+
+    def _retry(self, work: _Work, error: BaseException) -> None:
+        work.failures += 1
+        log.error(
+            "work_failed", task_id=work.task_id, partition=work.partition.partition,
+            offset=work.offset, failures=work.failures, error=repr(error),
+        )
+        if self._stopping.is_set() or work.partition not in self._assigned:
+            return  # uncommitted: whoever reads the partition next does it again
+        self._spawn(work)
 
     async def _run_task(self, request: OcrRequest, record: RequestRecord) -> None:
         try:

@@ -73,6 +73,17 @@ def result_key(task_id: str, page: int) -> str:
     return f"{task_id}/{page}"
 
 
+def event_run_tag(force: bool, partition: int, offset: int) -> str:
+    """The part of a task's event ids that tells runs apart.
+
+    Event ids are deterministic, so that a record re-delivered after a crash republishes
+    the same ids and id-based de-duplication downstream works. Replays raise `attempt`,
+    which is in the id. A forced recomputation keeps the attempt but is new work: its ids
+    name the request record that asked for it.
+    """
+    return f"/forced@{partition}.{offset}" if force else ""
+
+
 class EventPublisher:
     """One idempotent producer for all output topics; every send waits for the broker ack."""
 
@@ -121,34 +132,37 @@ class EventPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    async def result(self, result: PageResult) -> None:
+    # `run_tag` (see event_run_tag) keeps the event ids of a forced recomputation apart from
+    # the first run's: consumers that drop CloudEvents by id would otherwise drop its results.
+
+    async def result(self, result: PageResult, *, run_tag: str = "") -> None:
         await self._send(
             self._settings.topic_results,
             result_key(result.task_id, result.page),
             result,
-            f"{result.task_id}/{result.page}/{result.attempt}",
+            f"{result.task_id}/{result.page}/{result.attempt}{run_tag}",
             CE_TYPE_RESULT,
             result.task_id,
         )
 
-    async def progress(self, event: ProgressEvent) -> None:
+    async def progress(self, event: ProgressEvent, *, run_tag: str = "") -> None:
         await self._send(
             self._settings.topic_progress,
             event.task_id,
             event,
             f"{event.task_id}/{event.attempt}/{event.status.value}/{event.pages_done}"
-            f"{'/replay' if event.replayed else ''}",
+            f"{'/replay' if event.replayed else ''}{run_tag}",
             CE_TYPE_PROGRESS,
             event.task_id,
         )
 
-    async def timing(self, event: TimingEvent) -> None:
+    async def timing(self, event: TimingEvent, *, run_tag: str = "") -> None:
         suffix = f"page/{event.page}" if event.page is not None else "task"
         await self._send(
             self._settings.topic_timing,
             event.task_id,
             event,
-            f"{event.task_id}/{event.attempt}/{suffix}",
+            f"{event.task_id}/{event.attempt}/{suffix}{run_tag}",
             CE_TYPE_TIMING,
             event.task_id,
         )

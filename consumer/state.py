@@ -37,6 +37,16 @@ _RELEASE_LEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
 """
+# Taken when free (or already ours), in one step: between a failed SET NX and a GET the
+# lease can expire, and a holder read as "nobody" must not count as taken.
+_ACQUIRE_LEASE = """
+local holder = redis.call('get', KEYS[1])
+if (not holder) or holder == ARGV[1] then
+  redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2])
+  return ''
+end
+return holder
+"""
 _REFRESH_LEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
@@ -203,18 +213,14 @@ class TaskStateStore:
         await self._retry("finish", call)
 
     async def acquire_lease(self, task_id: str, owner: str) -> str | None:
-        """Take the task's lease; returns None if taken, else the current holder."""
+        """Take the task's lease (or extend our own); None when taken, else the holder."""
 
         async def call() -> str | None:
-            taken = await self._redis.set(self._lease(task_id), owner, nx=True, px=self._lease_ms)
-            if taken:
-                return None
-            raw = await self._redis.get(self._lease(task_id))
-            holder = raw.decode() if isinstance(raw, bytes) else raw
-            if holder == owner:
-                await self._redis.pexpire(self._lease(task_id), self._lease_ms)
-                return None
-            return holder
+            raw = await self._redis.eval(
+                _ACQUIRE_LEASE, 1, self._lease(task_id), owner, self._lease_ms
+            )
+            holder = raw.decode() if isinstance(raw, bytes) else str(raw)
+            return holder or None
 
         return await self._retry("lease", call)
 

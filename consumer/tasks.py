@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import structlog
@@ -19,24 +18,23 @@ import structlog
 from consumer.config import Settings
 from consumer.documents.fetch import fetch_document
 from consumer.documents.render import OpenedDocument, open_document, select_pages
-from consumer.engines.base import Engine, EngineOutput, PageRequest
+from consumer.engines.base import Engine, PageRequest
 from consumer.errors import OcrError
+from consumer.lease import TaskLease
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
 from consumer.publisher import EventPublisher
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler, SchedulerClosed
 from consumer.state import TaskState, TaskStateStore
+from consumer.task_run import TaskRun
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
 from schemas.result import (
-    FinishReason,
     PageImageInfo,
     PageResult,
     PageStatus,
-    PageTimings,
-    TokenCounts,
 )
 from schemas.timing import StageDurations, TimingEvent, TimingKind
 
@@ -47,47 +45,9 @@ class TaskInterrupted(Exception):
     """The task stopped before its end (revoke or shutdown); it stays resumable."""
 
 
-@dataclass(slots=True)
-class StageClock:
-    """Milliseconds per stage, summed over a task's pages."""
-
-    fetch_ms: float = 0.0
-    render_ms: float = 0.0
-    infer_ms: float = 0.0
-    postprocess_ms: float = 0.0
-    publish_ms: float = 0.0
-
-    def durations(self, queue_ms: float) -> StageDurations:
-        return StageDurations(
-            queue_ms=max(queue_ms, 0.0),
-            fetch_ms=self.fetch_ms,
-            render_ms=self.render_ms,
-            infer_ms=self.infer_ms,
-            postprocess_ms=self.postprocess_ms,
-            publish_ms=self.publish_ms,
-        )
-
-
-@dataclass(slots=True)
-class TaskRun:
-    """Mutable state of one task while it runs in this process."""
-
-    request: OcrRequest
-    record: RequestRecord
-    started_at: datetime
-    pages: dict[int, str] = field(default_factory=dict)  # page -> ok | failed
-    pages_total: int | None = None
-    page_count: int = 0
-    clock: StageClock = field(default_factory=StageClock)
-    engine_idle: bool = True
-
-    @property
-    def task_id(self) -> str:
-        return self.request.task_id
-
-    @property
-    def pages_failed(self) -> int:
-        return sum(1 for status in self.pages.values() if status == "failed")
+class EngineDead(TaskInterrupted):
+    """The engine died under the task: its pages are not at fault, so the task is left
+    unfinished (offset uncommitted) for the restarted consumer to resume."""
 
 
 def _ms(start: float) -> float:
@@ -121,33 +81,40 @@ class TaskRunner:
         structlog.contextvars.bind_contextvars(
             task_id=request.task_id, partition=record.partition, offset=record.offset
         )
-        state = await self._store.load(request.task_id)
         fingerprint = request.content_fingerprint()
-        if state is not None and not request.force:
-            if state.fingerprint and state.fingerprint != fingerprint:
-                await self._conflict(request, record, f"status {state.status.value}")
-                return None
-            if state.status.is_final:
-                await self._announce_duplicate(request, record, state)
-                return None
-        return await self._run_owned(request, record, state, fingerprint)
-
-    async def _run_owned(
-        self, request: OcrRequest, record: RequestRecord, state: TaskState | None,
-        fingerprint: str,
-    ) -> TaskStatus:
+        # A re-sent finished task, or a reused id, is settled without waiting for a lease.
+        state = await self._store.load(request.task_id)
+        if await self._settled(request, record, fingerprint, state):
+            return None
         run = TaskRun(request=request, record=record, started_at=datetime.now(UTC))
         await self._progress(run, TaskStatus.QUEUED)
-        await self._take_lease(request.task_id)
-        refresher = asyncio.create_task(self._keep_lease(request.task_id))
-        try:
+        async with TaskLease(
+            self._store, request.task_id, self._consumer_id, self._settings.lease_ttl_s
+        ):
+            # Read again under the lease: an owner we waited for may have finished the task
+            # or recorded more pages meanwhile.
+            state = await self._store.load(request.task_id)
+            if await self._settled(request, record, fingerprint, state):
+                return None
             status, error = await self._run_leased(run, state, fingerprint)
             await self._finish(run, status, error)
             return status
-        finally:
-            # Also on interruption: the next owner should not wait for the lease to expire.
-            refresher.cancel()
-            await self._store.release_lease(request.task_id, self._consumer_id)
+
+    async def _settled(
+        self, request: OcrRequest, record: RequestRecord, fingerprint: str,
+        state: TaskState | None,
+    ) -> bool:
+        """True when the recorded state already answers the request (a finished duplicate,
+        or a conflicting reuse of the task id); `force` always recomputes."""
+        if state is None or request.force:
+            return False
+        if state.fingerprint and state.fingerprint != fingerprint:
+            await self._conflict(request, record, f"status {state.status.value}")
+            return True
+        if state.status.is_final:
+            await self._announce_duplicate(request, record, state)
+            return True
+        return False
 
     async def _run_leased(
         self, run: TaskRun, state: TaskState | None, fingerprint: str
@@ -220,18 +187,23 @@ class TaskRunner:
 
     async def _pages(self, run: TaskRun, opened: OpenedDocument, todo: list[int]) -> None:
         interrupted = False
-        async with asyncio.TaskGroup() as group:
-            for page in todo:
-                waiting = time.perf_counter()
-                try:
-                    await self._scheduler.acquire(run.task_id)
-                except SchedulerClosed:
-                    interrupted = True
-                    break
-                # The page's own wait for the in-flight budget (ocr_page_queue_seconds); the
-                # wait in Kafka before the task started is ocr_task_queue_seconds.
-                queue_s = time.perf_counter() - waiting
-                group.create_task(self._page_in_slot(run, opened, page, queue_s))
+        try:
+            async with asyncio.TaskGroup() as group:
+                for page in todo:
+                    waiting = time.perf_counter()
+                    try:
+                        await self._scheduler.acquire(run.task_id)
+                    except SchedulerClosed:
+                        interrupted = True
+                        break
+                    # The page's own wait for the in-flight budget (ocr_page_queue_seconds);
+                    # the wait in Kafka before the task started is ocr_task_queue_seconds.
+                    queue_s = time.perf_counter() - waiting
+                    group.create_task(self._page_in_slot(run, opened, page, queue_s))
+        except* TaskInterrupted as group_error:
+            # One page saw the engine die; the group cancelled its siblings. The task as a
+            # whole is interrupted, not failed.
+            raise group_error.exceptions[0] from None
         if interrupted:
             raise TaskInterrupted("scheduler closed: shutting down")
 
@@ -239,10 +211,11 @@ class TaskRunner:
         self, run: TaskRun, opened: OpenedDocument, page: int, queue_s: float
     ) -> None:
         structlog.contextvars.bind_contextvars(page=page)
+        started_at = datetime.now(UTC)
         try:
             result = await self._compute_page(run, opened, page)
             start = time.perf_counter()
-            await self._publisher.result(result)
+            await self._publisher.result(result, run_tag=run.run_tag)
             await self._store.page_done(run.task_id, page, result.status is PageStatus.OK)
             run.pages[page] = "ok" if result.status is PageStatus.OK else "failed"
             publish_ms = _ms(start)
@@ -257,7 +230,7 @@ class TaskRunner:
                     kind=TimingKind.PAGE,
                     page=page,
                     queued_at=run.record.queued_at,
-                    started_at=result.produced_at,
+                    started_at=started_at,
                     finished_at=datetime.now(UTC),
                     stages=StageDurations(
                         queue_ms=result.timings.queue_ms,
@@ -268,7 +241,8 @@ class TaskRunner:
                     ),
                     engine=self._engine.identity,
                     consumer_id=self._consumer_id,
-                )
+                ),
+                run_tag=run.run_tag,
             )
         finally:
             self._scheduler.release(run.task_id)
@@ -313,72 +287,30 @@ class TaskRunner:
             run.clock.postprocess_ms += timings["postprocess_ms"]
             self._metrics.stage("infer", timings["infer_ms"] / 1000)
             self._metrics.stage("postprocess", timings["postprocess_ms"] / 1000)
-            return self._page_result(run, page, info, output, timings)
+            return run.ok_page(page, info, output, timings, self._engine.identity)
         except OcrError as exc:
+            self._interrupt_if_engine_dead(exc)
             self._metrics.error(exc.code.value)
             log.warning("page_failed", code=exc.code.value, message=exc.message)
-            return self._failed_page(run, page, info, exc.info(), timings)
+            return run.failed_page(page, info, exc.info(), timings, self._engine.identity)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an engine bug must fail the page, not the consumer
+            self._interrupt_if_engine_dead(exc)
             log.exception("page_crashed")
             self._metrics.error(ErrorCode.ENGINE_ERROR.value)
             error = ErrorInfo(
                 code=ErrorCode.ENGINE_ERROR,
                 message=f"engine raised {type(exc).__name__}: {exc}"[:2048],
             )
-            return self._failed_page(run, page, info, error, timings)
+            return run.failed_page(page, info, error, timings, self._engine.identity)
 
-    def _page_result(
-        self, run: TaskRun, page: int, info: PageImageInfo, output: EngineOutput,
-        timings: dict[str, float],
-    ) -> PageResult:
-        request = run.request
-        return PageResult(
-            task_id=request.task_id,
-            page=page,
-            page_count=max(run.page_count, page),
-            attempt=request.attempt,
-            status=PageStatus.OK,
-            prompt=request.prompt,
-            markdown=output.markdown,
-            text=output.text,
-            blocks=output.blocks,
-            finish_reason=output.finish_reason,
-            truncated=output.truncated,
-            tokens=TokenCounts(prompt=output.prompt_tokens, output=output.output_tokens),
-            engine=self._engine.identity,
-            image=info,
-            timings=PageTimings(
-                render_ms=timings["render_ms"],
-                infer_ms=timings["infer_ms"],
-                postprocess_ms=timings["postprocess_ms"],
-                queue_ms=max((run.started_at - run.record.queued_at).total_seconds(), 0) * 1000,
-            ),
-            metadata=request.metadata,
-            produced_at=datetime.now(UTC),
-        )
-
-    def _failed_page(
-        self, run: TaskRun, page: int, info: PageImageInfo, error: ErrorInfo,
-        timings: dict[str, float],
-    ) -> PageResult:
-        request = run.request
-        return PageResult(
-            task_id=request.task_id,
-            page=page,
-            page_count=max(run.page_count, page),
-            attempt=request.attempt,
-            status=PageStatus.FAILED,
-            prompt=request.prompt,
-            finish_reason=FinishReason.ERROR,
-            error=error,
-            engine=self._engine.identity,
-            image=info,
-            timings=PageTimings(render_ms=timings["render_ms"], infer_ms=timings["infer_ms"]),
-            metadata=request.metadata,
-            produced_at=datetime.now(UTC),
-        )
+    def _interrupt_if_engine_dead(self, exc: BaseException) -> None:
+        """A page that failed because the engine died is not the page's fault: ending it
+        with ENGINE_ERROR would finish (and commit) the task with pages nobody computed."""
+        health = self._engine.health()
+        if not health.alive:
+            raise EngineDead(f"engine dead: {health.reason}") from exc
 
     # -- endings -------------------------------------------------------------------------
 
@@ -399,7 +331,8 @@ class TaskRunner:
                 ),
                 engine=self._engine.identity,
                 consumer_id=self._consumer_id,
-            )
+            ),
+            run_tag=run.run_tag,
         )
         await self._progress(run, status, error=error)
         self._metrics.task_done(status.value)
@@ -475,26 +408,6 @@ class TaskRunner:
                 request_offset=run.record.offset,
                 metadata=run.request.metadata,
                 emitted_at=datetime.now(UTC),
-            )
+            ),
+            run_tag=run.run_tag,
         )
-
-    async def _take_lease(self, task_id: str) -> None:
-        """Wait for another owner (e.g. the consumer that just lost this partition)."""
-        waited = 0.0
-        while True:
-            holder = await self._store.acquire_lease(task_id, self._consumer_id)
-            if holder is None:
-                return
-            if waited == 0.0:
-                log.info("task_lease_busy", holder=holder)
-            await asyncio.sleep(0.5)
-            waited += 0.5
-
-    async def _keep_lease(self, task_id: str) -> None:
-        interval = max(self._settings.lease_ttl_s / 3, 1.0)
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._store.refresh_lease(task_id, self._consumer_id)
-            except Exception as exc:  # a missed refresh only risks a duplicate, not loss
-                log.warning("lease_refresh_failed", error=str(exc))

@@ -7,11 +7,9 @@ import base64
 from pathlib import Path
 
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer.config import Settings
 from consumer.engines.rapidocr import RapidOcrEngine
-from consumer.kafka_clients import client_kwargs
 from consumer.publisher import task_partition
 from schemas.cloudevents import CE_TYPE_RESULT, parse_ce_headers
 from schemas.common import ErrorCode
@@ -22,7 +20,7 @@ from schemas.result import PageStatus
 from tests.support.apps import running_app
 from tests.support.documents import make_pdf, make_png, page_lines
 from tests.support.engines import FaultyEngine, ScriptedEngine
-from tests.support.kafka import TopicReader, produce_raw, produce_requests
+from tests.support.kafka import TopicReader, committed_offsets, produce_raw, produce_requests
 
 pytestmark = pytest.mark.integration
 
@@ -241,15 +239,7 @@ async def test_committed_offsets_reach_the_end(settings: Settings, tmp_path: Pat
         async with TopicReader(settings, settings.topic_progress) as reader:
             await reader.wait_for(_completed(settings, *(r.task_id for r in requests)))
         await asyncio.sleep(1.0)  # one commit interval
-    admin = AIOKafkaAdminClient(**client_kwargs(settings))
-    await admin.start()
-    try:
-        committed = await admin.list_consumer_group_offsets(settings.group_id)
-    finally:
-        await admin.close()
-    total = sum(
-        meta.offset for tp, meta in committed.items() if tp.topic == settings.topic_requests
-    )
+    total = sum((await committed_offsets(settings)).values())
     assert total == 6
 
 

@@ -27,6 +27,7 @@ class ScriptedEngine:
     closed: bool = False
     dead: str | None = None  # set to a reason to play an engine that died
     start_gate: asyncio.Event | None = None  # start() waits for it: an engine still loading
+    die_after: int | None = None  # pages answered before the engine dies (then every call fails)
 
     @property
     def identity(self) -> EngineIdentity:
@@ -43,6 +44,10 @@ class ScriptedEngine:
 
     async def infer(self, request: PageRequest) -> EngineOutput:
         page = request.page
+        if self.die_after is not None and sum(self.calls.values()) >= self.die_after:
+            self.dead = "engine core process died (test)"
+        if self.dead is not None:
+            raise EngineError(f"engine dead: {self.dead}")
         self.calls[(page.task_id, page.page)] += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
@@ -120,6 +121,20 @@ class TopicReader:
 
     def json_on(self, topic: str) -> list[dict[str, Any]]:
         return [json.loads(r.value) for r in self.on(topic) if r.value is not None]
+
+
+async def committed_offsets(settings: Settings) -> dict[int, int]:
+    """The group's committed position per partition of the requests topic."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group_id)
+    finally:
+        await admin.close()
+    return {
+        tp.partition: meta.offset for tp, meta in committed.items()
+        if tp.topic == settings.topic_requests
+    }
 
 
 async def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:

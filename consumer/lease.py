@@ -1,0 +1,85 @@
+"""A task's ownership lease in Redis, held while the task runs in this process.
+
+The lease keeps two consumers from computing one task at the same time: after a
+rebalance, the partition's new owner reads the request again while the old owner may
+still be finishing its in-flight pages. The newcomer waits for the lease, then reads the
+task's state afresh and resumes from the pages recorded meanwhile (or, if the task
+finished, announces it instead of recomputing).
+
+A lease is an optimisation against duplicate work, never a correctness condition: if it
+is lost (Redis restarted empty, a refresh missed during an outage), the task runs on and
+at worst two consumers publish the same keyed pages, which the compacted results topic
+and the deterministic event ids absorb.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from types import TracebackType
+
+from consumer.log import get_logger
+from consumer.state import TaskStateStore
+
+log = get_logger(__name__)
+
+RETRY_S = 0.5
+
+
+class TaskLease:
+    """`async with TaskLease(...)`: waits until the lease is ours, refreshes it every third
+    of its lifetime, re-takes it when it vanished, releases it on the way out."""
+
+    def __init__(self, store: TaskStateStore, task_id: str, owner: str, ttl_s: float) -> None:
+        self._store = store
+        self._task_id = task_id
+        self._owner = owner
+        self._refresh_s = max(ttl_s / 3, 1.0)
+        self._refresher: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> TaskLease:
+        waited = 0.0
+        while True:
+            holder = await self._store.acquire_lease(self._task_id, self._owner)
+            if holder is None:
+                break
+            if waited == 0.0:
+                log.info("task_lease_busy", holder=holder)
+            await asyncio.sleep(RETRY_S)
+            waited += RETRY_S
+        if waited:
+            log.info("task_lease_taken", waited_s=waited)
+        self._refresher = asyncio.create_task(self._keep())
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+        # Also on interruption: the next owner should not wait for the lease to expire.
+        await self._store.release_lease(self._task_id, self._owner)
+
+    async def _keep(self) -> None:
+        lost_to: str | None = None
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                if await self._store.refresh_lease(self._task_id, self._owner):
+                    continue
+                # Expired (an outage longer than its lifetime) or wiped with Redis: take it
+                # again unless someone else has it by now.
+                holder = await self._store.acquire_lease(self._task_id, self._owner)
+            except Exception as exc:  # a missed refresh only risks a duplicate, never loss
+                log.warning("lease_refresh_failed", error=str(exc))
+                continue
+            if holder is None:
+                log.info("lease_retaken")
+                lost_to = None
+            elif holder != lost_to:
+                # Both run to the end: keyed, idempotent outputs make that a duplicate.
+                log.warning("lease_lost", holder=holder)
+                lost_to = holder
