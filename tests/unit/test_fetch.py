@@ -647,7 +647,12 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(request)
-        return self.answers[(request.headers["host"], request.url.path)]
+        answer = self.answers[(request.headers["host"], request.url.path)]
+        # As from the network: a body still to be streamed (a Response built with bytes is
+        # read already, which no real transport does).
+        return httpx.Response(
+            answer.status_code, headers=answer.headers, stream=httpx.ByteStream(answer.content)
+        )
 
 
 def use_transport(monkeypatch: pytest.MonkeyPatch, transport: RecordingTransport) -> None:
