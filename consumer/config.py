@@ -108,6 +108,20 @@ def _existing_file(field: str, path: Path | None) -> str | None:
     return None
 
 
+def _check_tls_files(settings: Settings, client: str) -> None:
+    """`<client>_ssl_*`: a key needs its certificate, and every file named must be there."""
+    names = [f"{client}_ssl_{part}" for part in ("cafile", "certfile", "keyfile")]
+    certfile, keyfile = names[1:]
+    if getattr(settings, keyfile) is not None and getattr(settings, certfile) is None:
+        raise ValueError(
+            f"{env_name(keyfile)} is set without {env_name(certfile)}; a client key needs its "
+            "certificate"
+        )
+    problems = [_existing_file(name, getattr(settings, name)) for name in names]
+    if any(problems):
+        raise ValueError("; ".join(problem for problem in problems if problem))
+
+
 class LogFormat(StrEnum):
     AUTO = "auto"  # console on a terminal, JSON otherwise
     JSON = "json"
@@ -174,6 +188,15 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS).")
     redis_password: SecretStr | None = Field(None, description="Redis password (AUTH).")
+    redis_ssl_cafile: Path | None = Field(
+        None, description="CA bundle for rediss:// (unset: the system's CAs)."
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="Client certificate for rediss:// (mTLS; may hold the key too)."
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None, description="Client key for rediss:// (mTLS), when not in the certificate file."
+    )
     redis_key_prefix: str = Field("ocr:", description="Prefix of every Redis key.")
     state_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Expiry of task state keys.")
     lease_ttl_s: int = Field(60, ge=5, description="Ownership lease of a running task.")
@@ -278,7 +301,8 @@ class Settings(BaseSettings):
 
     @field_validator(
         "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
-        "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile", mode="before",
+        "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+        "redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile", mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: Any) -> Any:
@@ -336,14 +360,20 @@ class Settings(BaseSettings):
                     f"{', '.join(unused)} set, but {setting} does not use TLS; set SSL or "
                     f"SASL_SSL, or unset {them}"
                 )
-        if self.kafka_ssl_keyfile is not None and self.kafka_ssl_certfile is None:
+        _check_tls_files(self, "kafka")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_tls(self) -> Settings:
+        tls_files = ("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile")
+        unused = [env_name(name) for name in tls_files if getattr(self, name) is not None]
+        if unused and not self.redis_url.lower().startswith("rediss://"):
+            them = "it" if len(unused) == 1 else "them"
             raise ValueError(
-                f"{env_name('kafka_ssl_keyfile')} is set without "
-                f"{env_name('kafka_ssl_certfile')}; a client key needs its certificate"
+                f"{', '.join(unused)} set, but {env_name('redis_url')} is not a rediss:// URL, "
+                f"so Redis would be reached without TLS; use rediss:// or unset {them}"
             )
-        problems = [_existing_file(name, getattr(self, name)) for name in tls_files]
-        if any(problems):
-            raise ValueError("; ".join(problem for problem in problems if problem))
+        _check_tls_files(self, "redis")
         return self
 
     @field_validator("s3_endpoint_url")
