@@ -205,6 +205,48 @@ async def test_failing_and_hanging_pages_end_with_their_own_error(
     assert final.status is TaskStatus.COMPLETED and final.pages_failed == 2
 
 
+async def committed_requests(settings: Settings) -> int:
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(settings.group_id)
+    finally:
+        await admin.close()
+    return sum(
+        meta.offset for tp, meta in committed.items() if tp.topic == settings.topic_requests
+    )
+
+
+async def test_task_timeout_fails_the_task_and_the_consumer_keeps_serving(
+    settings: Settings, tmp_path: Path
+) -> None:
+    slow = make_pdf(tmp_path / "slow.pdf", pages=6)
+    quick = make_pdf(tmp_path / "quick.pdf", pages=1)
+    # One page at a time, 0.5 s each: the 6-page task needs 3 s of its 1.5 s.
+    limited = settings.model_copy(update={"task_timeout_s": 1.5, "max_inflight_pages": 1})
+    engine = ScriptedEngine(delay_s=0.5, concurrency=1)
+    async with running_app(limited, engine):
+        await produce_requests(settings, [_file_request("slow-1", slow)])
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "slow-1"), timeout=60)
+            # The timed-out task gave its page slot back: the next request completes.
+            await produce_requests(settings, [_file_request("after-timeout", quick)])
+            await reader.wait_for(_completed(settings, "after-timeout"), timeout=60)
+        deadline = asyncio.get_running_loop().time() + 20
+        while await committed_requests(settings) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "offsets not committed"
+            await asyncio.sleep(0.2)
+    [failed] = reader.final(settings, "slow-1")
+    assert failed.status is TaskStatus.FAILED
+    assert failed.error is not None and failed.error.code is ErrorCode.TASK_TIMEOUT
+    assert "longer than 1.5 s" in failed.error.message
+    assert "OCR_TASK_TIMEOUT_S" in failed.error.message
+    done_before = {r.page for r in reader.results(settings) if r.task_id == "slow-1"}
+    assert 1 <= len(done_before) < 6 and failed.pages_done == len(done_before)
+    [after] = reader.final(settings, "after-timeout")
+    assert after.status is TaskStatus.COMPLETED and after.pages_done == 1
+
+
 async def test_restart_mid_document_resumes_missing_pages(
     settings: Settings, tmp_path: Path
 ) -> None:
