@@ -20,7 +20,7 @@ from schemas.progress import TaskStatus
 from schemas.request import OcrRequest, PageRange, Source
 from schemas.result import PageStatus
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf, make_png, page_lines
+from tests.support.documents import make_image, make_pdf, make_png, make_tiff, page_lines
 from tests.support.engines import FaultyEngine, ScriptedEngine
 from tests.support.kafka import TopicReader, produce_raw, produce_requests
 
@@ -107,6 +107,37 @@ async def test_inline_png_on_the_cpu_engine(
             await reader.wait_for(_completed(settings, "png-1"), timeout=60)
     [result] = reader.results(settings)
     assert "receipt" in result.text.lower() and "42" in result.text
+
+
+async def test_jpeg_multi_page_tiff_and_webp_on_the_cpu_engine(
+    settings: Settings, rapidocr: RapidOcrEngine, tmp_path: Path
+) -> None:
+    documents = {
+        "jpeg-1": (make_image(tmp_path / "a.jpg", "Invoice total 17 paid", "JPEG"), 1),
+        "tiff-1": (make_tiff(tmp_path / "b.tif", [
+            "Delivery order 1 received", "Payment summary 2 balance", "Account number 3 closed",
+        ]), 3),
+        "webp-1": (make_image(tmp_path / "c.webp", "Customer address 99 updated", "WEBP"), 1),
+    }
+    async with running_app(settings, rapidocr):
+        await produce_requests(
+            settings, [_file_request(task_id, path) for task_id, (path, _) in documents.items()]
+        )
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, *documents), timeout=120)
+    results = reader.results(settings)
+    for task_id, (_, pages) in documents.items():
+        [final] = reader.final(settings, task_id)
+        assert final.status is TaskStatus.COMPLETED and final.error is None, final
+        assert (final.pages_total, final.pages_done, final.pages_failed) == (pages, pages, 0)
+        mine = sorted((r for r in results if r.task_id == task_id), key=lambda r: r.page)
+        assert [r.page for r in mine] == list(range(1, pages + 1))
+        for result in mine:
+            assert result.status is PageStatus.OK and result.page_count == pages
+            assert result.text.strip() and result.blocks, (task_id, result.page, result.text)
+    tiff_pages = {r.page: r.text.lower() for r in results if r.task_id == "tiff-1"}
+    # Each frame is its own page, in order.
+    assert "delivery" in tiff_pages[1] and "payment" in tiff_pages[2] and "account" in tiff_pages[3]
 
 
 async def test_page_ranges_select_pages(settings: Settings, tmp_path: Path) -> None:
