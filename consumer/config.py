@@ -7,6 +7,7 @@ and a test fails when the two disagree.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -89,6 +90,14 @@ _UNSUPPORTED_SASL = {
     "GSSAPI": "Kerberos options",
     "OAUTHBEARER": "a token provider",
 }
+
+
+def _absolute(path: Path) -> Path:
+    """`path` made absolute once, when settings load: a relative root would name another
+    folder in every working directory, so ocr-submit started elsewhere would hand files to
+    a folder the consumer never reads, and messages could not say which folder was meant.
+    `~` is expanded; symlinks are left for the fetch to resolve on every read."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
 
 
 def _existing_file(field: str, path: Path | None) -> str | None:
@@ -224,10 +233,13 @@ class Settings(BaseSettings):
     )
     file_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path("/srv/ocr-blobs")],
-        description="Directories file:// URIs must resolve under (comma list).",
+        description="Directories file:// URIs must resolve under (comma list; relative: to "
+        "the working directory at start).",
     )
     blob_root: Path = Field(
-        Path(".run/blobs"), description="Where ocr-submit hands files over (must be a file root)."
+        Path(".run/blobs"),
+        description="Where ocr-submit hands files over: an existing folder under the "
+        "consumer's OCR_FILE_ROOTS (relative: to the working directory at start).",
     )
     s3_buckets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -375,6 +387,16 @@ class Settings(BaseSettings):
             )
         _check_tls_files(self, "redis")
         return self
+
+    @field_validator("file_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        return [_absolute(path) for path in value]
+
+    @field_validator("blob_root")
+    @classmethod
+    def _absolute_blob_root(cls, value: Path) -> Path:
+        return _absolute(value)
 
     @field_validator("s3_endpoint_url")
     @classmethod
