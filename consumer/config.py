@@ -7,6 +7,7 @@ and a test fails when the two disagree.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -61,6 +62,75 @@ class S3AddressingStyle(StrEnum):
     VIRTUAL = "virtual"  # bucket.endpoint/key
 
 
+class KafkaSecurityProtocol(StrEnum):
+    PLAINTEXT = "PLAINTEXT"
+    SSL = "SSL"
+    SASL_PLAINTEXT = "SASL_PLAINTEXT"
+    SASL_SSL = "SASL_SSL"
+
+    @property
+    def uses_tls(self) -> bool:
+        return self in (KafkaSecurityProtocol.SSL, KafkaSecurityProtocol.SASL_SSL)
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self in (KafkaSecurityProtocol.SASL_PLAINTEXT, KafkaSecurityProtocol.SASL_SSL)
+
+
+class SaslMechanism(StrEnum):
+    """The SASL mechanisms that a user name and password are enough for."""
+
+    PLAIN = "PLAIN"
+    SCRAM_SHA_256 = "SCRAM-SHA-256"
+    SCRAM_SHA_512 = "SCRAM-SHA-512"
+
+
+# aiokafka speaks these too, but they need settings we do not pass through.
+_UNSUPPORTED_SASL = {
+    "GSSAPI": "Kerberos options",
+    "OAUTHBEARER": "a token provider",
+}
+
+
+def _absolute(path: Path) -> Path:
+    """`path` made absolute once, when settings load: a relative root would name another
+    folder in every working directory, so ocr-submit started elsewhere would hand files to
+    a folder the consumer never reads, and messages could not say which folder was meant.
+    `~` is expanded; symlinks are left for the fetch to resolve on every read."""
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _existing_file(field: str, path: Path | None) -> str | None:
+    """A message when `path` is set and is not a readable file, else None."""
+    if path is None:
+        return None
+    variable = env_name(field)
+    if not path.exists():
+        return f"{variable}={path} does not exist; mount the file or fix the path"
+    if not path.is_file():
+        return f"{variable}={path} is not a file; point it at a PEM file"
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as exc:
+        return f"{variable}={path} cannot be read ({exc.strerror}); make it readable"
+    return None
+
+
+def _check_tls_files(settings: Settings, client: str) -> None:
+    """`<client>_ssl_*`: a key needs its certificate, and every file named must be there."""
+    names = [f"{client}_ssl_{part}" for part in ("cafile", "certfile", "keyfile")]
+    certfile, keyfile = names[1:]
+    if getattr(settings, keyfile) is not None and getattr(settings, certfile) is None:
+        raise ValueError(
+            f"{env_name(keyfile)} is set without {env_name(certfile)}; a client key needs its "
+            "certificate"
+        )
+    problems = [_existing_file(name, getattr(settings, name)) for name in names]
+    if any(problems):
+        raise ValueError("; ".join(problem for problem in problems if problem))
+
+
 class LogFormat(StrEnum):
     AUTO = "auto"  # console on a terminal, JSON otherwise
     JSON = "json"
@@ -68,21 +138,35 @@ class LogFormat(StrEnum):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="OCR_", extra="ignore", validate_default=True)
+    # hide_input_in_errors: a validation message would otherwise echo every value given,
+    # passwords included, into the terminal or the pod log.
+    model_config = SettingsConfigDict(
+        env_prefix="OCR_", extra="ignore", validate_default=True, hide_input_in_errors=True
+    )
 
     # Kafka
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
-    kafka_security_protocol: str = Field(
-        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
+    kafka_security_protocol: KafkaSecurityProtocol = Field(
+        KafkaSecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
-    kafka_sasl_mechanism: str | None = Field(
-        None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 (with SASL_*)."
+    kafka_sasl_mechanism: SaslMechanism | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only; unset: PLAIN)."
     )
-    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
-    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password.")
-    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle for SSL.")
-    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (mTLS).")
-    kafka_ssl_keyfile: Path | None = Field(None, description="Client key (mTLS).")
+    kafka_sasl_username: str | None = Field(
+        None, description="SASL user name (needed by SASL_*)."
+    )
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (needed by SASL_*)."
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        None, description="CA bundle for SSL/SASL_SSL (unset: the system's CAs)."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        None, description="Client certificate (mTLS; may hold the key too)."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        None, description="Client key (mTLS), when not in the certificate file."
+    )
     kafka_idempotence: bool = Field(
         True, description="Idempotent producer; turn off only for brokers without "
         "InitProducerId (e.g. Tansu's memory build)."
@@ -113,6 +197,15 @@ class Settings(BaseSettings):
     # Redis
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS).")
     redis_password: SecretStr | None = Field(None, description="Redis password (AUTH).")
+    redis_ssl_cafile: Path | None = Field(
+        None, description="CA bundle for rediss:// (unset: the system's CAs)."
+    )
+    redis_ssl_certfile: Path | None = Field(
+        None, description="Client certificate for rediss:// (mTLS; may hold the key too)."
+    )
+    redis_ssl_keyfile: Path | None = Field(
+        None, description="Client key for rediss:// (mTLS), when not in the certificate file."
+    )
     redis_key_prefix: str = Field("ocr:", description="Prefix of every Redis key.")
     state_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="Expiry of task state keys.")
     lease_ttl_s: int = Field(60, ge=5, description="Ownership lease of a running task.")
@@ -140,10 +233,13 @@ class Settings(BaseSettings):
     )
     file_roots: Annotated[list[Path], NoDecode] = Field(
         default_factory=lambda: [Path("/srv/ocr-blobs")],
-        description="Directories file:// URIs must resolve under (comma list).",
+        description="Directories file:// URIs must resolve under (comma list; relative: to "
+        "the working directory at start).",
     )
     blob_root: Path = Field(
-        Path(".run/blobs"), description="Where ocr-submit hands files over (must be a file root)."
+        Path(".run/blobs"),
+        description="Where ocr-submit hands files over: an existing folder under the "
+        "consumer's OCR_FILE_ROOTS (relative: to the working directory at start).",
     )
     s3_buckets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -214,6 +310,93 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator(
+        "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
+        "kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile",
+        "redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile", mode="before",
+    )
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        # An empty variable (a Secret or ConfigMap key left blank) means unset, not "." or "".
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
+    @classmethod
+    def _kafka_names(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        # Kafka's own tools accept either case; aiokafka wants upper case.
+        name = value.strip().upper()
+        if name in _UNSUPPORTED_SASL:
+            raise ValueError(
+                f"SASL mechanism {name} needs {_UNSUPPORTED_SASL[name]}, which ocr-stream "
+                "does not pass through; use PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"
+            )
+        return name
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        setting = f"{env_name('kafka_security_protocol')}={protocol.value}"
+        if protocol.uses_sasl:
+            missing = [
+                env_name(name)
+                for name, value in (
+                    ("kafka_sasl_username", self.kafka_sasl_username),
+                    ("kafka_sasl_password", self.kafka_sasl_password),
+                )
+                if not (value.get_secret_value() if isinstance(value, SecretStr) else value)
+            ]
+            if missing:
+                them = "it" if len(missing) == 1 else "them"
+                raise ValueError(f"{setting} needs {' and '.join(missing)}; set {them}")
+        else:
+            unused = [
+                env_name(name)
+                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+                if getattr(self, name) is not None
+            ]
+            if unused:
+                them = "it" if len(unused) == 1 else "them"
+                raise ValueError(
+                    f"{', '.join(unused)} set, but {setting} would not use {them}; set "
+                    f"SASL_SSL (or SASL_PLAINTEXT) or unset {them}"
+                )
+        tls_files = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+        if not protocol.uses_tls:
+            unused = [env_name(name) for name in tls_files if getattr(self, name) is not None]
+            if unused:
+                them = "it" if len(unused) == 1 else "them"
+                raise ValueError(
+                    f"{', '.join(unused)} set, but {setting} does not use TLS; set SSL or "
+                    f"SASL_SSL, or unset {them}"
+                )
+        _check_tls_files(self, "kafka")
+        return self
+
+    @model_validator(mode="after")
+    def _redis_tls(self) -> Settings:
+        tls_files = ("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile")
+        unused = [env_name(name) for name in tls_files if getattr(self, name) is not None]
+        if unused and not self.redis_url.lower().startswith("rediss://"):
+            them = "it" if len(unused) == 1 else "them"
+            raise ValueError(
+                f"{', '.join(unused)} set, but {env_name('redis_url')} is not a rediss:// URL, "
+                f"so Redis would be reached without TLS; use rediss:// or unset {them}"
+            )
+        _check_tls_files(self, "redis")
+        return self
+
+    @field_validator("file_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        return [_absolute(path) for path in value]
+
+    @field_validator("blob_root")
+    @classmethod
+    def _absolute_blob_root(cls, value: Path) -> Path:
+        return _absolute(value)
 
     @field_validator("s3_endpoint_url")
     @classmethod

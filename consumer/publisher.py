@@ -34,7 +34,7 @@ from schemas.cloudevents import (
     Headers,
     ce_headers,
 )
-from schemas.common import ErrorCode
+from schemas.common import MAX_TASK_ID_LENGTH, ErrorCode
 from schemas.dlq import (
     DLQ_HEADER_CODE,
     DLQ_HEADER_MESSAGE,
@@ -44,6 +44,7 @@ from schemas.dlq import (
     DlqEnvelope,
 )
 from schemas.progress import ProgressEvent
+from schemas.request import MAX_REQUEST_RECORD_BYTES
 from schemas.result import PageResult
 from schemas.timing import TimingEvent
 
@@ -82,6 +83,46 @@ def event_run_tag(force: bool, partition: int, offset: int) -> str:
     name the request record that asked for it.
     """
     return f"/forced@{partition}.{offset}" if force else ""
+
+
+_MAX_DLQ_MESSAGE = 4096
+
+
+def dead_letter_envelope(
+    *, code: ErrorCode, message: str, topic: str, partition: int, offset: int,
+    timestamp_ms: int | None, key: bytes | None, value: bytes | None, task_id: str | None,
+    consumer_id: str,
+) -> DlqEnvelope:
+    """The envelope of a refused record, always within the contract's bounds: one that
+    failed validation would leave its offset unfinished and stall the partition for good."""
+    cut = [
+        f"{what} cut to its first {MAX_REQUEST_RECORD_BYTES} of {len(raw)} bytes"
+        for what, raw in (("key", key), ("value", value))
+        if raw is not None and len(raw) > MAX_REQUEST_RECORD_BYTES
+    ]
+    note = f" [dead letter: {'; '.join(cut)}]" if cut else ""
+    room = _MAX_DLQ_MESSAGE - len(note)
+    # The note must survive: the message gives way before it.
+    shown = message if len(message) <= room else message[: room - 3] + "..."
+    if key is not None:
+        key = key[:MAX_REQUEST_RECORD_BYTES]
+    return DlqEnvelope(
+        error_code=code,
+        error_message=shown + note,
+        original_topic=topic,
+        original_partition=partition,
+        original_offset=offset,
+        original_timestamp=(
+            datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms else None
+        ),
+        original_key_base64=base64.b64encode(key).decode() if key is not None else None,
+        original_value_base64=base64.b64encode(
+            (value or b"")[:MAX_REQUEST_RECORD_BYTES]
+        ).decode(),
+        task_id=task_id if task_id is None or len(task_id) <= MAX_TASK_ID_LENGTH else None,
+        consumer_id=consumer_id[:128],
+        failed_at=datetime.now(UTC),
+    )
 
 
 class EventPublisher:
@@ -172,21 +213,12 @@ class EventPublisher:
         timestamp_ms: int | None, key: bytes | None, value: bytes | None,
         task_id: str | None,
     ) -> None:
-        envelope = DlqEnvelope(
-            error_code=code,
-            error_message=message[:4096],
-            original_topic=topic,
-            original_partition=partition,
-            original_offset=offset,
-            original_timestamp=(
-                datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms else None
-            ),
-            original_key_base64=base64.b64encode(key).decode() if key is not None else None,
-            original_value_base64=base64.b64encode(value or b"").decode(),
-            task_id=task_id,
+        envelope = dead_letter_envelope(
+            code=code, message=message, topic=topic, partition=partition, offset=offset,
+            timestamp_ms=timestamp_ms, key=key, value=value, task_id=task_id,
             consumer_id=self._source,
-            failed_at=datetime.now(UTC),
         )
+        task_id = envelope.task_id
         dlq_key = task_id or (key.decode("utf-8", "replace") if key else f"{partition}:{offset}")
         await self._send(
             self._settings.topic_dlq,

@@ -77,13 +77,28 @@ class TaskState:
 
 def redis_client(settings: Settings) -> aioredis.Redis:
     password = settings.redis_password.get_secret_value() if settings.redis_password else None
+    tls: dict[str, object] = {}
+    if settings.redis_url.lower().startswith("rediss://"):
+        # Verified, host name included, whatever redis-py's default (5.x did not check the
+        # name); query parameters of the URL still win, as an operator's explicit choice.
+        tls = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+        if settings.redis_ssl_cafile is not None:
+            tls["ssl_ca_certs"] = str(settings.redis_ssl_cafile)
+        if settings.redis_ssl_certfile is not None:
+            tls["ssl_certfile"] = str(settings.redis_ssl_certfile)
+        if settings.redis_ssl_keyfile is not None:
+            tls["ssl_keyfile"] = str(settings.redis_ssl_keyfile)
     client: aioredis.Redis = aioredis.Redis.from_url(
         settings.redis_url,
+        # Both at their defaults, named so that **tls below goes to the open **kwargs only.
+        single_connection_client=False,
+        auto_close_connection_pool=None,
         password=password,
         decode_responses=True,
         socket_timeout=5.0,
         socket_connect_timeout=5.0,
         health_check_interval=15,
+        **tls,
     )
     return client
 

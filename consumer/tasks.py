@@ -137,7 +137,7 @@ class TaskRunner:
             except TimeoutError:
                 raise OcrError(
                     ErrorCode.TASK_TIMEOUT,
-                    f"task took longer than {self._settings.task_timeout_s:.0f} s "
+                    f"task took longer than {self._settings.task_timeout_s:g} s "
                     f"({len(run.pages)} pages done); raise OCR_TASK_TIMEOUT_S or split the "
                     "document with page ranges",
                 ) from None

@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.kafka_clients import client_kwargs
+from schemas.request import MAX_REQUEST_RECORD_BYTES
 
 DAY_MS = 24 * 3600 * 1000
 
@@ -34,8 +35,9 @@ DAY_MS = 24 * 3600 * 1000
 LARGE_RECORD_BYTES = 5 * 1024 * 1024
 # Requests may exceed the consumer's 1 MiB max_request_bytes so that an oversized one
 # reaches the consumer and ends on the DLQ with REQUEST_TOO_LARGE, instead of being refused
-# by the broker where the producer alone would see the error.
-REQUEST_RECORD_BYTES = 2 * 1024 * 1024
+# by the broker where the producer alone would see the error. The DLQ envelope's bounds
+# come from the same figure.
+REQUEST_RECORD_BYTES = MAX_REQUEST_RECORD_BYTES
 
 TOPIC_ALREADY_EXISTS = 36
 UNKNOWN_TOPIC_OR_PARTITION = 3

@@ -4,10 +4,10 @@ Hand-over. A request carries a claim check, not the document. A local FILE is co
 (temporary name, fsync, atomic rename) to OCR_BLOB_ROOT/<sha256[:2]>/<sha256>-<name> and
 referenced as file://<absolute path> with its sha256, so the OCR consumer can verify what
 it reads; the consumer must list that folder in its OCR_FILE_ROOTS (the local stack does
-this for .run/blobs). The blob name contains the hash, so a file already handed over is not
-copied again. --inline sends the bytes base64 inside the request instead, only when asked
-and only up to the contract's limit (576 KiB of document). A URI (http(s)://, file://,
-s3://) is passed through as given.
+this for .run/blobs), and it must exist: a missing one is refused, not created. The blob
+name contains the hash, so a file already handed over is not copied again. --inline sends
+the bytes base64 inside the request instead, only when asked and only up to the contract's
+limit (576 KiB of document). A URI (http(s)://, file://, s3://) is passed through as given.
 
 Task ids. --task-id names the task of a single input. Otherwise the id is derived from
 exactly what the OCR consumer compares to tell a duplicate from a conflict: the source
@@ -118,6 +118,20 @@ def blob_path(blob_root: Path, sha256: str, name: str) -> Path:
     return blob_root / sha256[:2] / blob_name(sha256, name)
 
 
+def check_blob_root(blob_root: Path) -> None:
+    """The hand-over folder must exist already. It is the consumer's (one of its
+    OCR_FILE_ROOTS, shared or mounted); creating a missing one would hand files to a folder
+    no consumer reads, such as .run/blobs under whatever directory the tool started in."""
+    if not blob_root.is_dir():
+        raise SubmitError(
+            f"the hand-over folder {blob_root} (OCR_BLOB_ROOT or --blob-root; a relative "
+            "value is taken from the current directory) does not exist, and ocr-submit does "
+            "not create it: it must be a folder the consumer reads (one of its "
+            "OCR_FILE_ROOTS). Run ocr-submit from the repository after `make up` (the local "
+            "stack's folder is .run/blobs there), or pass --blob-root with that folder"
+        )
+
+
 def hand_over(path: Path, blob_root: Path) -> tuple[Path, str]:
     """Copy `path` into the hand-over folder; returns (absolute blob path, sha256)."""
     digest = file_sha256(path)
@@ -205,6 +219,7 @@ def _source_for(item: str, options: RequestOptions, blob_root: Path) -> tuple[So
                 filename=name,
             )
             return source, None
+        check_blob_root(blob_root)
         blob, digest = hand_over(path, blob_root)
     except PermissionError as exc:
         raise SubmitError(f"{item}: permission denied ({exc.filename})") from exc

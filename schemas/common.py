@@ -13,11 +13,12 @@ SCHEMA_VERSION = 1
 # A task id is the idempotency key and part of the result key `task_id/page`, so it must not
 # contain '/'; the length bound keeps keys small and Redis key names sane.
 TASK_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,127}$"
+MAX_TASK_ID_LENGTH = 128
 TaskId = Annotated[
     str,
     Field(
         min_length=1,
-        max_length=128,
+        max_length=MAX_TASK_ID_LENGTH,
         pattern=TASK_ID_PATTERN,
         description="Idempotency key of the task: 1-128 of [A-Za-z0-9._:@+=-], no '/'.",
         examples=["invoice-2026-0042"],

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from schemas.common import SCHEMA_VERSION, ErrorCode
+from schemas.common import MAX_TASK_ID_LENGTH, SCHEMA_VERSION, ErrorCode
 from schemas.request import OcrRequest
 
 # A little over the largest inline document plus envelope; bigger records are refused unread.
@@ -69,7 +69,9 @@ def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> 
             ErrorCode.REQUEST_INVALID,
             f"request must be a JSON object, got {type(document).__name__}",
         )
-    task_id = document.get("task_id") if isinstance(document.get("task_id"), str) else None
+    named = document.get("task_id")
+    # Longer than any task id: not one to file the dead letter under.
+    task_id = named if isinstance(named, str) and len(named) <= MAX_TASK_ID_LENGTH else None
     version = document.get("schema_version", SCHEMA_VERSION)
     if version != SCHEMA_VERSION:
         raise RequestDecodeError(

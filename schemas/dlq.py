@@ -6,7 +6,8 @@ from datetime import datetime
 
 from pydantic import Field
 
-from schemas.common import ErrorCode, VersionedModel
+from schemas.common import MAX_TASK_ID_LENGTH, ErrorCode, VersionedModel
+from schemas.request import MAX_REQUEST_RECORD_BYTES
 
 # Headers set on every DLQ record, so tools can filter without parsing the value.
 DLQ_HEADER_CODE = "ocr_error_code"
@@ -14,6 +15,10 @@ DLQ_HEADER_MESSAGE = "ocr_error_message"
 DLQ_HEADER_TOPIC = "ocr_original_topic"
 DLQ_HEADER_PARTITION = "ocr_original_partition"
 DLQ_HEADER_OFFSET = "ocr_original_offset"
+
+# A dead letter holds at most one request record's key and value, base64-encoded: four
+# characters for every three bytes, padded.
+MAX_ORIGINAL_BASE64 = 4 * ((MAX_REQUEST_RECORD_BYTES + 2) // 3)
 
 
 class DlqEnvelope(VersionedModel):
@@ -23,8 +28,16 @@ class DlqEnvelope(VersionedModel):
     original_partition: int = Field(ge=0)
     original_offset: int = Field(ge=0)
     original_timestamp: datetime | None = None
-    original_key_base64: str | None = None
-    original_value_base64: str = Field(description="The request bytes exactly as received.")
-    task_id: str | None = Field(default=None, description="When it could be read at all.")
+    original_key_base64: str | None = Field(default=None, max_length=MAX_ORIGINAL_BASE64)
+    original_value_base64: str = Field(
+        max_length=MAX_ORIGINAL_BASE64,
+        description="The request bytes exactly as received (a record is at most "
+        f"{MAX_REQUEST_RECORD_BYTES} bytes; a longer one, possible only on a requests topic "
+        "configured beyond that, is cut there and error_message says so).",
+    )
+    task_id: str | None = Field(
+        default=None, max_length=MAX_TASK_ID_LENGTH,
+        description="When it could be read at all (a longer string is no task id).",
+    )
     consumer_id: str = Field(default="", max_length=128)
     failed_at: datetime

@@ -20,6 +20,10 @@ from schemas.common import (
 # Inline documents ride inside the Kafka record; the broker's default max message is 1 MB,
 # so the base64 text stays under 768 KiB (576 KiB of document).
 MAX_INLINE_BASE64 = 768 * 1024
+# The largest record the requests topic takes (its max.message.bytes as ocr-topics creates
+# it): above the consumer's 1 MiB default OCR_MAX_REQUEST_BYTES, so an oversized request
+# still reaches the consumer and is dead-lettered instead of being refused by the broker.
+MAX_REQUEST_RECORD_BYTES = 2 * 1024 * 1024
 MAX_URI_LENGTH = 2048
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 

@@ -4,18 +4,20 @@ Every hop (the first URL and each redirect) is resolved and checked by `netguard
 connected to by the checked IP address itself: the URL's host is replaced by the address and
 the original name travels in the Host header and TLS SNI (certificates are still verified
 against the name). A second DNS lookup by the HTTP stack could otherwise return a private
-address after the check passed (DNS rebinding).
+address after the check passed (DNS rebinding). Bodies are read raw and decoded by
+`contentcoding` in bounded steps, so the byte cap also holds for gzip/deflate bodies.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Final
 
 import httpx
 
 from consumer.config import Settings
-from consumer.documents import netguard
+from consumer.documents import contentcoding, netguard
 from consumer.errors import OcrError, document_too_large
 from consumer.log import get_logger
 from schemas.common import ErrorCode
@@ -126,18 +128,34 @@ def _status_error(response: httpx.Response, url: httpx.URL) -> OcrError:
 
 
 async def _read_capped(response: httpx.Response, url: httpx.URL, cap: int) -> bytes:
-    """The body, aborting as soon as it is known to exceed `cap` bytes."""
-    too_large = document_too_large(shown_url(url), cap)
+    """The decoded body, aborting as soon as it is known to exceed `cap` bytes.
+
+    Read raw and decoded here in bounded steps (contentcoding), not with aiter_bytes():
+    httpx would inflate a whole gzip chunk before we could count it.
+    """
+    shown = shown_url(url)
+    too_large = document_too_large(shown, cap)
+    decoder = contentcoding.decoder_for(
+        response.headers.get_list("content-encoding", split_commas=True), shown
+    )
     declared = response.headers.get("content-length", "").strip()
-    if declared.isdigit() and int(declared) > cap:
+    # Only an unencoded length says how large the document is.
+    if decoder.identity and declared.isdigit() and int(declared) > cap:
         raise too_large
     chunks: list[bytes] = []
     received = 0
-    async for chunk in response.aiter_bytes():
-        received += len(chunk)
-        if received > cap:
-            raise too_large
-        chunks.append(chunk)
+
+    def keep(pieces: Iterator[bytes]) -> None:
+        nonlocal received
+        for piece in pieces:
+            received += len(piece)
+            if received > cap:
+                raise too_large
+            chunks.append(piece)
+
+    async for raw in response.aiter_raw():
+        keep(decoder.feed(raw))
+    keep(decoder.finish())
     if received > _JOIN_OFF_LOOP_BYTES:
         return await asyncio.to_thread(b"".join, chunks)
     return b"".join(chunks)

@@ -25,7 +25,10 @@ topic; logs, the stack's output and the timeline are under .run/chaos/logs/<run 
 Each scenario ends by checking, from a full read of its topics, that every submitted task
 ended `completed`, that the compacted results view (latest record per `task_id/page`) holds
 exactly the expected pages, and counts duplicates (raw result records minus unique pages)
-and lost tasks (must be 0); every round must also end with the group's committed offsets
-at the end of every request partition (nothing stuck). Figures go to
+and lost tasks (must be 0); a page published twice must say the same both times; every
+round must also end with the group's committed offsets at the end of every request partition
+(nothing stuck). A fault that lands after the document it aimed at had finished is counted
+as missed (column `missed`); a scenario whose every fault missed fails, since it tested no
+recovery. Figures go to
 bench/results/<date>-chaos-<host>.json; the last output line is `N passed, M failed`.
 """

@@ -79,6 +79,7 @@ class ScenarioResult:
     pages: int
     kills: int
     faults: int
+    missed: int  # faults that landed after the work they aimed at had finished
     duplicates: int
     lost: int
     result_records: int
@@ -130,6 +131,10 @@ class Harness:
         self.expected: dict[str, ExpectedTask] = {}
         self.kills = 0
         self.faults = 0
+        # Faults aimed at a document in progress, and those that found it finished already
+        # (the engine was quicker than the plan's wait): a missed fault tests nothing.
+        self.aimed = 0
+        self.missed = 0
         self.problems: list[str] = []
         self.timeline: list[str] = []
         self.round_s: list[float] = []
@@ -168,6 +173,9 @@ class Harness:
             verdict = judge(seen, self.expected)
         except Exception as exc:  # the verdict must be reported even when reading fails
             self.problem(f"verification read failed: {exc!r}")
+        missed_all = self.missed_everything()
+        if missed_all:
+            self.problem(missed_all)
         if verdict is not None:
             self.problems.extend(verdict.problems)
             if self.expect_no_duplicates and verdict.duplicates:
@@ -189,6 +197,7 @@ class Harness:
             pages=sum(t.pages for t in self.expected.values()),
             kills=self.kills,
             faults=self.faults,
+            missed=self.missed,
             duplicates=verdict.duplicates if verdict else -1,
             lost=verdict.lost if verdict else len(self.expected),
             result_records=verdict.result_records if verdict else -1,
@@ -239,6 +248,23 @@ class Harness:
     def problem(self, message: str) -> None:
         self.problems.append(message)
         self.note(f"PROBLEM: {message}")
+
+    def aim(self, *, missed: bool, what: str) -> None:
+        """Count a fault aimed at work in progress; `missed`: the work had finished."""
+        self.aimed += 1
+        if missed:
+            self.missed += 1
+            self.note(f"MISSED: {what}; this round's fault hits no work in progress")
+
+    def missed_everything(self) -> str | None:
+        """A problem when every aimed fault missed: such a scenario proved nothing, however
+        clean its verdict (the seed stays fixed, so the plans are the same on every run)."""
+        if not self.aimed or self.missed < self.aimed:
+            return None
+        return (
+            f"all {self.aimed} faults landed after the work they aimed at had finished, so "
+            "no recovery was tested; the engine outpaced the plans' waits (a faster machine?)"
+        )
 
     # -- consumers -------------------------------------------------------------------------
 
@@ -403,10 +429,13 @@ class Harness:
         await asyncio.sleep(extra_s)
         events = self._page_done_events(task)
         if not events:
+            self.aim(missed=self.done(task), what=f"{task.task_id} ended without a page done")
             return None, f"{task.task_id} has no page done yet"
         last = events[-1]
-        state = "done" if self.done(task) or last.pages_done >= task.pages else "mid-document"
-        return last.consumer_id, f"{state}: {task.task_id} at {last.pages_done}/{task.pages} pages"
+        finished = self.done(task) or last.pages_done >= task.pages
+        where = f"{task.task_id} at {last.pages_done}/{task.pages} pages"
+        self.aim(missed=finished, what=f"{where}, finished before the fault")
+        return last.consumer_id, f"{'done' if finished else 'mid-document'}: {where}"
 
     async def wait_round(self, batch: list[ExpectedTask], started: float) -> bool:
         """Until every task of the batch has a final status and the group has committed

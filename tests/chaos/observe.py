@@ -191,12 +191,26 @@ class Verdict:
         return not self.problems and self.lost == 0
 
 
+def _content(result: PageResult) -> tuple[object, ...]:
+    """What a recomputed page must repeat: the engine's answer, not timings or boxes (the
+    CPU engine's floating point may differ in the last digits between runs)."""
+    return (
+        result.status, result.text, result.markdown, result.finish_reason,
+        result.error.code if result.error else None,
+    )
+
+
 def judge(seen: Seen, expected: dict[str, ExpectedTask]) -> Verdict:
     """The end-of-scenario assertions, as a list of problems rather than the first one."""
     verdict = Verdict(tasks=len(expected), pages=sum(t.pages for t in expected.values()))
     latest: dict[str, PageResult] = {}
     raw: Counter[str] = Counter()
+    differing: set[str] = set()
     for key, result in seen.results:
+        # A duplicate is harmless only if it says the same: a reader that kept the first
+        # copy would otherwise hold another answer than the compacted topic.
+        if key in latest and _content(latest[key]) != _content(result):
+            differing.add(key)
         latest[key] = result  # partition order: the last one is what compaction keeps
         raw[key] += 1
         if result.task_id not in expected:
@@ -206,6 +220,8 @@ def judge(seen: Seen, expected: dict[str, ExpectedTask]) -> Verdict:
                                     f"{result.page}")
     verdict.result_records = sum(raw.values())
     verdict.duplicates = verdict.result_records - len(raw)
+    for key in sorted(differing):
+        verdict.problems.append(f"{key}: published {raw[key]} times with different content")
     for task in expected.values():
         lost_here: list[str] = []
         want = {f"{task.task_id}/{page}" for page in range(1, task.pages + 1)}

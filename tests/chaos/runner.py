@@ -71,16 +71,18 @@ def _write_documents(blob_dir: Path) -> dict[int, Path]:
 
 def _table(results: list[ScenarioResult]) -> str:
     header = ("scenario", "result", "rounds", "tasks", "pages", "kills", "faults",
-              "dup", "lost", "wall s")
+              "missed", "dup", "lost", "wall s")
     rows = [header] + [
         (r.name, "PASS" if r.passed else "FAIL", str(r.rounds), str(r.tasks), str(r.pages),
-         str(r.kills), str(r.faults), str(r.duplicates), str(r.lost), f"{r.wall_s:.1f}")
+         str(r.kills), str(r.faults), str(r.missed), str(r.duplicates), str(r.lost),
+         f"{r.wall_s:.1f}")
         for r in results
     ]
     totals = (
         "total", "", "", str(sum(r.tasks for r in results)),
         str(sum(r.pages for r in results)), str(sum(r.kills for r in results)),
-        str(sum(r.faults for r in results)), str(sum(max(r.duplicates, 0) for r in results)),
+        str(sum(r.faults for r in results)), str(sum(r.missed for r in results)),
+        str(sum(max(r.duplicates, 0) for r in results)),
         str(sum(r.lost for r in results)), f"{sum(r.wall_s for r in results):.1f}",
     )
     rows.append(totals)
@@ -182,7 +184,8 @@ class ChaosSuite:
         verdict = "PASS" if result.passed else "FAIL"
         self.echo(
             f"   {verdict} {name}: {result.tasks} tasks, {result.pages} pages, "
-            f"{result.kills} kills, {result.faults} faults, {result.duplicates} duplicates, "
+            f"{result.kills} kills, {result.faults} faults ({result.missed} missed), "
+            f"{result.duplicates} duplicates, "
             f"{result.lost} lost, {result.wall_s:.1f} s"
         )
         if result.log_events:
@@ -237,7 +240,8 @@ class ChaosSuite:
             "summary": summary,
             "totals": {
                 key: sum(max(getattr(r, key), 0) for r in self.results)
-                for key in ("tasks", "pages", "kills", "faults", "duplicates", "lost")
+                for key in ("tasks", "pages", "kills", "faults", "missed", "duplicates",
+                            "lost")
             },
             "scenarios": [r.as_json() for r in self.results],
             "logs": str(self.log_dir),

@@ -198,7 +198,11 @@ async def rebalance(h: Harness) -> None:
         batch = await h.submit(round_no, pages)
         for index, (delay, draw) in enumerate(changes):
             await asyncio.sleep(delay)
-            if all(h.done(t) for t in batch):
+            finished = all(h.done(t) for t in batch)
+            if index == 0:
+                h.aim(missed=finished, what=f"round {round_no + 1}: the batch finished before "
+                      "its first membership change")
+            if finished:
                 h.note(f"round {round_no + 1}: batch finished before change {index + 1}; "
                        "the remaining changes are skipped")
                 break
@@ -211,7 +215,11 @@ async def rebalance(h: Harness) -> None:
                 victim = members[int(draw * 1000) % len(members)]
                 h.note(f"round {round_no + 1}: {victim.consumer_id} leaves (SIGTERM)")
                 took = await h.stop_consumer(victim)
-                h.note(f"{victim.consumer_id} left after {took or -1:.1f} s")
+                h.note(
+                    f"{victim.consumer_id} left after {took:.1f} s" if took is not None else
+                    f"{victim.consumer_id} did not exit within {GRACE_S + EXIT_MARGIN_S:.0f} s "
+                    "of SIGTERM and was SIGKILLed"
+                )
                 leaves += 1
                 h.kills += 1
             h.faults += 1

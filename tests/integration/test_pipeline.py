@@ -18,7 +18,7 @@ from schemas.progress import TaskStatus
 from schemas.request import OcrRequest, PageRange, Source
 from schemas.result import PageStatus
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf, make_png, page_lines
+from tests.support.documents import make_image, make_pdf, make_png, make_tiff, page_lines
 from tests.support.engines import FaultyEngine, ScriptedEngine
 from tests.support.kafka import TopicReader, committed_offsets, produce_raw, produce_requests
 
@@ -110,6 +110,37 @@ async def test_inline_png_on_the_cpu_engine(
             await reader.wait_for(_completed(settings, "png-1"), timeout=60)
     [result] = reader.results(settings)
     assert "receipt" in result.text.lower() and "42" in result.text
+
+
+async def test_jpeg_multi_page_tiff_and_webp_on_the_cpu_engine(
+    settings: Settings, rapidocr: RapidOcrEngine, tmp_path: Path
+) -> None:
+    documents = {
+        "jpeg-1": (make_image(tmp_path / "a.jpg", "Invoice total 17 paid", "JPEG"), 1),
+        "tiff-1": (make_tiff(tmp_path / "b.tif", [
+            "Delivery order 1 received", "Payment summary 2 balance", "Account number 3 closed",
+        ]), 3),
+        "webp-1": (make_image(tmp_path / "c.webp", "Customer address 99 updated", "WEBP"), 1),
+    }
+    async with running_app(settings, rapidocr):
+        await produce_requests(
+            settings, [_file_request(task_id, path) for task_id, (path, _) in documents.items()]
+        )
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, *documents), timeout=120)
+    results = reader.results(settings)
+    for task_id, (_, pages) in documents.items():
+        [final] = reader.final(settings, task_id)
+        assert final.status is TaskStatus.COMPLETED and final.error is None, final
+        assert (final.pages_total, final.pages_done, final.pages_failed) == (pages, pages, 0)
+        mine = sorted((r for r in results if r.task_id == task_id), key=lambda r: r.page)
+        assert [r.page for r in mine] == list(range(1, pages + 1))
+        for result in mine:
+            assert result.status is PageStatus.OK and result.page_count == pages
+            assert result.text.strip() and result.blocks, (task_id, result.page, result.text)
+    tiff_pages = {r.page: r.text.lower() for r in results if r.task_id == "tiff-1"}
+    # Each frame is its own page, in order.
+    assert "delivery" in tiff_pages[1] and "payment" in tiff_pages[2] and "account" in tiff_pages[3]
 
 
 async def test_page_ranges_select_pages(settings: Settings, tmp_path: Path) -> None:
@@ -206,6 +237,36 @@ async def test_failing_and_hanging_pages_end_with_their_own_error(
     assert by_page[3].error is not None and by_page[3].error.code is ErrorCode.PAGE_TIMEOUT
     [final] = reader.final(settings, "faulty-1")
     assert final.status is TaskStatus.COMPLETED and final.pages_failed == 2
+
+
+async def test_task_timeout_fails_the_task_and_the_consumer_keeps_serving(
+    settings: Settings, tmp_path: Path
+) -> None:
+    slow = make_pdf(tmp_path / "slow.pdf", pages=6)
+    quick = make_pdf(tmp_path / "quick.pdf", pages=1)
+    # One page at a time, 0.5 s each: the 6-page task needs 3 s of its 1.5 s.
+    limited = settings.model_copy(update={"task_timeout_s": 1.5, "max_inflight_pages": 1})
+    engine = ScriptedEngine(delay_s=0.5, concurrency=1)
+    async with running_app(limited, engine):
+        await produce_requests(settings, [_file_request("slow-1", slow)])
+        async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "slow-1"), timeout=60)
+            # The timed-out task gave its page slot back: the next request completes.
+            await produce_requests(settings, [_file_request("after-timeout", quick)])
+            await reader.wait_for(_completed(settings, "after-timeout"), timeout=60)
+        deadline = asyncio.get_running_loop().time() + 20
+        while sum((await committed_offsets(settings)).values()) < 2:
+            assert asyncio.get_running_loop().time() < deadline, "offsets not committed"
+            await asyncio.sleep(0.2)
+    [failed] = reader.final(settings, "slow-1")
+    assert failed.status is TaskStatus.FAILED
+    assert failed.error is not None and failed.error.code is ErrorCode.TASK_TIMEOUT
+    assert "longer than 1.5 s" in failed.error.message
+    assert "OCR_TASK_TIMEOUT_S" in failed.error.message
+    done_before = {r.page for r in reader.results(settings) if r.task_id == "slow-1"}
+    assert 1 <= len(done_before) < 6 and failed.pages_done == len(done_before)
+    [after] = reader.final(settings, "after-timeout")
+    assert after.status is TaskStatus.COMPLETED and after.pages_done == 1
 
 
 async def test_restart_mid_document_resumes_missing_pages(

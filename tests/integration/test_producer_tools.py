@@ -180,7 +180,9 @@ async def run_tool(main: Callable[[list[str]], int], argv: list[str]) -> int:
 
 @pytest.fixture
 def settings(topics: Settings, tmp_path: Path) -> Settings:
-    return topics.model_copy(update={"blob_root": tmp_path / "blobs"})
+    blob_root = tmp_path / "blobs"
+    blob_root.mkdir()  # the consumer's hand-over folder: ocr-submit never creates it
+    return topics.model_copy(update={"blob_root": blob_root})
 
 
 @pytest.fixture
@@ -300,7 +302,7 @@ async def test_submit_wait_times_out_without_a_consumer(
     assert code == EXIT_TIMEOUT
     assert "not final after 2 s" in err and "is an ocr-consumer reading" in err
     # --inline: the bytes travelled in the request, nothing was handed over.
-    assert not settings.blob_root.exists()
+    assert not any(settings.blob_root.iterdir())
     reader = AIOKafkaConsumer(
         settings.topic_requests, **client_kwargs(settings), group_id=None,
         auto_offset_reset="earliest",
@@ -515,6 +517,7 @@ async def test_submit_collect_with_the_real_consumer(
     from tests.support.engines import ScriptedEngine
 
     blob_root = tmp_path / "blobs"
+    blob_root.mkdir()
     settings = stack_settings.model_copy(
         update={"blob_root": blob_root, "file_roots": [blob_root.resolve()],
                 "metrics_port": 0, "commit_interval_s": 0.2}

@@ -39,7 +39,8 @@ def make_pdf(path: Path, pages: int, lines: int = 6) -> Path:
     return path
 
 
-def make_png(path: Path, text: str = "Receipt total 42 paid") -> Path:
+def text_image(text: str) -> Image.Image:
+    """One line of large black text on white, legible to the CPU engine."""
     image = Image.new("RGB", (900, 300), "white")
     draw = ImageDraw.Draw(image)
     try:
@@ -47,8 +48,27 @@ def make_png(path: Path, text: str = "Receipt total 42 paid") -> Path:
     except TypeError:
         font = ImageFont.load_default()
     draw.text((40, 120), text, fill="black", font=font)
+    return image
+
+
+def make_image(path: Path, text: str, image_format: str) -> Path:
+    """`text` as a PNG, JPEG, WEBP (or any format Pillow writes) file."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    text_image(text).save(buffer, format=image_format)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def make_png(path: Path, text: str = "Receipt total 42 paid") -> Path:
+    return make_image(path, text, "PNG")
+
+
+def make_tiff(path: Path, texts: list[str]) -> Path:
+    """A multi-page TIFF: one frame per text."""
+    first, *rest = [text_image(text) for text in texts]
+    buffer = io.BytesIO()
+    first.save(buffer, format="TIFF", save_all=True, append_images=rest, compression="tiff_deflate")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(buffer.getvalue())
     return path

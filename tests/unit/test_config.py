@@ -157,3 +157,22 @@ def test_every_setting_has_a_variable_and_a_flag() -> None:
         assert f"`{env_name(name)}`" in table
     assert env_name("kafka_bootstrap") == "OCR_KAFKA_BOOTSTRAP"
     assert flag_name("kafka_bootstrap") == "--kafka-bootstrap"
+
+
+def test_relative_roots_are_made_absolute_when_settings_load(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Each process reads them in its own working directory: fixed there, once, so that a
+    # file:// URI and the roots it is checked against name the same folders.
+    clean_env.chdir(tmp_path)
+    clean_env.setenv("OCR_FILE_ROOTS", "blobs, ../shared/./docs,/srv/abs")
+    clean_env.setenv("HOME", str(tmp_path / "home"))
+    settings = Settings()
+    assert settings.file_roots == [
+        tmp_path / "blobs", tmp_path.parent / "shared" / "docs", Path("/srv/abs")
+    ]
+    assert settings.blob_root == tmp_path / ".run" / "blobs"  # the default, anchored here
+    assert parse("--blob-root", "~/hand-over").blob_root == tmp_path / "home" / "hand-over"
+    # Moving elsewhere later changes nothing.
+    clean_env.chdir("/")
+    assert settings.blob_root == tmp_path / ".run" / "blobs"

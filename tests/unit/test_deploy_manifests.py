@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from consumer.config import Settings
 from consumer.health import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
@@ -29,6 +29,10 @@ K8S = REPO / "deploy" / "k8s"
 DASHBOARD = REPO / "deploy" / "grafana" / "ocr-stream.json"
 OPERATIONS = REPO / "docs" / "operations.md"
 VLLM_IMAGE = "vllm/vllm-openai"
+# KEDA's kafka scaler names for the SASL mechanisms (its `sasl` parameter).
+KEDA_SASL_MECHANISMS = {
+    "plaintext": "PLAIN", "scram_sha256": "SCRAM-SHA-256", "scram_sha512": "SCRAM-SHA-512",
+}
 
 
 def settings_from(env: dict[str, Any], where: str) -> Settings:
@@ -190,7 +194,7 @@ def test_manifests_are_namespace_agnostic(k8s: dict[str, list[dict[str, Any]]]) 
 
 
 def test_configmap_and_secret_names_are_settings(
-    k8s: dict[str, list[dict[str, Any]]], config_settings: Settings
+    k8s: dict[str, list[dict[str, Any]]], configmap: dict[str, str], config_settings: Settings
 ) -> None:
     assert config_settings.metrics_host == "0.0.0.0"
     secrets = [d for d in k8s["Secret"] if d["metadata"]["name"] == "ocr-stream-secrets"]
@@ -200,8 +204,21 @@ def test_configmap_and_secret_names_are_settings(
         assert name.startswith("OCR_") and field in Settings.model_fields, name
         annotation = str(Settings.model_fields[field].annotation)
         assert "SecretStr" in annotation or field.endswith("username"), name
-    settings_from(secret["stringData"], "Secret")
-    assert isinstance(settings_from(secret["stringData"], "Secret").redis_password, SecretStr)
+    # As secret.example.yaml says: with its SASL keys the ConfigMap switches to SASL_SSL and
+    # names the mechanism, the one KEDA's Secret uses for the same cluster.
+    [keda] = [d for d in k8s["Secret"] if d["metadata"]["name"] == "ocr-stream-keda-kafka"]
+    mechanism = KEDA_SASL_MECHANISMS[keda["stringData"]["sasl"]]
+    assert keda["stringData"]["tls"] == "enable"
+    with_sasl = {
+        **configmap, **secret["stringData"],
+        "OCR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "OCR_KAFKA_SASL_MECHANISM": mechanism,
+    }
+    settings = settings_from(with_sasl, "ConfigMap + Secret")
+    assert isinstance(settings.redis_password, SecretStr)
+    assert isinstance(settings.kafka_sasl_password, SecretStr)
+    # Left on PLAINTEXT, the consumer refuses SASL keys it would not use, at start-up.
+    with pytest.raises(ValidationError, match="would not use them"):
+        settings_from({**configmap, **secret["stringData"]}, "ConfigMap + Secret")
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:

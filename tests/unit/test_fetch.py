@@ -252,6 +252,21 @@ async def test_file_outside_the_roots_is_refused(root: Path, tmp_path: Path) -> 
     assert str(root) in error.message and "OCR_FILE_ROOTS" in error.message
 
 
+async def test_a_relative_root_is_the_folder_it_named_when_settings_loaded(
+    root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings = make_settings(None, file_roots=["root"])
+    monkeypatch.chdir("/")  # the consumer's working directory is no longer where it was
+    uri = (root / "sub dir" / "my doc.pdf").as_uri()
+    assert (await fetch_document(Source(uri=uri), settings)).data == PDF_DATA
+    error = await expect_error(
+        ErrorCode.SOURCE_PATH_NOT_ALLOWED, Source(uri="file:///etc/passwd"), settings
+    )
+    # The allowed roots as the consumer checks them: absolute, not "root".
+    assert f"outside the allowed roots ({root})" in error.message
+
+
 @pytest.mark.parametrize(
     "tail",
     ["../outside.pdf", "sub%20dir/../../outside.pdf", "%2e%2e/outside.pdf", "../root-evil/doc.pdf"],
@@ -647,7 +662,12 @@ class RecordingTransport(httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         self.seen.append(request)
-        return self.answers[(request.headers["host"], request.url.path)]
+        answer = self.answers[(request.headers["host"], request.url.path)]
+        # As from the network: a body still to be streamed (a Response built with bytes is
+        # read already, which no real transport does).
+        return httpx.Response(
+            answer.status_code, headers=answer.headers, stream=httpx.ByteStream(answer.content)
+        )
 
 
 def use_transport(monkeypatch: pytest.MonkeyPatch, transport: RecordingTransport) -> None:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import io
 import json
+import os
 import re
 import zipfile
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from consumer.config import Settings
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
 from producer_tools.collect import build_parser as collect_parser
 from producer_tools.follow_progress import (
@@ -124,6 +126,7 @@ def test_blob_name_is_safe_and_bounded() -> None:
 
 def test_file_request_refers_to_the_blob_with_its_hash(document: Path, tmp_path: Path) -> None:
     blob_root = tmp_path / "blobs"
+    blob_root.mkdir()  # the consumer's folder: ocr-submit never creates it
     options = RequestOptions(
         pages=[PageRange(first=1, last=3), PageRange(first=5)], prompt=PromptKind.FREE_OCR,
         dpi=200, force=True, metadata={"customer": "acme"},
@@ -146,6 +149,7 @@ def test_task_id_is_stable_and_follows_what_the_consumer_compares(
     document: Path, tmp_path: Path
 ) -> None:
     blob_root = tmp_path / "blobs"
+    blob_root.mkdir()  # the consumer's folder: ocr-submit never creates it
 
     def task_id(path: Path = document, **options: object) -> str:
         [submission] = build_submissions([str(path)], RequestOptions(**options), blob_root)  # type: ignore[arg-type]
@@ -196,6 +200,29 @@ def test_inline_sends_the_bytes(document: Path, tmp_path: Path) -> None:
     assert base64.b64decode(source.inline_base64) == document.read_bytes()
     assert source.sha256 == hashlib.sha256(document.read_bytes()).hexdigest()
     assert not (tmp_path / "blobs").exists()
+
+
+def test_a_missing_hand_over_folder_is_refused_not_created(
+    document: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ocr-submit run outside the repository: the default .run/blobs names a folder there,
+    # which no consumer reads.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    for name in [name for name in os.environ if name.startswith("OCR_")]:
+        monkeypatch.delenv(name)
+    blob_root = Settings().blob_root
+    assert blob_root == elsewhere / ".run" / "blobs"
+    with pytest.raises(SubmitError) as caught:
+        build_submissions([str(document)], RequestOptions(), blob_root)
+    message = str(caught.value)
+    assert f"the hand-over folder {blob_root}" in message and "does not exist" in message
+    assert "OCR_FILE_ROOTS" in message and "--blob-root" in message
+    assert not (elsewhere / ".run").exists()
+    # URIs and --inline hand nothing over, so they need no folder.
+    assert build_submissions([str(document)], RequestOptions(inline=True), blob_root)
+    assert build_submissions(["https://h/x.pdf"], RequestOptions(), blob_root)
 
 
 def test_inline_over_the_limit_is_refused_with_advice(tmp_path: Path) -> None:
@@ -336,7 +363,7 @@ def test_task_files_merge_with_what_was_written_before(tmp_path: Path) -> None:
 
 def test_submit_out_files_use_the_input_stem(document: Path, tmp_path: Path) -> None:
     submissions = build_submissions(
-        [str(document), "https://h/x/Quarterly report.pdf"], RequestOptions(), tmp_path / "b"
+        [str(document), "https://h/x/Quarterly report.pdf"], RequestOptions(), tmp_path
     )
     results = {s.task_id: [page(1, f"from {s.label}", task_id=s.task_id)] for s in submissions}
     paths = write_outputs(tmp_path / "out", submissions, results)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -11,6 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
+from consumer.publisher import dead_letter_envelope
+from consumer.topics import REQUEST_RECORD_BYTES
 from schemas import export
 from schemas.cloudevents import (
     CE_TYPE_RESULT,
@@ -20,9 +23,9 @@ from schemas.cloudevents import (
 )
 from schemas.common import ErrorCode
 from schemas.decode import RequestDecodeError, decode_request
-from schemas.dlq import DlqEnvelope
+from schemas.dlq import MAX_ORIGINAL_BASE64, DlqEnvelope
 from schemas.progress import ProgressEvent, TaskStatus
-from schemas.request import OcrRequest, PageRange, parse_page_ranges
+from schemas.request import MAX_REQUEST_RECORD_BYTES, OcrRequest, PageRange, parse_page_ranges
 from schemas.result import PageResult
 from schemas.timing import TimingEvent
 
@@ -86,6 +89,11 @@ OVERSIZED = [
     ("progress", "consumer_id", "c" * 129, "String should have at most 128 characters"),
     ("timing", "consumer_id", "c" * 129, "String should have at most 128 characters"),
     ("dlq", "error_message", "m" * 4097, "String should have at most 4096 characters"),
+    ("dlq", "task_id", "t" * 129, "String should have at most 128 characters"),
+    ("dlq", "original_key_base64", "A" * (MAX_ORIGINAL_BASE64 + 4),
+     f"String should have at most {MAX_ORIGINAL_BASE64} characters"),
+    ("dlq", "original_value_base64", "A" * (MAX_ORIGINAL_BASE64 + 4),
+     f"String should have at most {MAX_ORIGINAL_BASE64} characters"),
 ]
 # The fields that identify an event: the task, or for a dead letter the original record.
 ID_FIELDS = [
@@ -253,6 +261,62 @@ def test_decode_refuses_unsupported_version_and_keeps_the_task_id() -> None:
     assert error.code is ErrorCode.REQUEST_UNSUPPORTED_VERSION
     assert error.message == "schema_version 9 is not supported; this consumer speaks 1"
     assert error.task_id == "v9"
+
+
+def test_decode_keeps_no_task_id_longer_than_a_task_id() -> None:
+    error = refusal(b'{"task_id": "%s", "dpi": 10}' % (b"x" * 129))
+    assert error.code is ErrorCode.REQUEST_INVALID and error.task_id is None
+    assert refusal(b'{"task_id": "%s", "dpi": 10}' % (b"x" * 128)).task_id == "x" * 128
+
+
+# -- dead letters hold at most one request record ------------------------------------------
+
+
+def test_a_dead_letter_holds_the_largest_request_record() -> None:
+    # The requests topic that ocr-topics creates takes records of up to this size.
+    assert REQUEST_RECORD_BYTES == MAX_REQUEST_RECORD_BYTES
+    for size in (MAX_REQUEST_RECORD_BYTES - 2, MAX_REQUEST_RECORD_BYTES - 1,
+                 MAX_REQUEST_RECORD_BYTES):
+        encoded = base64.b64encode(b"\xff" * size).decode()
+        assert len(encoded) <= MAX_ORIGINAL_BASE64
+    model, payload = event("dlq", original_value_base64=encoded, original_key_base64=encoded,
+                           task_id="t" * 128)
+    assert model.model_validate_json(json.dumps(payload))
+
+
+def envelope(**changes: Any) -> DlqEnvelope:
+    values: dict[str, Any] = {
+        "code": ErrorCode.REQUEST_TOO_LARGE, "message": "request is too large",
+        "topic": "ocr.requests", "partition": 1, "offset": 2, "timestamp_ms": None,
+        "key": b"k", "value": b"{}", "task_id": None, "consumer_id": "ocr-stream/c1",
+    }
+    return dead_letter_envelope(**{**values, **changes})
+
+
+def test_a_dead_letter_keeps_the_record_whole_when_it_fits() -> None:
+    value = b"x" * MAX_REQUEST_RECORD_BYTES
+    made = envelope(value=value, task_id="t" * 128)
+    assert base64.b64decode(made.original_value_base64) == value
+    assert made.error_message == "request is too large" and made.task_id == "t" * 128
+
+
+def test_a_record_beyond_the_bound_is_cut_and_the_message_says_so() -> None:
+    # Only a requests topic configured beyond what ocr-topics sets can deliver this; the
+    # envelope must still be valid, or its offset would never finish.
+    value = b"y" * (MAX_REQUEST_RECORD_BYTES + 10)
+    made = envelope(value=value, key=b"k" * (MAX_REQUEST_RECORD_BYTES + 1),
+                    message="m" * 5000, task_id="t" * 129)
+    assert base64.b64decode(made.original_value_base64) == value[:MAX_REQUEST_RECORD_BYTES]
+    assert made.original_key_base64 is not None
+    assert len(base64.b64decode(made.original_key_base64)) == MAX_REQUEST_RECORD_BYTES
+    assert made.task_id is None
+    assert len(made.error_message) == 4096
+    assert made.error_message.endswith(
+        f"[dead letter: key cut to its first {MAX_REQUEST_RECORD_BYTES} of "
+        f"{MAX_REQUEST_RECORD_BYTES + 1} bytes; value cut to its first "
+        f"{MAX_REQUEST_RECORD_BYTES} of {MAX_REQUEST_RECORD_BYTES + 10} bytes]"
+    )
+    assert DlqEnvelope.model_validate_json(made.model_dump_json()) == made
 
 
 def test_decode_describes_invalid_fields() -> None:
