@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from consumer.engines.base import EngineOutput
 from consumer.publisher import event_run_tag
@@ -69,24 +70,30 @@ class TaskRun:
     def pages_failed(self) -> int:
         return sum(1 for status in self.pages.values() if status == "failed")
 
-    def ok_page(
-        self, page: int, info: PageImageInfo, output: EngineOutput, timings: dict[str, float],
-        engine: EngineIdentity,
+    def page_result(
+        self, page: int, info: PageImageInfo, timings: dict[str, float],
+        engine: EngineIdentity, outcome: EngineOutput | ErrorInfo,
     ) -> PageResult:
+        """The page's result: the engine's output, or the error that ended the page."""
         request = self.request
+        if isinstance(outcome, ErrorInfo):
+            produced: dict[str, Any] = {
+                "status": PageStatus.FAILED, "finish_reason": FinishReason.ERROR,
+                "error": outcome,
+            }
+        else:
+            produced = {
+                "status": PageStatus.OK, "markdown": outcome.markdown, "text": outcome.text,
+                "blocks": outcome.blocks, "finish_reason": outcome.finish_reason,
+                "truncated": outcome.truncated,
+                "tokens": TokenCounts(prompt=outcome.prompt_tokens, output=outcome.output_tokens),
+            }
         return PageResult(
             task_id=request.task_id,
             page=page,
             page_count=max(self.page_count, page),
             attempt=request.attempt,
-            status=PageStatus.OK,
             prompt=request.prompt,
-            markdown=output.markdown,
-            text=output.text,
-            blocks=output.blocks,
-            finish_reason=output.finish_reason,
-            truncated=output.truncated,
-            tokens=TokenCounts(prompt=output.prompt_tokens, output=output.output_tokens),
             engine=engine,
             image=info,
             timings=PageTimings(
@@ -97,25 +104,5 @@ class TaskRun:
             ),
             metadata=request.metadata,
             produced_at=datetime.now(UTC),
-        )
-
-    def failed_page(
-        self, page: int, info: PageImageInfo, error: ErrorInfo, timings: dict[str, float],
-        engine: EngineIdentity,
-    ) -> PageResult:
-        request = self.request
-        return PageResult(
-            task_id=request.task_id,
-            page=page,
-            page_count=max(self.page_count, page),
-            attempt=request.attempt,
-            status=PageStatus.FAILED,
-            prompt=request.prompt,
-            finish_reason=FinishReason.ERROR,
-            error=error,
-            engine=engine,
-            image=info,
-            timings=PageTimings(render_ms=timings["render_ms"], infer_ms=timings["infer_ms"]),
-            metadata=request.metadata,
-            produced_at=datetime.now(UTC),
+            **produced,
         )

@@ -287,12 +287,12 @@ class TaskRunner:
             run.clock.postprocess_ms += timings["postprocess_ms"]
             self._metrics.stage("infer", timings["infer_ms"] / 1000)
             self._metrics.stage("postprocess", timings["postprocess_ms"] / 1000)
-            return run.ok_page(page, info, output, timings, self._engine.identity)
+            return run.page_result(page, info, timings, self._engine.identity, output)
         except OcrError as exc:
             self._interrupt_if_engine_dead(exc)
             self._metrics.error(exc.code.value)
             log.warning("page_failed", code=exc.code.value, message=exc.message)
-            return run.failed_page(page, info, exc.info(), timings, self._engine.identity)
+            return run.page_result(page, info, timings, self._engine.identity, exc.info())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an engine bug must fail the page, not the consumer
@@ -303,7 +303,7 @@ class TaskRunner:
                 code=ErrorCode.ENGINE_ERROR,
                 message=f"engine raised {type(exc).__name__}: {exc}"[:2048],
             )
-            return run.failed_page(page, info, error, timings, self._engine.identity)
+            return run.page_result(page, info, timings, self._engine.identity, error)
 
     def _interrupt_if_engine_dead(self, exc: BaseException) -> None:
         """A page that failed because the engine died is not the page's fault: ending it

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,14 +19,7 @@ from consumer.config import (
     settings_from_args,
 )
 
-
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    """No OCR_* variable of the calling shell (CI, make) may leak into these tests."""
-    for name in list(os.environ):
-        if name.startswith("OCR_"):
-            monkeypatch.delenv(name)
-    yield monkeypatch
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def parse(*argv: str) -> Settings:

@@ -4,9 +4,7 @@ and the SASL password kept out of reprs, dumps and error messages."""
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +15,12 @@ from pydantic import ValidationError
 from consumer import app
 from consumer.config import KafkaSecurityProtocol, SaslMechanism, Settings
 from consumer.kafka_clients import KafkaTlsError, client_kwargs
-from tests.support.tls import TlsFiles, make_tls_files
+from tests.support.tls import TlsFiles
 
 PASSWORD = "hunter2-Kafka-secret"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name in list(os.environ):
-        if name.startswith("OCR_"):
-            monkeypatch.delenv(name)
-    yield monkeypatch
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def sasl(protocol: str, mechanism: str | None = None, **extra: Any) -> Settings:

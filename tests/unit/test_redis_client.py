@@ -5,9 +5,8 @@ enough of the Redis protocol to answer PING."""
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,22 +19,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from consumer.config import Settings
 from consumer.state import redis_client
-from tests.support.tls import TlsFiles, make_tls_files
+from tests.support.tls import TlsFiles
 
 PASSWORD = "redis-secret-Pa55"
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
-    for name in list(os.environ):
-        if name.startswith("OCR_"):
-            monkeypatch.delenv(name)
-    yield monkeypatch
-
-
-@pytest.fixture(scope="module")
-def tls(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
-    return make_tls_files(tmp_path_factory.mktemp("tls"))
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def options(client: aioredis.Redis) -> tuple[type[Any], dict[str, Any]]:
