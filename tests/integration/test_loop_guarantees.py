@@ -162,3 +162,45 @@ async def test_a_dead_engine_leaves_the_task_resumable_and_stops_the_consumer(
         event = TimingEvent.model_validate_json(record.value or b"")
         if event.kind is TimingKind.PAGE and event.page is not None:
             assert event.started_at <= results[event.page].produced_at <= event.finished_at
+
+
+async def test_backpressure_holds_through_a_rebalance(settings: Settings, tmp_path: Path) -> None:
+    """With its task budget full, a consumer keeps polling but pauses every partition it is
+    given, and a rebalance (which forgets pause state) does not let records through: each of
+    two members ends with exactly its one task and all its partitions paused."""
+    pdf = make_pdf(tmp_path / "hung.pdf", pages=1)
+    one_task = settings.model_copy(update={"max_inflight_tasks": 1, "shutdown_grace_s": 0.0})
+    one_per_partition: dict[int, str] = {}
+    for i in range(500):
+        one_per_partition.setdefault(task_partition(f"held-{i}".encode(), PARTITIONS), f"held-{i}")
+    assert len(one_per_partition) == PARTITIONS
+    first_engine, second_engine = ScriptedEngine(delay_s=600), ScriptedEngine(delay_s=600)
+
+    def settled(app: App) -> bool:
+        loop = app._loop
+        if loop is None or not loop.joined:
+            return False
+        assignment = loop._consumer.assignment()
+        paused = loop._consumer.paused()
+        return loop.inflight_tasks == 1 and bool(assignment) and paused == assignment
+
+    async with running_app(one_task, first_engine) as first:
+        await produce_requests(
+            settings, [_file_request(task_id, pdf) for task_id in one_per_partition.values()]
+        )
+        await wait_until(lambda: settled(first), 30)
+        assert len(first._loop._consumer.assignment()) == PARTITIONS  # type: ignore[union-attr]
+        second_settings = one_task.model_copy(update={"consumer_id": f"{settings.consumer_id}-b"})
+        async with running_app(second_settings, second_engine) as second:
+            await wait_until(lambda: settled(first) and settled(second), 60)
+            await asyncio.sleep(2.0)  # polls go on; nothing more may be admitted
+            assert settled(first) and settled(second)
+            owned = [
+                app._loop._consumer.assignment()  # type: ignore[union-attr]
+                for app in (first, second)
+            ]
+            assert not owned[0] & owned[1] and len(owned[0] | owned[1]) == PARTITIONS
+    assert sum(second_engine.calls.values()) == 1
+    # The first member's task either stayed with it or was cancelled when its partition
+    # moved, and then the first member took one more from a partition it kept.
+    assert sum(first_engine.calls.values()) in (1, 2)
