@@ -21,6 +21,8 @@ from schemas.cloudevents import CE_TYPE_REQUEST, parse_ce_headers
 from schemas.common import ErrorCode
 from schemas.dlq import DlqEnvelope
 from schemas.request import OcrRequest, Source
+from tests.support.apps import running_app
+from tests.support.engines import ScriptedEngine
 from tests.support.kafka import Record, TopicReader
 
 pytestmark = pytest.mark.integration
@@ -401,6 +403,22 @@ async def test_side_by_side_copies_requests_and_prints_overrides(
     assert set(copied) == {"new-1", "new-2"}
     assert copied["new-1"].value == items[1][1]  # bytes copied unchanged
     assert copied["new-1"].headers["content-type"] == b"application/json"
+
+    # A consumer started with exactly those overrides (the engine apart: a test double)
+    # works the copies and answers on the side topics, the main ones untouched.
+    overrides = {
+        name.removeprefix("OCR_").lower(): value for name, value in env.items()
+        if name not in ("OCR_MODEL", "OCR_RESOLUTION_MODE")
+    }
+    side_consumer = settings.model_copy(update={**overrides, "metrics_port": 0})
+    async with (
+        running_app(side_consumer, ScriptedEngine()),
+        TopicReader(side_consumer, side_consumer.topic_progress) as reader,
+    ):
+        await reader.wait_for(
+            lambda r: all(r.final(side_consumer, t) for t in ("new-1", "new-2"))
+        )
+    assert {e.task_id for e in reader.progress(side_consumer)} == {"new-1", "new-2"}
 
 
 async def test_side_by_side_refuses_a_bad_mode(
