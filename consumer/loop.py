@@ -286,7 +286,10 @@ class ConsumerLoop:
             offset=work.offset, failures=work.failures, error=repr(error),
         )
         if self._stopping.is_set() or work.partition not in self._assigned:
-            return  # uncommitted: whoever reads the partition next does it again
+            # Its own offset stays uncommitted for the partition's next reader; copies
+            # waiting on it elsewhere must not wait for a retry that will not come.
+            self._hand_over(work.followers)
+            return
         self._spawn(work)
 
     async def _run_task(self, request: OcrRequest, record: RequestRecord) -> None:
