@@ -20,7 +20,7 @@ from aiokafka.errors import KafkaError
 from consumer import __version__
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.documents.render import shutdown_renderers, warm_up_renderers
-from consumer.engines.base import Engine, EngineHealth
+from consumer.engines.base import Engine
 from consumer.health import HealthServer
 from consumer.log import configure_logging, get_logger
 from consumer.loop import ConsumerLoop
@@ -79,25 +79,24 @@ class App:
         return self._engine_ready and self._loop is not None and self._loop.joined
 
     def liveness(self) -> tuple[bool, str]:
-        """A dead engine fails every page with ENGINE_ERROR and never recovers on its own:
-        only a restart (the kubelet's, on this answer) brings the consumer back."""
-        health = self._engine_health()
+        """A dead engine never recovers on its own: only a restart of the process brings
+        the consumer back (it also exits by itself, EXIT_ENGINE_DEAD; this answer covers
+        the moments before, and a kubelet that asks first)."""
+        engine = self._engine
+        health = engine.health() if engine is not None else None
         if health is not None and not health.alive:
             return False, f"engine dead: {health.reason}"
         return True, "ok"
 
     def readiness(self) -> tuple[bool, str]:
-        health = self._engine_health()
-        if health is not None and not health.alive:
-            return False, f"engine dead: {health.reason}"
+        alive, reason = self.liveness()
+        if not alive:
+            return False, reason
         if not self._engine_ready:
             return False, "engine starting"
         if self._loop is None or not self._loop.joined:
             return False, "joining consumer group"
         return True, "ready"
-
-    def _engine_health(self) -> EngineHealth | None:
-        return self._engine.health() if self._engine is not None else None
 
     def stop(self) -> None:
         self._stop_requested.set()

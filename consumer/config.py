@@ -117,6 +117,16 @@ def _existing_file(field: str, path: Path | None) -> str | None:
     return None
 
 
+def _refuse_unused(settings: Settings, fields: tuple[str, ...], why_and_fix: str) -> None:
+    """Refuse settings given but never used: a user who set them expects them to act.
+    `why_and_fix` says why they would not be used and what to do; `{them}` in it names
+    them as "it" or "them"."""
+    unused = [env_name(name) for name in fields if getattr(settings, name) is not None]
+    if unused:
+        them = "it" if len(unused) == 1 else "them"
+        raise ValueError(f"{', '.join(unused)} set, but {why_and_fix.format(them=them)}")
+
+
 def _check_tls_files(settings: Settings, client: str) -> None:
     """`<client>_ssl_*`: a key needs its certificate, and every file named must be there."""
     names = [f"{client}_ssl_{part}" for part in ("cafile", "certfile", "keyfile")]
@@ -352,38 +362,26 @@ class Settings(BaseSettings):
                 them = "it" if len(missing) == 1 else "them"
                 raise ValueError(f"{setting} needs {' and '.join(missing)}; set {them}")
         else:
-            unused = [
-                env_name(name)
-                for name in ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
-                if getattr(self, name) is not None
-            ]
-            if unused:
-                them = "it" if len(unused) == 1 else "them"
-                raise ValueError(
-                    f"{', '.join(unused)} set, but {setting} would not use {them}; set "
-                    f"SASL_SSL (or SASL_PLAINTEXT) or unset {them}"
-                )
-        tls_files = ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile")
+            _refuse_unused(
+                self, ("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password"),
+                f"{setting} would not use {{them}}; set SASL_SSL (or SASL_PLAINTEXT) or "
+                "unset {them}",
+            )
         if not protocol.uses_tls:
-            unused = [env_name(name) for name in tls_files if getattr(self, name) is not None]
-            if unused:
-                them = "it" if len(unused) == 1 else "them"
-                raise ValueError(
-                    f"{', '.join(unused)} set, but {setting} does not use TLS; set SSL or "
-                    f"SASL_SSL, or unset {them}"
-                )
+            _refuse_unused(
+                self, ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"),
+                f"{setting} does not use TLS; set SSL or SASL_SSL, or unset {{them}}",
+            )
         _check_tls_files(self, "kafka")
         return self
 
     @model_validator(mode="after")
     def _redis_tls(self) -> Settings:
-        tls_files = ("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile")
-        unused = [env_name(name) for name in tls_files if getattr(self, name) is not None]
-        if unused and not self.redis_url.lower().startswith("rediss://"):
-            them = "it" if len(unused) == 1 else "them"
-            raise ValueError(
-                f"{', '.join(unused)} set, but {env_name('redis_url')} is not a rediss:// URL, "
-                f"so Redis would be reached without TLS; use rediss:// or unset {them}"
+        if not self.redis_url.lower().startswith("rediss://"):
+            _refuse_unused(
+                self, ("redis_ssl_cafile", "redis_ssl_certfile", "redis_ssl_keyfile"),
+                f"{env_name('redis_url')} is not a rediss:// URL, so Redis would be reached "
+                "without TLS; use rediss:// or unset {them}",
             )
         _check_tls_files(self, "redis")
         return self
