@@ -56,7 +56,6 @@ class TaskRun:
     pages_total: int | None = None
     page_count: int = 0
     clock: StageClock = field(default_factory=StageClock)
-    engine_idle: bool = True
 
     @property
     def task_id(self) -> str:
