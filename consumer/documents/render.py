@@ -27,9 +27,9 @@ from consumer.documents.renderproc import (
     WorkerLost,
     WorkerTimedOut,
 )
-from consumer.engines.base import PageImage
 from consumer.errors import OcrError
 from consumer.log import get_logger
+from consumer.page_image import PageImage
 from schemas.common import ErrorCode
 from schemas.request import PageRange
 

@@ -4,6 +4,10 @@ The consumer hands the engine one rendered page at a time and keeps many pages i
 an engine must therefore be safe to call concurrently from one event loop. Cancelling the
 task awaiting `infer()` must abort that page's work inside the engine (the task was revoked,
 cancelled or timed out) and must not leave engine state behind.
+
+The page's time limit (OCR_PAGE_TIMEOUT_S) belongs to the caller: the task runner cancels
+`infer()` when it passes. An engine keeps no deadline of its own, so one timer guards a page.
+`PageImage` lives in consumer/page_image.py; it is re-exported here as part of this API.
 """
 
 from __future__ import annotations
@@ -11,22 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from PIL import Image
-
+from consumer.page_image import PageImage
 from schemas.request import PromptKind
 from schemas.result import Block, EngineIdentity, FinishReason
 
-
-@dataclass(frozen=True, slots=True)
-class PageImage:
-    """A rendered page (or an input image) ready for the engine."""
-
-    task_id: str
-    page: int  # 1-based page number in the source document
-    image: Image.Image  # RGB
-    dpi: int
-    width_pt: float | None = None  # PDF page size in points; None for image inputs
-    height_pt: float | None = None
+__all__ = [
+    "Engine", "EngineHealth", "EngineOutput", "EngineStats", "PageImage", "PageRequest",
+]
 
 
 @dataclass(frozen=True, slots=True)

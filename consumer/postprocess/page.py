@@ -21,8 +21,8 @@ from urllib.parse import quote
 
 from PIL import Image
 
-from consumer.engines.base import PageImage
 from consumer.log import get_logger
+from consumer.page_image import PageImage
 from consumer.postprocess.grounding import BOX_MAX, Box4, parse_grounded
 from consumer.postprocess.markdown import clean_markdown, markdown_to_text
 from schemas.result import Block

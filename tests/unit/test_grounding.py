@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from consumer.engines.base import PageImage
+from consumer.page_image import PageImage
 from consumer.postprocess.grounding import (
     GroundedSpan,
     parse_boxes,

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from consumer.engines.base import PageImage
+from consumer.page_image import PageImage
 from consumer.postprocess.markdown import clean_markdown, markdown_to_text
 from consumer.postprocess.page import Line, lines_page_text, reading_rows
 
