@@ -262,8 +262,11 @@ class TaskRunner:
                 width_pt=image.width_pt, height_pt=image.height_pt,
             )
             start = time.perf_counter()
+            # The page deadline's one owner: the engine keeps no timer of its own, and turns
+            # this cancellation into an abort inside it (see engines/base.py).
+            deadline = asyncio.timeout(self._settings.page_timeout_s)
             try:
-                async with asyncio.timeout(self._settings.page_timeout_s):
+                async with deadline:
                     output = await self._engine.infer(
                         PageRequest(
                             request_id=f"{request.task_id}/{page}/{request.attempt}",
@@ -273,6 +276,8 @@ class TaskRunner:
                         )
                     )
             except TimeoutError:
+                if not deadline.expired():
+                    raise  # the engine's own TimeoutError: an engine failure, not the deadline
                 raise OcrError(
                     ErrorCode.PAGE_TIMEOUT,
                     f"page {page} took longer than {self._settings.page_timeout_s:.0f} s in "

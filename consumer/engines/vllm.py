@@ -9,8 +9,9 @@ request to it, `request_id` = the page attempt's id, so a page can be aborted by
 - `infer()` turns the image into model inputs on vLLM's renderer thread pool
   (`preprocess_workers` threads; done on the event loop it would serialise every page's
   resize, tiling and normalisation), runs greedy decoding, and post-processes the grounded
-  output into the result schema. Cancellation and the page time limit abort the request
-  inside vLLM, so an abandoned page stops taking batch slots and KV cache at once.
+  output into the result schema. Cancellation (the caller's page deadline included) aborts
+  the request inside vLLM, so an abandoned page stops taking batch slots and KV cache at
+  once; `aborted_total` in the stats counts those aborts.
 - `stats()` reads the scheduler's own numbers (running, waiting, KV-cache usage), which a
   stat logger passed to `AsyncLLM` receives after every engine step.
 
@@ -112,13 +113,11 @@ class VllmEngine:
         self._sink = StatsSink()
         self._inflight: set[str] = set()
         self._version: str | None = None
-        self.page_timeout_s = settings.page_timeout_s
         self.start_seconds = 0.0
         self._pages_total = 0
         self._prompt_tokens_total = 0
         self._output_tokens_total = 0
         self._aborted_total = 0
-        self._timeouts_total = 0
 
     # -- identity and sizing ------------------------------------------------------------
 
@@ -373,23 +372,12 @@ class VllmEngine:
         # The page's text is made as its sampling parameters say, even if set_decoding()
         # changes them while it runs.
         sampling, detokenize, max_tokens = self._sampling, self._detokenize, self._max_tokens
-        deadline = asyncio.timeout(self.page_timeout_s)
         try:
-            async with deadline:
-                final = await self._run_request(
-                    engine, request_id, prompt, request.page.image, sampling
-                )
-        except TimeoutError as exc:
-            await self._abort(engine, request_id)
-            if not deadline.expired():  # raised inside vLLM, not our time limit
-                raise EngineError(f"vLLM failed page {request_id}: timeout: {exc}") from exc
-            self._timeouts_total += 1
-            raise EngineError(
-                f"page {request.page.page} took longer than {self.page_timeout_s:g} s in "
-                "the engine",
-                ErrorCode.PAGE_TIMEOUT,
-            ) from None
+            final = await self._run_request(
+                engine, request_id, prompt, request.page.image, sampling
+            )
         except asyncio.CancelledError:
+            # Revoked, shut down, or past the page deadline (the caller's: see base.py).
             await self._abort(engine, request_id)
             raise
         except OcrError:
@@ -504,7 +492,6 @@ class VllmEngine:
                 "steps_total": float(sink.steps_total),
                 "generation_tokens_total": float(sink.generation_tokens_total),
                 "aborted_total": float(self._aborted_total),
-                "timeouts_total": float(self._timeouts_total),
                 "start_seconds": round(self.start_seconds, 3),
             },
         )
