@@ -139,10 +139,10 @@ class App:
         await self._until_connected("producer", publisher.start)
         runner = TaskRunner(
             settings=settings, engine=engine, scheduler=scheduler, store=store,
-            publisher=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
+            events=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
         )
         self._loop = ConsumerLoop(
-            settings=settings, runner=runner, publisher=publisher, scheduler=scheduler,
+            settings=settings, runner=runner, scheduler=scheduler,
             metrics=self.metrics, consumer_id=self.consumer_id,
         )
         stats = asyncio.create_task(self._pump_engine_stats(engine))

@@ -17,20 +17,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
+from typing import Protocol
 
 from consumer.log import get_logger
-from consumer.state import TaskStateStore
 
 log = get_logger(__name__)
 
 RETRY_S = 0.5
 
 
+class LeaseStore(Protocol):
+    """Where leases live (consumer.state.TaskStateStore in the service)."""
+
+    async def acquire_lease(self, task_id: str, owner: str) -> str | None:
+        """Take the lease (or extend our own); None when taken, else the holder."""
+        ...
+
+    async def refresh_lease(self, task_id: str, owner: str) -> bool: ...
+
+    async def release_lease(self, task_id: str, owner: str) -> None: ...
+
+
 class TaskLease:
     """`async with TaskLease(...)`: waits until the lease is ours, refreshes it every third
     of its lifetime, re-takes it when it vanished, releases it on the way out."""
 
-    def __init__(self, store: TaskStateStore, task_id: str, owner: str, ttl_s: float) -> None:
+    def __init__(self, store: LeaseStore, task_id: str, owner: str, ttl_s: float) -> None:
         self._store = store
         self._task_id = task_id
         self._owner = owner

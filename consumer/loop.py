@@ -36,7 +36,6 @@ from consumer.lag import LagReporter
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
 from consumer.offsets import OffsetTracker
-from consumer.publisher import EventPublisher
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.tasks import TaskInterrupted, TaskRunner
@@ -83,14 +82,12 @@ class ConsumerLoop:
         *,
         settings: Settings,
         runner: TaskRunner,
-        publisher: EventPublisher,
         scheduler: PageScheduler,
         metrics: ConsumerMetrics,
         consumer_id: str,
     ) -> None:
         self._settings = settings
         self._runner = runner
-        self._publisher = publisher
         self._scheduler = scheduler
         self._metrics = metrics
         self._consumer_id = consumer_id
@@ -309,12 +306,8 @@ class ConsumerLoop:
             "request_dead_lettered", partition=record.partition, offset=record.offset,
             code=exc.code.value, message=exc.message,
         )
-        self._metrics.dlq(exc.code.value)
-        await self._publisher.dead_letter(
-            code=exc.code, message=exc.message, topic=record.topic,
-            partition=record.partition, offset=record.offset,
-            timestamp_ms=record.timestamp_ms, key=record.key, value=record.value,
-            task_id=exc.task_id,
+        await self._runner.dead_letter(
+            record, code=exc.code, message=exc.message, task_id=exc.task_id
         )
 
     # -- rebalance -----------------------------------------------------------------------

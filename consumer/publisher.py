@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
+from consumer.records import RequestRecord
 from schemas.cloudevents import (
     CE_TYPE_DLQ,
     CE_TYPE_PROGRESS,
@@ -209,13 +210,13 @@ class EventPublisher:
         )
 
     async def dead_letter(
-        self, *, code: ErrorCode, message: str, topic: str, partition: int, offset: int,
-        timestamp_ms: int | None, key: bytes | None, value: bytes | None,
-        task_id: str | None,
+        self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
     ) -> None:
+        """The request record, refused: its envelope on the dead-letter topic."""
+        topic, partition, offset, key = record.topic, record.partition, record.offset, record.key
         envelope = dead_letter_envelope(
             code=code, message=message, topic=topic, partition=partition, offset=offset,
-            timestamp_ms=timestamp_ms, key=key, value=value, task_id=task_id,
+            timestamp_ms=record.timestamp_ms, key=key, value=record.value, task_id=task_id,
             consumer_id=self._source,
         )
         task_id = envelope.task_id

@@ -7,7 +7,7 @@ loss). Every key expires after `state_ttl_s`.
 
 Keys (P = settings.redis_key_prefix):
   P task:<id>         hash   status, fingerprint, attempt, owner, pages_total, timings, error
-  P task:<id>:pages   hash   page -> "ok" | "failed"   (pages published and recorded)
+  P task:<id>:pages   hash   page -> PageStatus value ("ok" | "failed"), once published
   P task:<id>:lease   string owner id, expires after lease_ttl_s unless refreshed
 """
 
@@ -28,6 +28,7 @@ from consumer.config import Settings
 from consumer.log import get_logger
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.progress import TaskStatus
+from schemas.result import PageStatus
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -61,7 +62,7 @@ class TaskState:
     attempt: int = 0
     owner: str = ""
     pages_total: int | None = None
-    pages: dict[int, str] = field(default_factory=dict)  # page -> "ok" | "failed"
+    pages: dict[int, PageStatus] = field(default_factory=dict)  # pages published and recorded
     error: ErrorInfo | None = None
     started_at: float | None = None
     finished_at: float | None = None
@@ -72,7 +73,7 @@ class TaskState:
 
     @property
     def pages_failed(self) -> int:
-        return sum(1 for status in self.pages.values() if status == "failed")
+        return sum(1 for status in self.pages.values() if status is PageStatus.FAILED)
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
@@ -163,7 +164,7 @@ class TaskStateStore:
             attempt=int(task.get("attempt", 0)),
             owner=task.get("owner", ""),
             pages_total=int(task["pages_total"]) if task.get("pages_total") else None,
-            pages={int(page): status for page, status in pages.items()},
+            pages={int(page): PageStatus(status) for page, status in pages.items()},
             error=error,
             started_at=float(task["started_at"]) if task.get("started_at") else None,
             finished_at=float(task["finished_at"]) if task.get("finished_at") else None,
@@ -199,10 +200,10 @@ class TaskStateStore:
             "pages_total", lambda: self._redis.hset(self._task(task_id), "pages_total", pages_total)
         )
 
-    async def page_done(self, task_id: str, page: int, ok: bool) -> None:
+    async def page_done(self, task_id: str, page: int, status: PageStatus) -> None:
         async def call() -> None:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self._pages(task_id), str(page), "ok" if ok else "failed")
+                pipe.hset(self._pages(task_id), str(page), status.value)
                 pipe.expire(self._pages(task_id), self._ttl)
                 pipe.expire(self._task(task_id), self._ttl)
                 await pipe.execute()

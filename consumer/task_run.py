@@ -1,8 +1,13 @@
-"""One task's run in this process: its stage clock, its pages, and the page results it
-produces (the runner in tasks.py decides what happens; this says what a result holds)."""
+"""One task's run in this process: its pages, its stage times, and the events it builds
+(the runner in tasks.py decides what happens; this says what the events hold).
+
+`progress_event` is the one builder of progress events, for runs and for the announcement
+of a finished task re-sent, which has no run.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -10,7 +15,9 @@ from typing import Any
 from consumer.engines.base import EngineOutput
 from consumer.publisher import event_run_tag
 from consumer.records import RequestRecord
+from consumer.stages import StageRecorder, StageTimes
 from schemas.common import ErrorInfo
+from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
 from schemas.result import (
     EngineIdentity,
@@ -18,31 +25,37 @@ from schemas.result import (
     PageImageInfo,
     PageResult,
     PageStatus,
-    PageTimings,
     TokenCounts,
 )
-from schemas.timing import StageDurations
+from schemas.timing import TimingEvent, TimingKind
 
 
-@dataclass(slots=True)
-class StageClock:
-    """Milliseconds per stage, summed over a task's pages."""
+def pages_failed(pages: Mapping[int, PageStatus]) -> int:
+    return sum(1 for status in pages.values() if status is PageStatus.FAILED)
 
-    fetch_ms: float = 0.0
-    render_ms: float = 0.0
-    infer_ms: float = 0.0
-    postprocess_ms: float = 0.0
-    publish_ms: float = 0.0
 
-    def durations(self, queue_ms: float) -> StageDurations:
-        return StageDurations(
-            queue_ms=max(queue_ms, 0.0),
-            fetch_ms=self.fetch_ms,
-            render_ms=self.render_ms,
-            infer_ms=self.infer_ms,
-            postprocess_ms=self.postprocess_ms,
-            publish_ms=self.publish_ms,
-        )
+def progress_event(
+    request: OcrRequest, record: RequestRecord, status: TaskStatus, *, consumer_id: str,
+    attempt: int, pages: Mapping[int, PageStatus], pages_total: int | None,
+    page: int | None = None, error: ErrorInfo | None = None, replayed: bool = False,
+) -> ProgressEvent:
+    """The task's progress as of `pages` (the pages done, each with its status)."""
+    return ProgressEvent(
+        task_id=request.task_id,
+        attempt=attempt,
+        status=status,
+        pages_done=len(pages),
+        pages_failed=pages_failed(pages),
+        pages_total=pages_total,
+        page=page,
+        error=error,
+        replayed=replayed,
+        consumer_id=consumer_id,
+        request_partition=record.partition,
+        request_offset=record.offset,
+        metadata=request.metadata,
+        emitted_at=datetime.now(UTC),
+    )
 
 
 @dataclass(slots=True)
@@ -52,10 +65,12 @@ class TaskRun:
     request: OcrRequest
     record: RequestRecord
     started_at: datetime
-    pages: dict[int, str] = field(default_factory=dict)  # page -> ok | failed
+    consumer_id: str
+    engine: EngineIdentity
+    stages: StageRecorder
+    pages: dict[int, PageStatus] = field(default_factory=dict)
     pages_total: int | None = None
     page_count: int = 0
-    clock: StageClock = field(default_factory=StageClock)
 
     @property
     def task_id(self) -> str:
@@ -67,11 +82,53 @@ class TaskRun:
 
     @property
     def pages_failed(self) -> int:
-        return sum(1 for status in self.pages.values() if status == "failed")
+        return pages_failed(self.pages)
+
+    @property
+    def queue_ms(self) -> float:
+        """From the request's Kafka timestamp to the start of this run."""
+        return max((self.started_at - self.record.queued_at).total_seconds(), 0.0) * 1000
+
+    def progress(
+        self, status: TaskStatus, *, page: int | None = None, error: ErrorInfo | None = None
+    ) -> ProgressEvent:
+        return progress_event(
+            self.request, self.record, status, consumer_id=self.consumer_id,
+            attempt=self.request.attempt, pages=self.pages, pages_total=self.pages_total,
+            page=page, error=error,
+        )
+
+    def page_timing(self, page: int, started_at: datetime, times: StageTimes) -> TimingEvent:
+        return TimingEvent(
+            task_id=self.task_id,
+            attempt=self.request.attempt,
+            kind=TimingKind.PAGE,
+            page=page,
+            queued_at=self.record.queued_at,
+            started_at=started_at,
+            finished_at=datetime.now(UTC),
+            stages=times.durations(self.queue_ms),
+            engine=self.engine,
+            consumer_id=self.consumer_id,
+        )
+
+    def task_timing(self, finished_at: datetime) -> TimingEvent:
+        return TimingEvent(
+            task_id=self.task_id,
+            attempt=self.request.attempt,
+            kind=TimingKind.TASK,
+            pages=len(self.pages),
+            queued_at=self.record.queued_at,
+            started_at=self.started_at,
+            finished_at=finished_at,
+            stages=self.stages.task.durations(self.queue_ms),
+            engine=self.engine,
+            consumer_id=self.consumer_id,
+        )
 
     def page_result(
-        self, page: int, info: PageImageInfo, timings: dict[str, float],
-        engine: EngineIdentity, outcome: EngineOutput | ErrorInfo,
+        self, page: int, info: PageImageInfo, times: StageTimes,
+        outcome: EngineOutput | ErrorInfo,
     ) -> PageResult:
         """The page's result: the engine's output, or the error that ended the page."""
         request = self.request
@@ -93,14 +150,9 @@ class TaskRun:
             page_count=max(self.page_count, page),
             attempt=request.attempt,
             prompt=request.prompt,
-            engine=engine,
+            engine=self.engine,
             image=info,
-            timings=PageTimings(
-                render_ms=timings["render_ms"],
-                infer_ms=timings["infer_ms"],
-                postprocess_ms=timings["postprocess_ms"],
-                queue_ms=max((self.started_at - self.record.queued_at).total_seconds(), 0) * 1000,
-            ),
+            timings=times.page_timings(self.queue_ms),
             metadata=request.metadata,
             produced_at=datetime.now(UTC),
             **produced,

@@ -2,9 +2,16 @@
 
 A task ends in exactly one of three ways:
 - finished (completed, failed, or recognised as a duplicate): its offset may be committed;
-- interrupted (partition revoked, shutdown): nothing final is written, the lease is
-  released, and whoever reads the request next resumes from the pages Redis recorded;
+- interrupted (partition revoked, shutdown, engine death): nothing final is written, the
+  lease is released, and whoever reads the request next resumes from the pages Redis
+  recorded;
 - crashed process: same as interrupted, once the lease expires.
+
+The runner knows its surroundings only through small protocols (consumer/task_io.py and
+the Engine protocol), so tests/unit/test_task_runner.py runs it on in-memory fakes.
+
+The page deadline (OCR_PAGE_TIMEOUT_S) is the runner's alone: it cancels the engine's
+`infer()`, which the Engine contract turns into an abort inside the engine.
 """
 
 from __future__ import annotations
@@ -16,27 +23,23 @@ from datetime import UTC, datetime
 import structlog
 
 from consumer.config import Settings
-from consumer.documents.fetch import fetch_document
-from consumer.documents.render import OpenedDocument, open_document, select_pages
-from consumer.engines.base import Engine, PageRequest
+from consumer.documents.render import select_pages
+from consumer.engines.base import Engine, EngineOutput, PageRequest
 from consumer.errors import OcrError
 from consumer.lease import TaskLease
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
-from consumer.publisher import EventPublisher
+from consumer.page_image import PageImage
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler, SchedulerClosed
-from consumer.state import TaskState, TaskStateStore
-from consumer.task_run import TaskRun
+from consumer.stages import Stage, StageRecorder, StageTimes, elapsed_ms
+from consumer.state import TaskState
+from consumer.task_io import DocumentSource, EventSink, FetchedDocuments, PageSource, TaskStore
+from consumer.task_run import TaskRun, progress_event
 from schemas.common import ErrorCode, ErrorInfo
-from schemas.progress import ProgressEvent, TaskStatus
+from schemas.progress import TaskStatus
 from schemas.request import OcrRequest
-from schemas.result import (
-    PageImageInfo,
-    PageResult,
-    PageStatus,
-)
-from schemas.timing import StageDurations, TimingEvent, TimingKind
+from schemas.result import PageImageInfo, PageResult
 
 log = get_logger(__name__)
 
@@ -50,8 +53,11 @@ class EngineDead(TaskInterrupted):
     unfinished (offset uncommitted) for the restarted consumer to resume."""
 
 
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
+def _image_info(image: PageImage) -> PageImageInfo:
+    return PageImageInfo(
+        width_px=image.image.width, height_px=image.image.height, dpi=image.dpi,
+        width_pt=image.width_pt, height_pt=image.height_pt,
+    )
 
 
 class TaskRunner:
@@ -61,20 +67,22 @@ class TaskRunner:
         settings: Settings,
         engine: Engine,
         scheduler: PageScheduler,
-        store: TaskStateStore,
-        publisher: EventPublisher,
+        store: TaskStore,
+        events: EventSink,
         metrics: ConsumerMetrics,
         consumer_id: str,
+        documents: DocumentSource | None = None,
     ) -> None:
         self._settings = settings
         self._engine = engine
         self._scheduler = scheduler
         self._store = store
-        self._publisher = publisher
+        self._events = events
         self._metrics = metrics
         self._consumer_id = consumer_id
+        self._documents = documents if documents is not None else FetchedDocuments(settings)
 
-    # -- entry point ---------------------------------------------------------------------
+    # -- entry points --------------------------------------------------------------------
 
     async def run(self, request: OcrRequest, record: RequestRecord) -> TaskStatus | None:
         """Do the task; returns its final status, or None when it was a duplicate."""
@@ -86,7 +94,7 @@ class TaskRunner:
         state = await self._store.load(request.task_id)
         if await self._settled(request, record, fingerprint, state):
             return None
-        run = TaskRun(request=request, record=record, started_at=datetime.now(UTC))
+        run = self._new_run(request, record)
         await self._progress(run, TaskStatus.QUEUED)
         async with TaskLease(
             self._store, request.task_id, self._consumer_id, self._settings.lease_ttl_s
@@ -99,6 +107,41 @@ class TaskRunner:
             status, error = await self._run_leased(run, state, fingerprint)
             await self._finish(run, status, error)
             return status
+
+    async def fail_internal(
+        self, request: OcrRequest, record: RequestRecord, exc: BaseException
+    ) -> None:
+        """A bug ended the task: say so on the progress topic rather than stall the partition."""
+        error = ErrorInfo(
+            code=ErrorCode.INTERNAL,
+            message=f"internal error {type(exc).__name__}: {exc}; please report it"[:2048],
+        )
+        self._metrics.error(ErrorCode.INTERNAL.value)
+        await self._finish(self._new_run(request, record), TaskStatus.FAILED, error)
+
+    async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None:
+        """A request whose task id is running here for different content: dead-lettered,
+        never merged into the running task (that would drop it without a trace)."""
+        structlog.contextvars.bind_contextvars(
+            task_id=request.task_id, partition=record.partition, offset=record.offset
+        )
+        await self._conflict(request, record, "running")
+
+    async def dead_letter(
+        self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
+    ) -> None:
+        """Refuse the request record: counted, then published to the dead-letter topic."""
+        self._metrics.dlq(code.value)
+        await self._events.dead_letter(record, code=code, message=message, task_id=task_id)
+
+    # -- before the work -----------------------------------------------------------------
+
+    def _new_run(self, request: OcrRequest, record: RequestRecord) -> TaskRun:
+        return TaskRun(
+            request=request, record=record, started_at=datetime.now(UTC),
+            consumer_id=self._consumer_id, engine=self._engine.identity,
+            stages=StageRecorder(self._metrics.stage),
+        )
 
     async def _settled(
         self, request: OcrRequest, record: RequestRecord, fingerprint: str,
@@ -127,8 +170,7 @@ class TaskRunner:
             request.task_id, fingerprint=fingerprint, attempt=request.attempt,
             owner=self._consumer_id, reset_pages=reset,
         )
-        queue_s = (run.started_at - run.record.queued_at).total_seconds()
-        self._metrics.task_queue_latency(max(queue_s, 0.0))
+        self._metrics.task_queue_latency(run.queue_ms / 1000)
         log.info("task_started", resumed_pages=len(run.pages), attempt=request.attempt)
         try:
             try:
@@ -153,27 +195,12 @@ class TaskRunner:
             )
         return TaskStatus.COMPLETED, None
 
-    async def fail_internal(
-        self, request: OcrRequest, record: RequestRecord, exc: BaseException
-    ) -> None:
-        """A bug ended the task: say so on the progress topic rather than stall the partition."""
-        run = TaskRun(request=request, record=record, started_at=datetime.now(UTC))
-        error = ErrorInfo(
-            code=ErrorCode.INTERNAL,
-            message=f"internal error {type(exc).__name__}: {exc}; please report it"[:2048],
-        )
-        self._metrics.error(ErrorCode.INTERNAL.value)
-        await self._finish(run, TaskStatus.FAILED, error)
-
     # -- the work ------------------------------------------------------------------------
 
     async def _process(self, run: TaskRun) -> None:
         request = run.request
-        start = time.perf_counter()
-        document = await fetch_document(request.source, self._settings)
-        opened = await open_document(document, self._settings, request.task_id)
-        run.clock.fetch_ms = _ms(start)
-        self._metrics.stage("fetch", run.clock.fetch_ms / 1000)
+        with run.stages.timed(Stage.FETCH):
+            opened = await self._documents.open(request)
         try:
             run.page_count = opened.page_count
             selected = select_pages(request.pages, opened.page_count)
@@ -185,7 +212,7 @@ class TaskRunner:
         finally:
             await opened.close()
 
-    async def _pages(self, run: TaskRun, opened: OpenedDocument, todo: list[int]) -> None:
+    async def _pages(self, run: TaskRun, opened: PageSource, todo: list[int]) -> None:
         interrupted = False
         try:
             async with asyncio.TaskGroup() as group:
@@ -208,96 +235,38 @@ class TaskRunner:
             raise TaskInterrupted("scheduler closed: shutting down")
 
     async def _page_in_slot(
-        self, run: TaskRun, opened: OpenedDocument, page: int, queue_s: float
+        self, run: TaskRun, opened: PageSource, page: int, queue_s: float
     ) -> None:
         structlog.contextvars.bind_contextvars(page=page)
         started_at = datetime.now(UTC)
+        times = StageTimes()
         try:
-            result = await self._compute_page(run, opened, page)
-            start = time.perf_counter()
-            await self._publisher.result(result, run_tag=run.run_tag)
-            await self._store.page_done(run.task_id, page, result.status is PageStatus.OK)
-            run.pages[page] = "ok" if result.status is PageStatus.OK else "failed"
-            publish_ms = _ms(start)
-            run.clock.publish_ms += publish_ms
-            self._metrics.stage("publish", publish_ms / 1000)
-            self._metrics.page_done(result.status.value, result.timings.infer_ms / 1000, queue_s)
+            result = await self._compute_page(run, opened, page, times)
+            with run.stages.timed(Stage.PUBLISH, times):
+                await self._events.result(result, run_tag=run.run_tag)
+                await self._store.page_done(run.task_id, page, result.status)
+            run.pages[page] = result.status
+            self._metrics.page_done(result.status.value, times[Stage.INFER] / 1000, queue_s)
             await self._progress(run, TaskStatus.PAGE_DONE, page=page)
-            await self._publisher.timing(
-                TimingEvent(
-                    task_id=run.task_id,
-                    attempt=run.request.attempt,
-                    kind=TimingKind.PAGE,
-                    page=page,
-                    queued_at=run.record.queued_at,
-                    started_at=started_at,
-                    finished_at=datetime.now(UTC),
-                    stages=StageDurations(
-                        queue_ms=result.timings.queue_ms,
-                        render_ms=result.timings.render_ms,
-                        infer_ms=result.timings.infer_ms,
-                        postprocess_ms=result.timings.postprocess_ms,
-                        publish_ms=publish_ms,
-                    ),
-                    engine=self._engine.identity,
-                    consumer_id=self._consumer_id,
-                ),
-                run_tag=run.run_tag,
-            )
+            await self._events.timing(run.page_timing(page, started_at, times), run_tag=run.run_tag)
         finally:
             self._scheduler.release(run.task_id)
 
-    async def _compute_page(self, run: TaskRun, opened: OpenedDocument, page: int) -> PageResult:
-        request = run.request
-        timings: dict[str, float] = {"render_ms": 0.0, "infer_ms": 0.0, "postprocess_ms": 0.0}
-        info = PageImageInfo(width_px=0, height_px=0, dpi=request.dpi)
-        start = time.perf_counter()
+    async def _compute_page(
+        self, run: TaskRun, opened: PageSource, page: int, times: StageTimes
+    ) -> PageResult:
+        info = PageImageInfo(width_px=0, height_px=0, dpi=run.request.dpi)
         try:
-            image = await opened.render_page(page, request.dpi)
-            timings["render_ms"] = _ms(start)
-            run.clock.render_ms += timings["render_ms"]
-            self._metrics.stage("render", timings["render_ms"] / 1000)
-            info = PageImageInfo(
-                width_px=image.image.width, height_px=image.image.height, dpi=image.dpi,
-                width_pt=image.width_pt, height_pt=image.height_pt,
-            )
-            start = time.perf_counter()
-            # The page deadline's one owner: the engine keeps no timer of its own, and turns
-            # this cancellation into an abort inside it (see engines/base.py).
-            deadline = asyncio.timeout(self._settings.page_timeout_s)
-            try:
-                async with deadline:
-                    output = await self._engine.infer(
-                        PageRequest(
-                            request_id=f"{request.task_id}/{page}/{request.attempt}",
-                            page=image,
-                            prompt=request.prompt,
-                            locate_text=request.locate_text,
-                        )
-                    )
-            except TimeoutError:
-                if not deadline.expired():
-                    raise  # the engine's own TimeoutError: an engine failure, not the deadline
-                raise OcrError(
-                    ErrorCode.PAGE_TIMEOUT,
-                    f"page {page} took longer than {self._settings.page_timeout_s:.0f} s in "
-                    "the engine; raise OCR_PAGE_TIMEOUT_S or lower OCR_MAX_TOKENS",
-                ) from None
-            # The engine post-processes inside infer(); its share is a stage of its own so
-            # that inference time is decoding alone and the stages add up.
-            engine_ms = _ms(start)
-            timings["postprocess_ms"] = min(max(output.postprocess_ms, 0.0), engine_ms)
-            timings["infer_ms"] = engine_ms - timings["postprocess_ms"]
-            run.clock.infer_ms += timings["infer_ms"]
-            run.clock.postprocess_ms += timings["postprocess_ms"]
-            self._metrics.stage("infer", timings["infer_ms"] / 1000)
-            self._metrics.stage("postprocess", timings["postprocess_ms"] / 1000)
-            return run.page_result(page, info, timings, self._engine.identity, output)
+            with run.stages.timed(Stage.RENDER, times):
+                image = await opened.render_page(page, run.request.dpi)
+            info = _image_info(image)
+            output = await self._infer(run, image, times)
+            return run.page_result(page, info, times, output)
         except OcrError as exc:
             self._interrupt_if_engine_dead(exc)
             self._metrics.error(exc.code.value)
             log.warning("page_failed", code=exc.code.value, message=exc.message)
-            return run.page_result(page, info, timings, self._engine.identity, exc.info())
+            return run.page_result(page, info, times, exc.info())
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # an engine bug must fail the page, not the consumer
@@ -308,7 +277,39 @@ class TaskRunner:
                 code=ErrorCode.ENGINE_ERROR,
                 message=f"engine raised {type(exc).__name__}: {exc}"[:2048],
             )
-            return run.page_result(page, info, timings, self._engine.identity, error)
+            return run.page_result(page, info, times, error)
+
+    async def _infer(self, run: TaskRun, image: PageImage, times: StageTimes) -> EngineOutput:
+        """The engine's work on one page, under the page deadline (this is its one owner)."""
+        request = run.request
+        timeout_s = self._settings.page_timeout_s
+        start = time.perf_counter()
+        deadline = asyncio.timeout(timeout_s)
+        try:
+            async with deadline:
+                output = await self._engine.infer(
+                    PageRequest(
+                        request_id=f"{request.task_id}/{image.page}/{request.attempt}",
+                        page=image,
+                        prompt=request.prompt,
+                        locate_text=request.locate_text,
+                    )
+                )
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the engine's own TimeoutError: an engine failure, not our deadline
+            raise OcrError(
+                ErrorCode.PAGE_TIMEOUT,
+                f"page {image.page} took longer than {timeout_s:.0f} s in the engine; raise "
+                "OCR_PAGE_TIMEOUT_S or lower OCR_MAX_TOKENS",
+            ) from None
+        # The engine post-processes inside infer(); its share is a stage of its own so that
+        # inference time is decoding alone and the stages add up.
+        engine_ms = elapsed_ms(start)
+        postprocess_ms = min(max(output.postprocess_ms, 0.0), engine_ms)
+        run.stages.record(Stage.INFER, engine_ms - postprocess_ms, times)
+        run.stages.record(Stage.POSTPROCESS, postprocess_ms, times)
+        return output
 
     def _interrupt_if_engine_dead(self, exc: BaseException) -> None:
         """A page that failed because the engine died is not the page's fault: ending it
@@ -322,23 +323,7 @@ class TaskRunner:
     async def _finish(self, run: TaskRun, status: TaskStatus, error: ErrorInfo | None) -> None:
         await self._store.finish(run.task_id, status, error)
         finished = datetime.now(UTC)
-        await self._publisher.timing(
-            TimingEvent(
-                task_id=run.task_id,
-                attempt=run.request.attempt,
-                kind=TimingKind.TASK,
-                pages=len(run.pages),
-                queued_at=run.record.queued_at,
-                started_at=run.started_at,
-                finished_at=finished,
-                stages=run.clock.durations(
-                    (run.started_at - run.record.queued_at).total_seconds() * 1000
-                ),
-                engine=self._engine.identity,
-                consumer_id=self._consumer_id,
-            ),
-            run_tag=run.run_tag,
-        )
+        await self._events.timing(run.task_timing(finished), run_tag=run.run_tag)
         await self._progress(run, status, error=error)
         self._metrics.task_done(status.value)
         log.info(
@@ -350,69 +335,29 @@ class TaskRunner:
         self, request: OcrRequest, record: RequestRecord, state: TaskState
     ) -> None:
         """A re-sent finished task: say its final status again instead of recomputing."""
-        await self._publisher.progress(
-            ProgressEvent(
-                task_id=request.task_id,
-                attempt=state.attempt,
-                status=state.status,
-                pages_done=state.pages_done,
-                pages_failed=state.pages_failed,
-                pages_total=state.pages_total,
-                error=state.error,
-                replayed=True,
-                consumer_id=self._consumer_id,
-                request_partition=record.partition,
-                request_offset=record.offset,
-                metadata=request.metadata,
-                emitted_at=datetime.now(UTC),
+        await self._events.progress(
+            progress_event(
+                request, record, state.status, consumer_id=self._consumer_id,
+                attempt=state.attempt, pages=state.pages, pages_total=state.pages_total,
+                error=state.error, replayed=True,
             )
         )
         self._metrics.task_done("duplicate")
         log.info("task_duplicate", status=state.status.value)
-
-    async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None:
-        """A request whose task id is running here for different content: dead-lettered,
-        never merged into the running task (that would drop it without a trace)."""
-        structlog.contextvars.bind_contextvars(
-            task_id=request.task_id, partition=record.partition, offset=record.offset
-        )
-        await self._conflict(request, record, "running")
 
     async def _conflict(self, request: OcrRequest, record: RequestRecord, earlier: str) -> None:
         message = (
             f"task id {request.task_id!r} was already used for a different request "
             f"({earlier}); use a new task id, or set force=true to replace the earlier task"
         )
-        self._metrics.dlq(ErrorCode.TASK_ID_CONFLICT.value)
         log.warning("task_id_conflict")
-        await self._publisher.dead_letter(
-            code=ErrorCode.TASK_ID_CONFLICT, message=message, topic=record.topic,
-            partition=record.partition, offset=record.offset,
-            timestamp_ms=record.timestamp_ms, key=record.key, value=record.value,
-            task_id=request.task_id,
+        await self.dead_letter(
+            record, code=ErrorCode.TASK_ID_CONFLICT, message=message, task_id=request.task_id
         )
-
-    # -- helpers -------------------------------------------------------------------------
 
     async def _progress(
         self, run: TaskRun, status: TaskStatus, *, page: int | None = None,
         error: ErrorInfo | None = None,
     ) -> None:
-        await self._publisher.progress(
-            ProgressEvent(
-                task_id=run.task_id,
-                attempt=run.request.attempt,
-                status=status,
-                pages_done=len(run.pages),
-                pages_failed=run.pages_failed,
-                pages_total=run.pages_total,
-                page=page,
-                error=error,
-                consumer_id=self._consumer_id,
-                request_partition=run.record.partition,
-                request_offset=run.record.offset,
-                metadata=run.request.metadata,
-                emitted_at=datetime.now(UTC),
-            ),
-            run_tag=run.run_tag,
-        )
+        await self._events.progress(run.progress(status, page=page, error=error),
+                                    run_tag=run.run_tag)

@@ -12,6 +12,7 @@ from consumer.lease import TaskLease
 from consumer.state import TaskStateStore, redis_client
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.progress import TaskStatus
+from schemas.result import PageStatus
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +32,8 @@ async def test_state_round_trip_and_every_key_expires(
 ) -> None:
     await store.begin("s1", fingerprint="f", attempt=2, owner="c1", reset_pages=True)
     await store.set_pages_total("s1", 3)
-    await store.page_done("s1", 1, ok=True)
-    await store.page_done("s1", 3, ok=False)
+    await store.page_done("s1", 1, PageStatus.OK)
+    await store.page_done("s1", 3, PageStatus.FAILED)
     error = ErrorInfo(code=ErrorCode.PAGES_FAILED, message="1 of 2 pages failed")
     await store.finish("s1", TaskStatus.COMPLETED, error)
     assert await store.acquire_lease("s1", "c1") is None
@@ -42,7 +43,7 @@ async def test_state_round_trip_and_every_key_expires(
     assert (state.status, state.fingerprint, state.attempt, state.owner) == (
         TaskStatus.COMPLETED, "f", 2, "c1"
     )
-    assert state.pages_total == 3 and state.pages == {1: "ok", 3: "failed"}
+    assert state.pages_total == 3 and state.pages == {1: PageStatus.OK, 3: PageStatus.FAILED}
     assert state.error == error and state.pages_failed == 1
     assert await store.load("never-seen") is None
 
@@ -59,9 +60,9 @@ async def test_state_round_trip_and_every_key_expires(
 
 async def test_begin_with_reset_forgets_pages(store: TaskStateStore) -> None:
     await store.begin("s2", fingerprint="f", attempt=0, owner="c1", reset_pages=True)
-    await store.page_done("s2", 1, ok=True)
+    await store.page_done("s2", 1, PageStatus.OK)
     await store.begin("s2", fingerprint="f", attempt=0, owner="c2", reset_pages=False)
-    assert (await store.load("s2")).pages == {1: "ok"}  # type: ignore[union-attr]
+    assert (await store.load("s2")).pages == {1: PageStatus.OK}  # type: ignore[union-attr]
     await store.begin("s2", fingerprint="g", attempt=1, owner="c2", reset_pages=True)
     assert (await store.load("s2")).pages == {}  # type: ignore[union-attr]
 

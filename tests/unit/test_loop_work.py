@@ -89,7 +89,7 @@ async def _positions(loop: ConsumerLoop, expected: dict[int, int | None]) -> dic
 async def loop_and_runner() -> Any:
     runner = StubRunner()
     loop = ConsumerLoop(
-        settings=Settings(), runner=runner, publisher=None,  # type: ignore[arg-type]
+        settings=Settings(), runner=runner,  # type: ignore[arg-type]
         scheduler=PageScheduler(4), metrics=ConsumerMetrics(), consumer_id="unit",
     )
     await loop.partitions_assigned({TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)})
