@@ -23,7 +23,7 @@ from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
 from consumer.health import HealthServer
 from consumer.log import configure_logging, get_logger
-from consumer.loop import ConsumerLoop
+from consumer.loop import ConsumerLoop, request_consumer
 from consumer.metrics import ConsumerMetrics
 from consumer.publisher import EventPublisher
 from consumer.scheduler import PageScheduler
@@ -142,8 +142,8 @@ class App:
             events=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
         )
         self._loop = ConsumerLoop(
-            settings=settings, runner=runner, scheduler=scheduler,
-            metrics=self.metrics, consumer_id=self.consumer_id,
+            consumer=request_consumer(settings, self.consumer_id), settings=settings,
+            runner=runner, scheduler=scheduler, metrics=self.metrics,
         )
         stats = asyncio.create_task(self._pump_engine_stats(engine))
         await warm_up_renderers(settings)

@@ -1,21 +1,19 @@
-"""The Kafka side of the consumer: poll, admit, pause/resume, rebalance, commit.
+"""The Kafka side of the consumer: poll, decode, pause/resume, rebalance, commit.
 
-Invariants:
+What becomes of a record's work is decided by the pure `WorkBook` (consumer/workbook.py,
+where the bookkeeping's invariants are written down); this adapter carries its decisions
+out with asyncio tasks and the Kafka consumer it is given.
+
+Invariants of the adapter:
 - `getmany()` is called at least every ~200 ms whatever the load, so the group never
   evicts us for not polling; backpressure is `pause()`, never "stop polling".
 - Pause state is re-applied on every iteration because a rebalance forgets it.
-- A partition's committed offset never passes an unfinished task (OffsetTracker).
-- On an eager rebalance, tasks keep running until the new assignment is known: partitions
-  we get back keep their tasks (records re-delivered from the committed offset are
-  recognised and skipped); tasks of partitions that moved away are cancelled and stay
-  resumable from the pages Redis recorded.
-- One task id runs at most once at a time in this process. A copy of a running request
-  (same content) follows it: its offset, on whatever partition it came, is finished when
-  the run finishes; if the run is interrupted instead, the first copy on a partition still
-  ours runs in its place. A `force` copy replaces the run once it has stopped.
-- Every received offset ends finished or stays pending until its partition is revoked: work
-  that raised (a publish that kept failing, a bug) is retried with backoff, never dropped,
-  so a partition's commits cannot stall behind a record nobody will finish.
+- Every event reaches the book in the order the loop saw it, and every decision is carried
+  out before the next event: runs are started and cancelled only on the book's word.
+- On an eager rebalance, runs keep going until the new assignment is known: partitions we
+  get back keep their runs (records re-delivered from the committed offset are recognised
+  and skipped); runs of partitions that moved away are cancelled and stay resumable from
+  the pages Redis recorded.
 """
 
 from __future__ import annotations
@@ -23,22 +21,23 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from aiokafka.structs import ConsumerRecord, OffsetAndMetadata
+from aiokafka.structs import OffsetAndMetadata
 
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
 from consumer.lag import LagReporter
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
-from consumer.offsets import OffsetTracker
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
-from consumer.tasks import TaskInterrupted, TaskRunner
+from consumer.tasks import TaskInterrupted
+from consumer.workbook import Decision, Request, Start, Work, WorkBook, WorkKind
+from schemas.common import ErrorCode
 from schemas.decode import RequestDecodeError, decode_request
 from schemas.request import OcrRequest
 
@@ -46,23 +45,48 @@ log = get_logger(__name__)
 
 POLL_TIMEOUT_MS = 200
 REVOKE_WAIT_S = 10.0
-# Work that raised is tried again after 1, 2, 4 ... seconds, at most a minute apart.
-RETRY_FIRST_S = 1.0
-RETRY_MAX_S = 60.0
 
 
-@dataclass(slots=True)
-class _Work:
-    """One received record's work (a task, a dead letter, a conflict report)."""
+class TaskHandler(Protocol):
+    """What the loop asks of the task runner (consumer.tasks.TaskRunner)."""
 
-    partition: TopicPartition
-    offset: int
-    task_id: str | None
-    start: Callable[[], Awaitable[None]]  # does the work from the beginning, every time
-    fingerprint: str = ""  # the request's content, to tell copies from conflicts
-    # Copies of the request received while this runs, finished when it finishes.
-    followers: list[_Work] = field(default_factory=list)
-    failures: int = 0  # times the work raised; the retry delay grows with it
+    async def run(self, request: OcrRequest, record: RequestRecord) -> object: ...
+
+    async def fail_internal(
+        self, request: OcrRequest, record: RequestRecord, exc: BaseException
+    ) -> None: ...
+
+    async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None: ...
+
+    async def dead_letter(
+        self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
+    ) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """The loop's payload of a work: the record and what decoding made of it."""
+
+    record: RequestRecord
+    request: OcrRequest | RequestDecodeError
+
+
+def request_consumer(settings: Settings, consumer_id: str) -> AIOKafkaConsumer:
+    """The requests topic's consumer, as `ConsumerLoop` wants it injected."""
+    return AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=settings.group_id,
+        group_instance_id=settings.group_instance_id,
+        client_id=f"ocr-stream-{consumer_id}",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(settings.session_timeout_ms // 10, 1000),
+        max_poll_interval_ms=settings.max_poll_interval_ms,
+        # Requests are small claim checks; a generous record limit avoids refetches.
+        max_partition_fetch_bytes=max(settings.max_request_bytes * 2, 1024 * 1024),
+        fetch_max_bytes=max(settings.max_request_bytes * 4, 50 * 1024 * 1024),
+    )
 
 
 class _RebalanceListener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -80,42 +104,27 @@ class ConsumerLoop:
     def __init__(
         self,
         *,
+        consumer: AIOKafkaConsumer,
         settings: Settings,
-        runner: TaskRunner,
+        runner: TaskHandler,
         scheduler: PageScheduler,
         metrics: ConsumerMetrics,
-        consumer_id: str,
+        book: WorkBook[TopicPartition, Job] | None = None,
     ) -> None:
+        """`consumer` is not started yet (see `request_consumer`); `start()` starts it."""
+        self._consumer = consumer
         self._settings = settings
         self._runner = runner
         self._scheduler = scheduler
         self._metrics = metrics
-        self._consumer_id = consumer_id
-        self._consumer = AIOKafkaConsumer(
-            **client_kwargs(settings),
-            group_id=settings.group_id,
-            group_instance_id=settings.group_instance_id,
-            client_id=f"ocr-stream-{consumer_id}",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            session_timeout_ms=settings.session_timeout_ms,
-            heartbeat_interval_ms=max(settings.session_timeout_ms // 10, 1000),
-            max_poll_interval_ms=settings.max_poll_interval_ms,
-            # Requests are small claim checks; a generous record limit avoids refetches.
-            max_partition_fetch_bytes=max(settings.max_request_bytes * 2, 1024 * 1024),
-            fetch_max_bytes=max(settings.max_request_bytes * 4, 50 * 1024 * 1024),
-        )
-        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self._work: dict[asyncio.Task[None], _Work] = {}
-        self._by_task_id: dict[str, asyncio.Task[None]] = {}
-        self._orphans: set[TopicPartition] = set()
-        self._assigned: set[TopicPartition] = set()
+        self._book: WorkBook[TopicPartition, Job] = book if book is not None else WorkBook()
+        self._runs: dict[int, asyncio.Task[None]] = {}  # the book's runs, as asyncio tasks
         self._stopping = asyncio.Event()
         self._joined = asyncio.Event()
         self._last_commit = 0.0
         self._lag = LagReporter(
-            self._consumer, metrics, assigned=lambda: set(self._assigned),
-            resume_offset=self._resume_offset,
+            self._consumer, metrics, assigned=lambda: set(self._book.owned),
+            resume_offset=self._book.resume_offset,
         )
 
     # -- life cycle ----------------------------------------------------------------------
@@ -126,7 +135,7 @@ class ConsumerLoop:
 
     @property
     def inflight_tasks(self) -> int:
-        return len(self._work)
+        return self._book.runs
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -136,6 +145,7 @@ class ConsumerLoop:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._book.stop()
 
     async def run(self) -> None:
         """Poll until stop(); then drain within the shutdown grace and commit."""
@@ -150,7 +160,7 @@ class ConsumerLoop:
                     for record in records:
                         self._admit(partition, record)
                 await self._maybe_commit()
-                self._metrics.set_inflight(self._scheduler.in_use, len(self._work))
+                self._metrics.set_inflight(self._scheduler.in_use, self._book.runs)
         finally:
             lag.cancel()
             await asyncio.gather(lag, return_exceptions=True)
@@ -158,13 +168,13 @@ class ConsumerLoop:
 
     async def _drain(self) -> None:
         grace = self._settings.shutdown_grace_s
-        log.info("consumer_draining", tasks=len(self._work), grace_s=grace)
+        log.info("consumer_draining", tasks=self._book.runs, grace_s=grace)
         self._consumer.pause(*self._consumer.assignment())
         # Pages in the engine finish and are recorded; no new page starts.
         self._scheduler.close()
-        if self._work:
-            await asyncio.wait(list(self._work), timeout=grace)
-        await self._cancel([task for task in self._work if not task.done()])
+        if self._runs:
+            await asyncio.wait(list(self._runs.values()), timeout=grace)
+        await self._cancel([task for task in self._runs.values() if not task.done()])
         await self._commit(force=True)
         await self._consumer.stop()
         log.info("consumer_stopped")
@@ -172,11 +182,11 @@ class ConsumerLoop:
     # -- admission -----------------------------------------------------------------------
 
     def _room(self) -> int:
-        return max(self._settings.max_inflight_tasks - len(self._work), 1)
+        return max(self._settings.max_inflight_tasks - self._book.runs, 1)
 
     def _apply_backpressure(self) -> None:
         assignment = self._consumer.assignment()
-        full = len(self._work) >= self._settings.max_inflight_tasks
+        full = self._book.runs >= self._settings.max_inflight_tasks
         paused = self._consumer.paused()
         if full:
             to_pause = [tp for tp in assignment if tp not in paused]
@@ -186,12 +196,11 @@ class ConsumerLoop:
             self._consumer.resume(*paused)
         self._metrics.set_paused(len(self._consumer.paused()))
 
-    def _admit(self, partition: TopicPartition, record: ConsumerRecord[bytes, bytes]) -> None:
-        if partition not in self._assigned:
-            return  # fetched just before a revoke; the new owner reads it again
-        if not self._tracker.received(partition, record.offset):
-            return  # re-delivered after a rebalance: already running or finished here
-        request_record = RequestRecord(
+    def _admit(self, partition: TopicPartition, record: Any) -> None:
+        """One polled record (aiokafka's ConsumerRecord) to the book, decoded."""
+        if not self._book.wants(partition, record.offset):
+            return  # fetched just before a revoke, or re-delivered after a rebalance
+        received = RequestRecord(
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -202,92 +211,69 @@ class ConsumerLoop:
         try:
             request = decode_request(record.value, max_bytes=self._settings.max_request_bytes)
         except RequestDecodeError as exc:
-            self._spawn(_Work(
-                partition, record.offset, None,
-                functools.partial(self._dead_letter, request_record, exc),
-            ))
+            self._carry_out(
+                self._book.receive(partition, record.offset, None, Job(received, exc))
+            )
             return
-        fingerprint = request.content_fingerprint()
-        work = _Work(
-            partition, record.offset, request.task_id,
-            functools.partial(self._run_task, request, request_record), fingerprint,
-        )
-        running = self._by_task_id.get(request.task_id)
-        if running is None:
-            self._spawn(work)
-            return
-        leader = self._work[running]
-        if request.force:
-            self._replace(running, work)
-        elif leader.fingerprint != fingerprint:
-            self._spawn(_Work(
-                partition, record.offset, None,
-                functools.partial(self._runner.reject_conflict, request, request_record),
-            ))
-        else:
-            leader.followers.append(work)
+        about = Request(request.task_id, request.content_fingerprint(), request.force)
+        self._carry_out(self._book.receive(partition, record.offset, about, Job(received, request)))
 
-    def _spawn(self, work: _Work, *, after: asyncio.Task[None] | None = None) -> None:
-        task = asyncio.create_task(self._start(work, after))
-        self._work[task] = work
-        if work.task_id is not None:
-            self._by_task_id[work.task_id] = task
-        task.add_done_callback(self._work_done)
+    # -- carrying out the book's decisions -----------------------------------------------
 
-    async def _start(self, work: _Work, after: asyncio.Task[None] | None) -> None:
+    def _carry_out(self, decision: Decision[TopicPartition, Job]) -> None:
+        for run in decision.cancel:
+            self._runs[run].cancel()
+        if decision.start is not None:
+            self._launch(decision.start)
+
+    def _launch(self, start: Start[TopicPartition, Job]) -> None:
+        after = self._runs.get(start.after) if start.after is not None else None
+        task = asyncio.create_task(self._perform(start, after))
+        self._runs[start.run] = task
+        task.add_done_callback(functools.partial(self._ended, start.run))
+
+    async def _perform(
+        self, start: Start[TopicPartition, Job], after: asyncio.Task[None] | None
+    ) -> None:
         if after is not None:
             await asyncio.wait([after])  # the replaced run must have released the task
-        if work.failures:
-            await asyncio.sleep(min(RETRY_FIRST_S * 2.0 ** (work.failures - 1), RETRY_MAX_S))
-        await work.start()
+        if start.delay_s:
+            await asyncio.sleep(start.delay_s)
+        await self._do(start.work)
 
-    def _replace(self, running: asyncio.Task[None], work: _Work) -> None:
-        """A forced request for a task running here: the run stops (it stays resumable)
-        and the forced one starts from scratch once it has; the stopped run's offset and
-        its followers finish with the new run."""
-        replaced = self._work[running]
-        work.followers = [replaced, *replaced.followers]
-        replaced.followers = []
-        running.cancel()
-        self._spawn(work, after=running)
-
-    def _work_done(self, task: asyncio.Task[None]) -> None:
-        work = self._work.pop(task)
-        if work.task_id is not None and self._by_task_id.get(work.task_id) is task:
-            del self._by_task_id[work.task_id]
+    def _ended(self, run: int, task: asyncio.Task[None]) -> None:
+        del self._runs[run]
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or isinstance(error, TaskInterrupted):
-            # Unfinished and resumable: offsets stay pending. Copies waiting on it, on
-            # partitions still ours, would otherwise wait for nothing: the first one runs.
-            self._hand_over(work.followers)
+            self._carry_out(self._book.interrupted(run))
             return
-        if error is not None:
-            self._retry(work, error)
+        if error is None:
+            self._carry_out(self._book.finished(run))
             return
-        for finished in (work, *work.followers):
-            self._tracker.done(finished.partition, finished.offset)
-
-    def _hand_over(self, followers: list[_Work]) -> None:
-        if self._stopping.is_set():
-            return  # uncommitted, so read again after the restart
-        waiting = [copy for copy in followers if copy.partition in self._assigned]
-        if waiting:
-            leader, *rest = waiting
-            leader.followers = rest
-            self._spawn(leader)
-
-    def _retry(self, work: _Work, error: BaseException) -> None:
-        work.failures += 1
+        work = self._book.work(run)
+        decision = self._book.raised(run)
         log.error(
             "work_failed", task_id=work.task_id, partition=work.partition.partition,
             offset=work.offset, failures=work.failures, error=repr(error),
+            next=decision.reason.value,
         )
-        if self._stopping.is_set() or work.partition not in self._assigned:
-            # Its own offset stays uncommitted for the partition's next reader; copies
-            # waiting on it elsewhere must not wait for a retry that will not come.
-            self._hand_over(work.followers)
-            return
-        self._spawn(work)
+        self._carry_out(decision)
+
+    async def _do(self, work: Work[TopicPartition, Job]) -> None:
+        """The work itself, from the beginning, every time it runs."""
+        record, request = work.job.record, work.job.request
+        if isinstance(request, RequestDecodeError):
+            log.warning(
+                "request_dead_lettered", partition=record.partition, offset=record.offset,
+                code=request.code.value, message=request.message,
+            )
+            await self._runner.dead_letter(
+                record, code=request.code, message=request.message, task_id=request.task_id
+            )
+        elif work.kind is WorkKind.CONFLICT:
+            await self._runner.reject_conflict(request, record)
+        else:
+            await self._run_task(request, record)
 
     async def _run_task(self, request: OcrRequest, record: RequestRecord) -> None:
         try:
@@ -301,37 +287,20 @@ class ConsumerLoop:
             log.exception("task_crashed", task_id=request.task_id)
             await self._runner.fail_internal(request, record, exc)
 
-    async def _dead_letter(self, record: RequestRecord, exc: RequestDecodeError) -> None:
-        log.warning(
-            "request_dead_lettered", partition=record.partition, offset=record.offset,
-            code=exc.code.value, message=exc.message,
-        )
-        await self._runner.dead_letter(
-            record, code=exc.code, message=exc.message, task_id=exc.task_id
-        )
-
     # -- rebalance -----------------------------------------------------------------------
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         log.info("partitions_revoked", partitions=sorted(str(tp) for tp in revoked))
         self._joined.clear()
         await self._commit(force=True)
-        self._assigned -= revoked
-        self._orphans |= revoked
+        self._book.revoked(revoked)
 
     async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
-        lost = self._orphans - assigned
-        self._orphans.clear()
-        self._assigned = set(assigned)
-        for partition in lost:
-            await self._cancel(
-                [task for task, work in self._work.items() if work.partition == partition]
-            )
-            self._tracker.revoke(partition)
+        change = self._book.assigned(assigned)
+        await self._cancel([self._runs[run] for run in change.cancel])
+        for partition in change.lost:
             self._metrics.forget_partition(partition.topic, partition.partition)
-        for partition in assigned:
-            self._tracker.assign(partition)
         self._apply_backpressure()
         self._joined.set()
         self._lag.poke()
@@ -342,7 +311,7 @@ class ConsumerLoop:
         if tasks:
             await asyncio.wait(tasks, timeout=REVOKE_WAIT_S)
 
-    # -- commits and lag -----------------------------------------------------------------
+    # -- commits -------------------------------------------------------------------------
 
     async def _maybe_commit(self) -> None:
         if time.monotonic() - self._last_commit >= self._settings.commit_interval_s:
@@ -350,11 +319,7 @@ class ConsumerLoop:
 
     async def _commit(self, *, force: bool) -> None:
         self._last_commit = time.monotonic()
-        positions = {
-            tp: position
-            for tp, position in self._tracker.to_commit().items()
-            if tp in self._assigned or force
-        }
+        positions = self._book.to_commit(force=force)
         if not positions:
             return
         try:
@@ -365,8 +330,4 @@ class ConsumerLoop:
             # Nothing is lost: the same positions are retried on the next commit.
             log.warning("commit_failed", error=repr(exc))
             return
-        self._tracker.committed(positions)
-
-    def _resume_offset(self, tp: TopicPartition) -> int | None:
-        offsets = self._tracker.get(tp)
-        return offsets.position() if offsets is not None else None
+        self._book.committed(positions)

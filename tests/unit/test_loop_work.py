@@ -1,26 +1,28 @@
-"""The consumer loop's bookkeeping of received offsets, without a broker.
-
-The loop's Kafka client is never started here: records are handed to `_admit` as a poll
-would, and the offset tracker shows what a commit would send. The end-to-end versions of
-these guarantees run on the real stack in tests/integration/test_loop_guarantees.py.
+"""The consumer loop as an adapter: it polls, carries out the work book's decisions with
+asyncio tasks, and commits, here around an in-memory consumer (the loop receives its
+consumer by injection). What the decisions are is tested in tests/unit/test_workbook.py;
+the end-to-end versions of these guarantees run on the real stack in
+tests/integration/test_loop_guarantees.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
 
-from consumer import loop as loop_module
 from consumer.config import Settings
 from consumer.loop import ConsumerLoop
 from consumer.metrics import ConsumerMetrics
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.tasks import TaskInterrupted
+from consumer.workbook import WorkBook
+from schemas.common import ErrorCode
 from schemas.request import OcrRequest
 
 TOPIC = "ocr.requests"
@@ -36,6 +38,70 @@ class _Record:  # what the loop reads of aiokafka's ConsumerRecord
     timestamp: int = 0
 
 
+@dataclass
+class FakeConsumer:
+    """The part of AIOKafkaConsumer the loop uses, in memory: `feed()` queues records for
+    the next poll, `committed` holds what commits said per partition."""
+
+    assigned: set[TopicPartition] = field(default_factory=set)
+    paused_now: set[TopicPartition] = field(default_factory=set)
+    committed: dict[int, int] = field(default_factory=dict)
+    polls: int = 0
+    _queue: list[_Record] = field(default_factory=list)
+    _fed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def feed(self, partition: int, offset: int, value: bytes) -> None:
+        self._queue.append(_Record(TOPIC, partition, offset, value))
+        self._fed.set()
+
+    async def start(self) -> None:
+        return None
+
+    def subscribe(self, *, topics: list[str], listener: Any) -> None:
+        return None
+
+    async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TopicPartition, Any]:
+        self.polls += 1
+        if not self._queue:
+            try:
+                await asyncio.wait_for(self._fed.wait(), timeout_ms / 1000)
+            except TimeoutError:
+                return {}
+        self._fed.clear()
+        batch: dict[TopicPartition, list[_Record]] = {}
+        ready = [
+            r for r in self._queue if TopicPartition(TOPIC, r.partition) not in self.paused_now
+        ]
+        for record in ready[:max_records]:
+            self._queue.remove(record)
+            batch.setdefault(TopicPartition(TOPIC, record.partition), []).append(record)
+        return batch
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.assigned)
+
+    def paused(self) -> set[TopicPartition]:
+        return set(self.paused_now)
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self.paused_now |= set(partitions)
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self.paused_now -= set(partitions)
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.committed.update({tp.partition: meta.offset for tp, meta in offsets.items()})
+
+    async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return dict.fromkeys(partitions, 0)
+
+    async def position(self, tp: TopicPartition) -> int:
+        return 0
+
+    async def stop(self) -> None:
+        return None
+
+
 class StubRunner:
     """Plays the task runner: each task waits for its release, then ends as scripted."""
 
@@ -44,6 +110,10 @@ class StubRunner:
         self.events: list[str] = []  # "start t@0", "cancelled t@0", in order
         self.release: dict[str, asyncio.Event] = {}
         self.outcomes: dict[str, list[str]] = {}  # per task: "ok", "raise", "interrupt"
+        self.dead_letters: list[tuple[int, int, ErrorCode]] = []
+
+    def let_go(self, task_id: str) -> None:
+        self.release.setdefault(task_id, asyncio.Event()).set()
 
     async def run(self, request: OcrRequest, record: RequestRecord) -> None:
         self.started.append((request.task_id, record.partition, record.offset))
@@ -69,102 +139,126 @@ class StubRunner:
     async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None:
         return None
 
+    async def dead_letter(
+        self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
+    ) -> None:
+        self.dead_letters.append((record.partition, record.offset, code))
+
 
 def _value(task_id: str, **extra: object) -> bytes:
     request = {"task_id": task_id, "source": {"uri": "file:///srv/ocr-blobs/a.pdf"}, **extra}
     return OcrRequest.model_validate(request, strict=False).model_dump_json().encode()
 
 
-async def _positions(loop: ConsumerLoop, expected: dict[int, int | None]) -> dict[int, int | None]:
-    got: dict[int, int | None] = {}
-    for _ in range(200):
-        got = {p: loop._resume_offset(TopicPartition(TOPIC, p)) for p in expected}
-        if got == expected:
-            break
-        await asyncio.sleep(0.01)
-    return got
+@dataclass
+class Running:
+    loop: ConsumerLoop
+    consumer: FakeConsumer
+    runner: StubRunner
+
+    async def committed(self, expected: dict[int, int]) -> dict[int, int]:
+        """The committed positions once they equal `expected` (or after ~2 s)."""
+        for _ in range(200):
+            got = {p: self.consumer.committed.get(p, -1) for p in expected}
+            if got == expected:
+                break
+            await asyncio.sleep(0.01)
+        return got
 
 
 @pytest.fixture
-async def loop_and_runner() -> Any:
-    runner = StubRunner()
+async def running() -> AsyncIterator[Running]:
+    consumer, runner = FakeConsumer(), StubRunner()
     loop = ConsumerLoop(
-        settings=Settings(), runner=runner,  # type: ignore[arg-type]
-        scheduler=PageScheduler(4), metrics=ConsumerMetrics(), consumer_id="unit",
+        consumer=consumer,
+        settings=Settings(commit_interval_s=0.01, shutdown_grace_s=0.0),
+        runner=runner, scheduler=PageScheduler(4), metrics=ConsumerMetrics(),
+        book=WorkBook(retry_first_s=0.01),
     )
-    await loop.partitions_assigned({TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)})
-    yield loop, runner
-    for task in list(loop._work):
-        task.cancel()
-    await asyncio.sleep(0)
-    await loop._consumer.stop()  # never started; closes what its constructor opened
+    await loop.start()
+    partitions = {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
+    consumer.assigned = partitions
+    await loop.partitions_assigned(partitions)  # as the rebalance listener would
+    task = asyncio.create_task(loop.run())
+    yield Running(loop, consumer, runner)
+    loop.stop()
+    await asyncio.wait_for(task, 5)
 
 
-def _admit(loop: ConsumerLoop, partition: int, offset: int, value: bytes) -> None:
-    loop._admit(TopicPartition(TOPIC, partition), _Record(TOPIC, partition, offset, value))
+async def test_a_copy_on_another_partition_finishes_there(running: Running) -> None:
+    running.consumer.feed(0, 0, _value("t"))
+    running.consumer.feed(1, 0, _value("t"))  # the same request under another key
+    assert await running.committed({0: 0, 1: 0}) == {0: 0, 1: 0}
+    assert [started[0] for started in running.runner.started] == ["t"], "the copy does not run"
+    running.runner.let_go("t")
+    assert await running.committed({0: 1, 1: 1}) == {0: 1, 1: 1}
 
 
-async def test_a_copy_on_another_partition_finishes_there(loop_and_runner: Any) -> None:
-    loop, runner = loop_and_runner
-    _admit(loop, 0, 0, _value("t"))
-    _admit(loop, 1, 0, _value("t"))  # the same request under another key
-    await asyncio.sleep(0.01)
-    assert [started[0] for started in runner.started] == ["t"], "the copy does not run"
-    assert await _positions(loop, {0: 0, 1: 0}) == {0: 0, 1: 0}
-    runner.release["t"].set()
-    assert await _positions(loop, {0: 1, 1: 1}) == {0: 1, 1: 1}
-
-
-async def test_an_interrupted_run_hands_its_copy_over(loop_and_runner: Any) -> None:
-    loop, runner = loop_and_runner
-    runner.outcomes["t"] = ["interrupt", "ok"]
-    _admit(loop, 0, 0, _value("t"))
-    _admit(loop, 1, 0, _value("t"))
-    await asyncio.sleep(0.01)
-    runner.release["t"].set()
+async def test_an_interrupted_run_hands_its_copy_over(running: Running) -> None:
+    running.runner.outcomes["t"] = ["interrupt", "ok"]
+    running.consumer.feed(0, 0, _value("t"))
+    running.consumer.feed(1, 0, _value("t"))
+    assert await running.committed({0: 0, 1: 0}) == {0: 0, 1: 0}
+    running.runner.let_go("t")
     # The copy on partition 1 runs itself; partition 0's offset stays for its next reader.
-    assert await _positions(loop, {0: 0, 1: 1}) == {0: 0, 1: 1}
-    assert runner.started == [("t", 0, 0), ("t", 1, 0)]
+    assert await running.committed({0: 0, 1: 1}) == {0: 0, 1: 1}
+    assert running.runner.started == [("t", 0, 0), ("t", 1, 0)]
 
 
-async def test_work_that_raises_is_retried_not_dropped(
-    loop_and_runner: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(loop_module, "RETRY_FIRST_S", 0.01)
-    loop, runner = loop_and_runner
-    runner.outcomes["t"] = ["raise", "raise", "ok"]
-    runner.release["t"] = asyncio.Event()
-    runner.release["t"].set()
-    _admit(loop, 0, 0, _value("t"))
-    _admit(loop, 0, 1, _value("u"))
-    runner.release["u"] = asyncio.Event()
-    runner.release["u"].set()
+async def test_work_that_raises_is_retried_not_dropped(running: Running) -> None:
+    running.runner.outcomes["t"] = ["raise", "raise", "ok"]
+    running.runner.let_go("t")
+    running.runner.let_go("u")
+    running.consumer.feed(0, 0, _value("t"))
+    running.consumer.feed(0, 1, _value("u"))
     # Offset 1 finished at once, but the commit position waits for offset 0's retries.
-    assert await _positions(loop, {0: 2}) == {0: 2}
-    assert [s for s in runner.started if s[0] == "t"] == [("t", 0, 0)] * 3
+    assert await running.committed({0: 2}) == {0: 2}
+    assert [s for s in running.runner.started if s[0] == "t"] == [("t", 0, 0)] * 3
 
 
-async def test_a_forced_copy_waits_for_the_run_it_replaces(loop_and_runner: Any) -> None:
-    loop, runner = loop_and_runner
-    _admit(loop, 0, 0, _value("t"))
-    await asyncio.sleep(0.01)
-    _admit(loop, 0, 1, _value("t", force=True))
-    await asyncio.sleep(0.05)
-    assert runner.events == ["start t@0", "cancelled t@0", "ended t@0", "start t@1"]
-    runner.release["t"].set()
-    assert await _positions(loop, {0: 2}) == {0: 2}
+async def test_a_forced_copy_waits_for_the_run_it_replaces(running: Running) -> None:
+    running.consumer.feed(0, 0, _value("t"))
+    assert await running.committed({0: 0}) == {0: 0}
+    running.consumer.feed(0, 1, _value("t", force=True))
+    for _ in range(100):
+        if len(running.runner.events) == 4:
+            break
+        await asyncio.sleep(0.01)
+    assert running.runner.events == ["start t@0", "cancelled t@0", "ended t@0", "start t@1"]
+    running.runner.let_go("t")
+    assert await running.committed({0: 2}) == {0: 2}
 
 
-async def test_a_failed_run_on_a_lost_partition_hands_its_copy_over(
-    loop_and_runner: Any,
-) -> None:
-    loop, runner = loop_and_runner
-    runner.outcomes["t"] = ["raise", "ok"]
-    _admit(loop, 0, 0, _value("t"))
-    _admit(loop, 1, 0, _value("t"))
-    await asyncio.sleep(0.01)
-    loop._assigned.discard(TopicPartition(TOPIC, 0))  # revoked while the run was failing
-    runner.release["t"].set()
+async def test_a_failed_run_on_a_lost_partition_hands_its_copy_over(running: Running) -> None:
+    running.runner.outcomes["t"] = ["raise", "ok"]
+    running.consumer.feed(0, 0, _value("t"))
+    running.consumer.feed(1, 0, _value("t"))
+    assert await running.committed({0: 0, 1: 0}) == {0: 0, 1: 0}
+    await running.loop.partitions_revoked({TopicPartition(TOPIC, 0)})  # raises in between
+    running.runner.let_go("t")
     # Partition 0 is not retried here (its next reader does it); the copy runs itself.
-    assert await _positions(loop, {1: 1}) == {1: 1}
-    assert runner.started == [("t", 0, 0), ("t", 1, 0)]
+    assert await running.committed({1: 1}) == {1: 1}
+    assert running.runner.started == [("t", 0, 0), ("t", 1, 0)]
+
+
+async def test_an_unreadable_record_is_dead_lettered_and_committed(running: Running) -> None:
+    running.consumer.feed(1, 0, b"{not json")
+    assert await running.committed({1: 1}) == {1: 1}
+    assert running.runner.dead_letters == [(1, 0, ErrorCode.REQUEST_NOT_JSON)]
+
+
+async def test_an_assignment_cancels_only_the_runs_of_lost_partitions(
+    running: Running,
+) -> None:
+    running.consumer.feed(0, 0, _value("a"))
+    running.consumer.feed(1, 0, _value("b"))
+    assert await running.committed({0: 0, 1: 0}) == {0: 0, 1: 0}
+    partitions = {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
+    await running.loop.partitions_revoked(partitions)
+    running.consumer.assigned = {TopicPartition(TOPIC, 1)}
+    await running.loop.partitions_assigned({TopicPartition(TOPIC, 1)})
+    assert "cancelled a@0" in running.runner.events
+    assert "cancelled b@0" not in running.runner.events
+    assert running.loop.inflight_tasks == 1
+    running.runner.let_go("b")
+    assert await running.committed({1: 1}) == {1: 1}

@@ -1,0 +1,310 @@
+"""The consumer loop's bookkeeping of received work: pure, without Kafka, asyncio or a clock.
+
+The loop (consumer/loop.py) polls, runs work and commits; this book decides. Each method is
+an event the loop saw (a record received, a run ended one of three ways, partitions revoked
+or assigned, a commit wanted or done) and returns what the loop must do about it: a
+`Decision` (cancel these runs, then start this one, after a delay or once another run has
+stopped) or a `Reassignment`. The loop carries decisions out and decides nothing itself.
+
+Words:
+- work: what one received record asks for (its task, a dead letter, a conflict report);
+- run: one attempt at a work, an asyncio task in the loop, named by an int the book hands
+  out. A work that raised runs again under a new run id;
+- copy (follower): a request for a task id that is running here, with the same content. It
+  starts nothing: its offset is finished when the run it follows finishes.
+
+Invariants:
+- A committed position never passes an unfinished offset: positions come from the
+  OffsetTracker, and an offset is marked finished only when its own run, or the run it
+  follows, finished.
+- Every received offset ends finished or stays pending until its partition is revoked:
+  work that raised runs again with backoff while its partition is ours; a run that was
+  interrupted, or raised on a partition we no longer hold, hands its copies on partitions
+  still ours to the first of them.
+- One task id has at most one run admitted at a time, except while a forced run waits for
+  the run it replaces to stop; the task-id index then names the forced run.
+- A run ends exactly once: `finished`, `raised` or `interrupted` forgets it.
+
+Known gaps, kept as they are until a state machine shows them (issue 16, defect 4):
+- Work that raises between a revoke and the assignment that follows is neither run again
+  nor forgotten; the same holds for a copy handed over in that window. If the partition
+  comes back, its offset stays pending, the record redelivered from the committed position
+  is ignored (offset <= last received), and the partition commits nothing more until a
+  restart.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+from consumer.offsets import OffsetTracker
+
+P = TypeVar("P", bound=Hashable)  # a partition, as the loop names it
+J = TypeVar("J")  # the loop's own payload for a work; the book never looks inside
+
+# Work that raised is tried again after 1, 2, 4 ... seconds, at most a minute apart.
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 60.0
+
+
+class WorkKind(StrEnum):
+    TASK = "task"  # run the request's task
+    DEAD_LETTER = "dead_letter"  # the record cannot be read: publish it to the DLQ
+    CONFLICT = "conflict"  # its task id runs here for other content: dead-letter it
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """What the book needs to know of a decoded request."""
+
+    task_id: str
+    fingerprint: str  # the request's content, to tell copies from conflicts
+    force: bool = False
+
+
+@dataclass(eq=False, slots=True)
+class Work(Generic[P, J]):
+    """One received record's work. Compared by identity: two records are two works."""
+
+    partition: P
+    offset: int
+    kind: WorkKind
+    job: J
+    task_id: str | None = None  # set for TASK only: the task-id index's key
+    fingerprint: str = ""
+    # Copies of the request received while this runs, finished when it finishes.
+    followers: list[Work[P, J]] = field(default_factory=list)
+    failures: int = 0  # times it raised; the retry delay grows with it
+
+
+class Reason(StrEnum):
+    """Why a decision is what it is (for logs and tests; the loop acts on its fields)."""
+
+    NOT_ASSIGNED = "not_assigned"  # fetched just before a revoke: the new owner reads it
+    REDELIVERED = "redelivered"  # at or below the newest offset seen: running or finished
+    ADMITTED = "admitted"  # a new task starts
+    DEAD_LETTER = "dead_letter"  # an unreadable record starts its dead letter
+    CONFLICT = "conflict"  # the task id runs here for other content: report it
+    FOLLOWS = "follows"  # a copy of a running task waits for it
+    REPLACES = "replaces"  # a forced copy cancels the run and starts once it stopped
+    FINISHED = "finished"  # the run's offset and its copies' are finished
+    RETRY = "retry"  # the run raised: the same work runs again after a delay
+    HANDED_OVER = "handed_over"  # the first copy still ours runs in the ended run's place
+    LEFT_PENDING = "left_pending"  # offsets stay pending for the partition's next reader
+
+
+@dataclass(frozen=True, slots=True)
+class Start(Generic[P, J]):
+    """Start run `run` of `work`: after `delay_s`, and once run `after` (cancelled) ended."""
+
+    run: int
+    work: Work[P, J]
+    delay_s: float = 0.0
+    after: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Generic[P, J]):
+    """What the loop does after an event: cancel `cancel` (without waiting), then `start`."""
+
+    reason: Reason
+    start: Start[P, J] | None = None
+    cancel: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Reassignment(Generic[P]):
+    """After an assignment: cancel these runs (their partitions moved away) and wait for
+    them; `lost` are the partitions that moved away."""
+
+    cancel: tuple[int, ...]
+    lost: tuple[P, ...]
+
+
+class WorkBook(Generic[P, J]):
+    """Admitted work, its copies, retries, the task-id index and offsets per partition."""
+
+    def __init__(
+        self, *, retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S
+    ) -> None:
+        self._retry_first_s = retry_first_s
+        self._retry_max_s = retry_max_s
+        self._offsets: OffsetTracker[P] = OffsetTracker()
+        self._runs: dict[int, Work[P, J]] = {}
+        self._by_task_id: dict[str, int] = {}
+        self._assigned: set[P] = set()
+        self._orphans: set[P] = set()  # revoked, not yet known whether they come back
+        self._stopping = False
+        self._run_ids = itertools.count(1)
+
+    # -- queries -------------------------------------------------------------------------
+
+    @property
+    def runs(self) -> int:
+        """Runs admitted and not ended (those waiting for a delay or a replaced run too)."""
+        return len(self._runs)
+
+    @property
+    def owned(self) -> frozenset[P]:
+        """The partitions assigned to us now (none between a revoke and its assignment)."""
+        return frozenset(self._assigned)
+
+    def work(self, run: int) -> Work[P, J]:
+        return self._runs[run]
+
+    def running(self, task_id: str) -> int | None:
+        """The run the task-id index names for `task_id`, if any."""
+        return self._by_task_id.get(task_id)
+
+    def resume_offset(self, partition: P) -> int | None:
+        """Where the group would resume the partition; None when nothing was received."""
+        offsets = self._offsets.get(partition)
+        return offsets.position() if offsets is not None else None
+
+    def pending(self, partition: P) -> list[int]:
+        """Received offsets of the partition that are not finished yet, oldest first."""
+        offsets = self._offsets.get(partition)
+        return sorted(offsets.pending_set - offsets.finished) if offsets is not None else []
+
+    def retry_delay(self, failures: int) -> float:
+        if failures <= 0:
+            return 0.0
+        return min(self._retry_first_s * 2.0 ** (failures - 1), self._retry_max_s)
+
+    def wants(self, partition: P, offset: int) -> bool:
+        """Whether `receive` would take the record: the loop decodes only those."""
+        if partition not in self._assigned:
+            return False
+        offsets = self._offsets.get(partition)
+        last = offsets.last_received if offsets is not None else None
+        return last is None or offset > last
+
+    # -- records -------------------------------------------------------------------------
+
+    def receive(
+        self, partition: P, offset: int, request: Request | None, job: J
+    ) -> Decision[P, J]:
+        """A polled record, decoded: `request` is None for one that must be dead-lettered."""
+        if partition not in self._assigned:
+            return Decision(Reason.NOT_ASSIGNED)
+        if not self._offsets.received(partition, offset):
+            return Decision(Reason.REDELIVERED)
+        if request is None:
+            dead = Work(partition, offset, WorkKind.DEAD_LETTER, job)
+            return Decision(Reason.DEAD_LETTER, self._start(dead))
+        work = Work(
+            partition, offset, WorkKind.TASK, job, request.task_id, request.fingerprint
+        )
+        running = self._by_task_id.get(request.task_id)
+        if running is None:
+            return Decision(Reason.ADMITTED, self._start(work))
+        leader = self._runs[running]
+        if request.force:
+            # The run stops (it stays resumable) and the forced one starts from scratch once
+            # it has; the stopped run's offset and its copies finish with the new run.
+            work.followers = [leader, *leader.followers]
+            leader.followers = []
+            return Decision(
+                Reason.REPLACES, self._start(work, after=running), cancel=(running,)
+            )
+        if leader.fingerprint != request.fingerprint:
+            conflict = Work(partition, offset, WorkKind.CONFLICT, job)
+            return Decision(Reason.CONFLICT, self._start(conflict))
+        leader.followers.append(work)
+        return Decision(Reason.FOLLOWS)
+
+    # -- runs ending ---------------------------------------------------------------------
+
+    def finished(self, run: int) -> Decision[P, J]:
+        """The run did its work: its offset and its copies' are finished."""
+        work = self._end(run)
+        for done in (work, *work.followers):
+            self._offsets.done(done.partition, done.offset)
+        return Decision(Reason.FINISHED)
+
+    def interrupted(self, run: int) -> Decision[P, J]:
+        """Cancelled or interrupted (revoke, shutdown, engine death): unfinished and
+        resumable, so its offset stays pending. Copies waiting on it, on partitions still
+        ours, would otherwise wait for nothing: the first one runs."""
+        return self._hand_over(self._end(run).followers)
+
+    def raised(self, run: int) -> Decision[P, J]:
+        """The run raised (a publish that kept failing, a bug): run it again after a delay,
+        unless its partition is no longer ours or we are stopping."""
+        work = self._end(run)
+        work.failures += 1
+        if self._stopping or work.partition not in self._assigned:
+            # Its own offset stays uncommitted for the partition's next reader; copies
+            # waiting on it elsewhere must not wait for a retry that will not come.
+            return self._hand_over(work.followers)
+        return Decision(Reason.RETRY, self._start(work))
+
+    # -- rebalances and shutdown ---------------------------------------------------------
+
+    def revoked(self, partitions: Iterable[P]) -> None:
+        """Eager rebalance, first half: runs go on until the new assignment is known."""
+        revoked = set(partitions)
+        self._assigned -= revoked
+        self._orphans |= revoked
+
+    def assigned(self, partitions: Iterable[P]) -> Reassignment[P]:
+        """Second half: partitions we got back keep their runs and offsets; runs of the
+        partitions that moved away are cancelled (resumable from the pages Redis holds)."""
+        assigned = set(partitions)
+        lost = self._orphans - assigned
+        self._orphans.clear()
+        self._assigned = assigned
+        cancel = tuple(run for run, work in self._runs.items() if work.partition in lost)
+        for partition in lost:
+            self._offsets.revoke(partition)
+        for partition in assigned:
+            self._offsets.assign(partition)
+        return Reassignment(cancel=cancel, lost=tuple(lost))
+
+    def stop(self) -> None:
+        """Shutting down: nothing is started any more; what is unfinished is read again
+        after the restart."""
+        self._stopping = True
+
+    # -- commits -------------------------------------------------------------------------
+
+    def to_commit(self, *, force: bool) -> dict[P, int]:
+        """Positions that moved since their last commit, of assigned partitions (of every
+        partition still tracked with `force`: before a revoke and at shutdown)."""
+        return {
+            partition: position
+            for partition, position in self._offsets.to_commit().items()
+            if partition in self._assigned or force
+        }
+
+    def committed(self, positions: Mapping[P, int]) -> None:
+        self._offsets.committed(dict(positions))
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _start(self, work: Work[P, J], *, after: int | None = None) -> Start[P, J]:
+        run = next(self._run_ids)
+        self._runs[run] = work
+        if work.task_id is not None:
+            self._by_task_id[work.task_id] = run
+        return Start(run, work, self.retry_delay(work.failures), after)
+
+    def _end(self, run: int) -> Work[P, J]:
+        work = self._runs.pop(run)
+        if work.task_id is not None and self._by_task_id.get(work.task_id) == run:
+            del self._by_task_id[work.task_id]
+        return work
+
+    def _hand_over(self, followers: list[Work[P, J]]) -> Decision[P, J]:
+        if self._stopping:
+            return Decision(Reason.LEFT_PENDING)  # uncommitted, so read again after restart
+        waiting = [copy for copy in followers if copy.partition in self._assigned]
+        if not waiting:
+            return Decision(Reason.LEFT_PENDING)
+        leader, *rest = waiting
+        leader.followers = rest
+        return Decision(Reason.HANDED_OVER, self._start(leader))
