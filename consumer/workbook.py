@@ -149,6 +149,12 @@ class WorkBook(Generic[P, J]):
         return len(self._runs)
 
     @property
+    def run_ids(self) -> tuple[int, ...]:
+        """The admitted runs, oldest first: each ends once, through finished, raised or
+        interrupted."""
+        return tuple(self._runs)
+
+    @property
     def owned(self) -> frozenset[P]:
         """The partitions assigned to us now (none between a revoke and its assignment)."""
         return frozenset(self._assigned)
