@@ -6,11 +6,13 @@ nothing else does: no Kafka clients, no I/O beyond the optional schema export.
 
 from schemas.cloudevents import CloudEvent, ce_headers, parse_ce_headers
 from schemas.common import SCHEMA_VERSION, ErrorCode, ErrorInfo, TaskId
+from schemas.control import CancelRequest, ControlAction
 from schemas.decode import RequestDecodeError, decode_request
 from schemas.dlq import DlqEnvelope
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, PageRange, PromptKind, Source, parse_page_ranges
 from schemas.result import (
+    Artifact,
     Block,
     EngineIdentity,
     FinishReason,
@@ -23,8 +25,11 @@ from schemas.timing import StageDurations, TimingEvent, TimingKind
 
 __all__ = [
     "SCHEMA_VERSION",
+    "Artifact",
     "Block",
+    "CancelRequest",
     "CloudEvent",
+    "ControlAction",
     "DlqEnvelope",
     "EngineIdentity",
     "ErrorCode",

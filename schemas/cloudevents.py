@@ -14,6 +14,7 @@ CE_TYPE_PROGRESS = "ocr.task.progress.v1"
 CE_TYPE_TIMING = "ocr.task.timing.v1"
 CE_TYPE_DLQ = "ocr.request.deadletter.v1"
 CE_TYPE_REQUEST = "ocr.request.v1"
+CE_TYPE_CANCEL = "ocr.task.cancel.v1"
 
 Headers = list[tuple[str, bytes]]
 

@@ -16,12 +16,14 @@ import yaml
 from pydantic import BaseModel
 
 from schemas.cloudevents import (
+    CE_TYPE_CANCEL,
     CE_TYPE_DLQ,
     CE_TYPE_PROGRESS,
     CE_TYPE_REQUEST,
     CE_TYPE_RESULT,
     CE_TYPE_TIMING,
 )
+from schemas.control import CancelRequest
 from schemas.dlq import DlqEnvelope
 from schemas.progress import ProgressEvent
 from schemas.request import OcrRequest
@@ -41,11 +43,31 @@ EVENTS: list[tuple[str, type[BaseModel], str, str, str]] = [
     ("dlq", DlqEnvelope, "ocr.requests.dlq", "task_id when readable, else the original key",
      CE_TYPE_DLQ),
 ]
+# Further messages on the channel of an event above: (file stem, model, channel stem,
+# ce_type). A requests-topic record with `action` is a control record, not an OcrRequest.
+CONTROL_MESSAGES: list[tuple[str, type[BaseModel], str, str]] = [
+    ("cancel", CancelRequest, "request", CE_TYPE_CANCEL),
+]
 
 
 def json_schemas() -> dict[str, dict[str, Any]]:
+    models = [(stem, model) for stem, model, *_ in EVENTS]
+    models += [(stem, model) for stem, model, *_ in CONTROL_MESSAGES]
+    return {stem: model.model_json_schema(mode="validation") for stem, model in models}
+
+
+def _message(
+    stem: str, model: type[BaseModel], headers: dict[str, Any], key: str
+) -> dict[str, Any]:
+    name = "".join(part.title() for part in stem.split("_"))
     return {
-        stem: model.model_json_schema(mode="validation") for stem, model, *_ in EVENTS
+        "name": name,
+        "title": model.__name__,
+        "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else stem,
+        "contentType": "application/json",
+        "headers": headers,
+        "payload": {"$ref": f"./json/{stem}.schema.json"},
+        "bindings": {"kafka": {"key": {"type": "string", "description": key}}},
     }
 
 
@@ -70,15 +92,9 @@ def asyncapi_document() -> dict[str, Any]:
         name = "".join(part.title() for part in stem.split("_"))
         headers = json.loads(json.dumps(ce_headers))
         headers["properties"]["ce_type"]["const"] = ce_type
-        messages[name] = {
-            "name": name,
-            "title": model.__name__,
-            "summary": (model.__doc__ or "").strip().splitlines()[0] if model.__doc__ else stem,
-            "contentType": "application/json",
-            "headers": headers if stem != "request" else {"type": "object"},
-            "payload": {"$ref": f"./json/{stem}.schema.json"},
-            "bindings": {"kafka": {"key": {"type": "string", "description": key}}},
-        }
+        messages[name] = _message(
+            stem, model, headers if stem != "request" else {"type": "object"}, key
+        )
         channels[stem] = {
             "address": topic,
             "description": f"Default topic {topic}; keyed by {key}.",
@@ -89,6 +105,10 @@ def asyncapi_document() -> dict[str, Any]:
             "action": action,
             "channel": {"$ref": f"#/channels/{stem}"},
         }
+    for stem, model, channel, _ce_type in CONTROL_MESSAGES:
+        name = "".join(part.title() for part in stem.split("_"))
+        messages[name] = _message(stem, model, {"type": "object"}, "task_id")
+        channels[channel]["messages"][name] = {"$ref": f"#/components/messages/{name}"}
     return {
         "asyncapi": "3.0.0",
         "info": {

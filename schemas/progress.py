@@ -17,10 +17,14 @@ class TaskStatus(StrEnum):
     PAGE_DONE = "page_done"  # one more page published
     COMPLETED = "completed"  # every page published (some may have failed: see pages_failed)
     FAILED = "failed"  # the task cannot be done: see error
+    CANCELLED = "cancelled"  # a cancel request stopped it; pages published before are kept
 
     @property
     def is_final(self) -> bool:
-        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+MAX_PROGRESS_MESSAGE = 256
 
 
 class ProgressEvent(VersionedModel):
@@ -31,6 +35,20 @@ class ProgressEvent(VersionedModel):
     pages_failed: int = Field(default=0, ge=0)
     pages_total: int | None = Field(default=None, ge=0)
     page: int | None = Field(default=None, ge=1, description="The page that just finished.")
+    percent: float = Field(
+        default=0.0, ge=0.0, le=100.0,
+        description="Share of the task's pages finished (failed ones count), 0-100, one "
+        "decimal; 100 only once every page is done.",
+    )
+    eta_s: float | None = Field(
+        default=None, ge=0.0,
+        description="Estimated seconds until the last page is done, from this run's own "
+        "page rate; null until a page of this run finished, and on final statuses.",
+    )
+    message: str = Field(
+        default="", max_length=MAX_PROGRESS_MESSAGE,
+        description="Short human-readable status, e.g. '7 of 12 pages, about 40 s left'.",
+    )
     error: ErrorInfo | None = None
     replayed: bool = Field(
         default=False, description="True when a duplicate request re-announced a final status."

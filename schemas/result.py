@@ -19,6 +19,7 @@ from schemas.common import (
 from schemas.request import PromptKind
 
 MAX_PAGE_TEXT = 512 * 1024
+MAX_ARTIFACT_URI = 2048
 Box = Annotated[list[float], Field(min_length=4, max_length=4)]
 
 
@@ -34,6 +35,21 @@ class PageStatus(StrEnum):
     FAILED = "failed"
 
 
+class Artifact(ContractModel):
+    """A file the consumer stored for a result (a figure crop, a page image): a claim check
+    out. `uri` is `s3://bucket/key` or `file:///path` in the deployment's artifact store;
+    readers fetch it with their own access to that store."""
+
+    uri: str = Field(
+        min_length=1, max_length=MAX_ARTIFACT_URI,
+        examples=["s3://ocr-artifacts/figures/invoice-2026-0042/page-2-fig-1.png"],
+    )
+    media_type: str = Field(max_length=128, examples=["image/png"])
+    bytes: int = Field(ge=0, description="Size of the stored file.")
+    width_px: int = Field(ge=0)
+    height_px: int = Field(ge=0)
+
+
 class Block(ContractModel):
     """A layout block: its label (text, title, table, image, ...), text and boxes."""
 
@@ -44,6 +60,11 @@ class Block(ContractModel):
         default=None, description="x1,y1,x2,y2 in PDF points (origin top-left); PDFs only."
     )
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    artifact: Artifact | None = Field(
+        default=None,
+        description="Figures (label image): the stored crop; null when no store is "
+        "configured or storing failed (the Markdown then says why).",
+    )
 
 
 class TokenCounts(ContractModel):
@@ -64,6 +85,9 @@ class PageImageInfo(ContractModel):
     dpi: int = Field(ge=0)
     width_pt: float | None = Field(default=None, ge=0)
     height_pt: float | None = Field(default=None, ge=0)
+    artifact: Artifact | None = Field(
+        default=None, description="The rendered page image, when the consumer stores it."
+    )
 
 
 class PageTimings(ContractModel):
@@ -84,6 +108,11 @@ class PageResult(VersionedModel):
     prompt: PromptKind = PromptKind.MARKDOWN
     markdown: str = Field(default="", max_length=MAX_PAGE_TEXT)
     text: str = Field(default="", max_length=MAX_PAGE_TEXT)
+    raw_text: str = Field(
+        default="", max_length=MAX_PAGE_TEXT,
+        description="The engine's raw output, grounding tags kept (DeepSeek-OCR's "
+        "<|ref|>/<|det|>), cut to the limit; for re-parsing boxes and debugging.",
+    )
     blocks: Annotated[list[Block], Field(max_length=4096)] = Field(default_factory=list)
     finish_reason: FinishReason
     truncated: bool = Field(default=False, description="True when the token cap cut the page.")

@@ -22,6 +22,7 @@ from schemas.cloudevents import (
     parse_ce_headers,
 )
 from schemas.common import ErrorCode
+from schemas.control import CancelRequest
 from schemas.decode import RequestDecodeError, decode_request
 from schemas.dlq import MAX_ORIGINAL_BASE64, DlqEnvelope
 from schemas.progress import ProgressEvent, TaskStatus
@@ -69,6 +70,10 @@ VALID: dict[str, tuple[type[BaseModel], dict[str, Any]]] = {
             "original_value_base64": "bm9wZQ==", "failed_at": NOW,
         },
     ),
+    "cancel": (
+        CancelRequest,
+        {"action": "cancel", "task_id": "doc-1", "reason": "sent by mistake"},
+    ),
 }
 KINDS = list(VALID)
 
@@ -77,7 +82,10 @@ WRONG_TYPES = [
     ("request", "dpi", "144", "Input should be a valid integer"),
     ("page_result", "page", "1", "Input should be a valid integer"),
     ("progress", "status", "running",
-     "Input should be 'queued', 'started', 'page_done', 'completed' or 'failed'"),
+     "Input should be 'queued', 'started', 'page_done', 'completed', 'failed' or "
+     "'cancelled'"),
+    ("progress", "percent", "50", "Input should be a valid number"),
+    ("cancel", "action", "stop", "Input should be <ControlAction.CANCEL: 'cancel'>"),
     ("timing", "started_at", 1700000000.5, "Input should be a valid datetime"),
     ("dlq", "original_offset", "7", "Input should be a valid integer"),
 ]
@@ -88,6 +96,10 @@ OVERSIZED = [
      "String should have at most 524288 characters"),
     ("progress", "consumer_id", "c" * 129, "String should have at most 128 characters"),
     ("timing", "consumer_id", "c" * 129, "String should have at most 128 characters"),
+    ("page_result", "raw_text", "x" * (512 * 1024 + 1),
+     "String should have at most 524288 characters"),
+    ("progress", "message", "m" * 257, "String should have at most 256 characters"),
+    ("cancel", "reason", "r" * 513, "String should have at most 512 characters"),
     ("dlq", "error_message", "m" * 4097, "String should have at most 4096 characters"),
     ("dlq", "task_id", "t" * 129, "String should have at most 128 characters"),
     ("dlq", "original_key_base64", "A" * (MAX_ORIGINAL_BASE64 + 4),
@@ -104,6 +116,8 @@ ID_FIELDS = [
     ("dlq", "original_topic"),
     ("dlq", "original_partition"),
     ("dlq", "original_offset"),
+    ("cancel", "task_id"),
+    ("cancel", "action"),
 ]
 
 
@@ -214,7 +228,41 @@ def test_page_result_boxes_have_four_numbers() -> None:
 
 
 def test_final_statuses() -> None:
-    assert {s for s in TaskStatus if s.is_final} == {TaskStatus.COMPLETED, TaskStatus.FAILED}
+    assert {s for s in TaskStatus if s.is_final} == {
+        TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED
+    }
+
+
+def test_progress_percent_and_eta_are_bounded() -> None:
+    assert errors(*event("progress", percent=100.5)) == [
+        (("percent",), "Input should be less than or equal to 100")
+    ]
+    assert errors(*event("progress", eta_s=-1.0)) == [
+        (("eta_s",), "Input should be greater than or equal to 0")
+    ]
+    model, payload = event("progress", percent=41.7, eta_s=12.5, message="5 of 12 pages")
+    parsed = model.model_validate_json(json.dumps(payload))
+    assert (parsed.percent, parsed.eta_s, parsed.message) == (41.7, 12.5, "5 of 12 pages")
+
+
+ARTIFACT = {
+    "uri": "s3://ocr-artifacts/figures/doc-1/page-1-fig-1.png", "media_type": "image/png",
+    "bytes": 2048, "width_px": 300, "height_px": 200,
+}
+
+
+def test_figure_blocks_and_page_images_carry_artifacts() -> None:
+    figure = {"label": "image", "bbox_px": [0, 0, 300, 200], "artifact": ARTIFACT}
+    image = {**VALID["page_result"][1]["image"], "artifact": {**ARTIFACT, "uri": "file:///a"}}
+    model, payload = event("page_result", blocks=[figure], image=image, raw_text="<|ref|>")
+    parsed = model.model_validate_json(json.dumps(payload))
+    assert isinstance(parsed, PageResult)
+    assert parsed.blocks[0].artifact is not None
+    assert parsed.blocks[0].artifact.uri == ARTIFACT["uri"]
+    assert parsed.raw_text == "<|ref|>"
+    assert errors(*event("page_result", blocks=[{**figure, "artifact": {**ARTIFACT, "uri": ""}}]))[
+        0
+    ] == (("blocks", 0, "artifact", "uri"), "String should have at least 1 character")
 
 
 # --- decode_request: every refusal has its own code ------------------------------------------
@@ -419,3 +467,54 @@ def test_parse_page_ranges_round_trips(items: list[tuple[int, int | None]]) -> N
     ranges = [PageRange(first=f, last=None if extra is None else f + extra) for f, extra in items]
     text = ",".join(f"{r.first}-{'' if r.last is None else r.last}" for r in ranges)
     assert parse_page_ranges(text) == ranges
+
+
+# --- the exported JSON Schema agrees with the models (a validator we did not write) ---------
+
+# (kind, changes) that the models refuse; the committed JSON Schema must refuse them too.
+SCHEMA_REFUSALS = [
+    ("cancel", {"action": "stop"}),
+    ("cancel", {"task_id": "a/b"}),
+    ("cancel", {"source": {"uri": "file:///a"}}),
+    ("request", {"action": "cancel"}),
+    ("progress", {"percent": 100.1}),
+    ("progress", {"status": "cancelled", "eta_s": -0.5}),
+    ("page_result", {"blocks": [{"label": "image", "bbox_px": [0, 0, 1, 1],
+                                 "artifact": {**ARTIFACT, "bytes": -1}}]}),
+]
+
+
+def committed_validator(kind: str) -> Any:
+    import jsonschema
+
+    schema = json.loads((export.JSON_DIR / f"{kind}.schema.json").read_text())
+    return jsonschema.Draft202012Validator(schema)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_json_schema_accepts_the_valid_events(kind: str) -> None:
+    extras: dict[str, dict[str, Any]] = {
+        "progress": {"status": "cancelled", "percent": 41.7, "eta_s": None, "message": "m"},
+        "page_result": {"raw_text": "<|ref|>x<|/ref|>", "blocks": [
+            {"label": "image", "bbox_px": [0, 0, 1, 1], "artifact": ARTIFACT}]},
+    }
+    extra = extras.get(kind, {})
+    model, payload = event(kind, **extra)
+    model.model_validate_json(json.dumps(payload))
+    assert list(committed_validator(kind).iter_errors(payload)) == []
+
+
+@pytest.mark.parametrize(("kind", "changes"), SCHEMA_REFUSALS)
+def test_json_schema_refuses_what_the_models_refuse(kind: str, changes: dict[str, Any]) -> None:
+    model, payload = event(kind, **changes)
+    with pytest.raises(ValidationError):
+        model.model_validate_json(json.dumps(payload))
+    assert list(committed_validator(kind).iter_errors(payload)) != []
+
+
+def test_asyncapi_lists_the_cancel_record_on_the_requests_channel() -> None:
+    document = export.asyncapi_document()
+    assert set(document["channels"]["request"]["messages"]) == {"Request", "Cancel"}
+    cancel = document["components"]["messages"]["Cancel"]
+    assert cancel["payload"] == {"$ref": "./json/cancel.schema.json"}
+    assert cancel["title"] == "CancelRequest"
