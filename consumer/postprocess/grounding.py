@@ -4,8 +4,9 @@ With a grounding prompt DeepSeek-OCR writes one span per layout element: a label
 more boxes (integers normalised to 0..999 of the image) and the element's Markdown. The
 parser is a small tokenizer plus state machine rather than one big regex because the text
 it reads is model output: it may be cut mid-tag by the token cap, carry full-width
-look-alikes of the tags (`<｜ref｜>`, `［［...］］`), special tokens such as
-`<｜end▁of▁sentence｜>`, stray or unclosed tags and junk inside the boxes. Every such case
+look-alikes of the tags (`<｜ref｜>`, `［［...］］`), boxes written the seed's other ways
+(`【】`, `、`, corner point pairs), special tokens such as `<｜end▁of▁sentence｜>`, stray or
+unclosed tags and junk inside the boxes. Every such case
 degrades to "less structure", never to an exception.
 """
 
@@ -53,8 +54,12 @@ _SPECIAL = re.compile(
 )
 # A tag cut off by the end of the output: '<', '<|', '<|/de', '<｜end▁of', '<|ref|' ...
 _PARTIAL_TAG_AT_END = re.compile(r"[<＜](?:\s?[|｜][^<>＜＞|｜\n]{0,40}[|｜]?)?$")
-# One box inside a det tag: the innermost brackets.
-_BOX_GROUP = re.compile(r"\[([^\[\]]*)\]")
+# Inside a det tag: brackets, and the runs of text between them.
+_BRACKET_PIECES = re.compile(r"[\[\]]|[^\[\]]+")
+_SEPARATORS = re.compile(r"[,\s;]+")
+# Box punctuation NFKC leaves alone: lenticular and tortoise-shell brackets, the
+# ideographic comma.
+_BOX_PUNCTUATION = str.maketrans({"【": "[", "】": "]", "〔": "[", "〕": "]", "、": ","})
 _NUMBER = re.compile(r"^[+-]?\d{1,12}(?:\.\d{0,12})?$")
 _WHITESPACE = re.compile(r"\s+")
 
@@ -122,17 +127,81 @@ def _clamp(value: float) -> int:
     return max(0, min(BOX_MAX, round(value)))
 
 
-def parse_boxes(det: str) -> tuple[Box4, ...]:
-    """Boxes from the inside of a det tag; groups that are not four numbers are skipped."""
-    # NFKC folds full-width brackets, commas and digits to ASCII.
-    det = unicodedata.normalize("NFKC", det)
-    boxes: list[Box4] = []
-    for group in _BOX_GROUP.finditer(det):
-        items = [item for item in re.split(r"[,\s;]+", group.group(1)) if item]
-        if len(items) != 4 or not all(_NUMBER.match(item) for item in items):
+def _box(x1: float, y1: float, x2: float, y2: float) -> Box4:
+    a, b, c, d = _clamp(x1), _clamp(y1), _clamp(x2), _clamp(y2)
+    return (min(a, c), min(b, d), max(a, c), max(b, d))
+
+
+# A bracket group as read: its numbers and sub-groups in order, or None for anything else
+# (words, a number too long to be a coordinate), which disqualifies the group as a box.
+_Item = float | list["_Item"] | None
+
+
+def _group_items(det: str) -> list[_Item]:
+    """The bracket groups of `det`, nested; a group cut off by the end of the output is
+    dropped, the complete groups inside it are kept.
+
+    A stack instead of recursion: the depth is the model's to choose.
+    """
+    stack: list[list[_Item]] = [[]]
+    for piece in _BRACKET_PIECES.findall(det):
+        if piece == "[":
+            stack.append([])
+        elif piece == "]":
+            if len(stack) > 1:
+                closed = stack.pop()
+                stack[-1].append(closed)
+            # A stray closing bracket at the top level closes nothing: dropped.
+        else:
+            for item in _SEPARATORS.split(piece):
+                if item:
+                    stack[-1].append(float(item) if _NUMBER.match(item) else None)
+    while len(stack) > 1:
+        # Output cut inside a group: the group is incomplete, its complete groups are not.
+        unclosed = stack.pop()
+        stack[-1].extend(item for item in unclosed if isinstance(item, list))
+    return stack[0]
+
+
+def _numbers(item: _Item, count: int) -> list[float] | None:
+    """`item`'s values when it is a group of exactly `count` numbers."""
+    if not isinstance(item, list) or len(item) != count:
+        return None
+    values = [value for value in item if isinstance(value, float)]
+    return values if len(values) == count else None
+
+
+def _collect_boxes(items: list[_Item], boxes: list[Box4]) -> None:
+    for item in items:
+        if not isinstance(item, list):
             continue
-        x1, y1, x2, y2 = (_clamp(float(item)) for item in items)
-        boxes.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+        coordinates = _numbers(item, 4)
+        points = [_numbers(point, 2) for point in item]
+        corners = [point for point in points if point is not None]
+        if coordinates is not None:
+            x1, y1, x2, y2 = coordinates
+            boxes.append(_box(x1, y1, x2, y2))
+        elif len(corners) >= 2 and len(corners) == len(item):
+            # Corner points, `[[x1,y1],[x2,y2]]` (or a polygon's): their bounding box.
+            xs = [x for x, _ in corners]
+            ys = [y for _, y in corners]
+            boxes.append(_box(min(xs), min(ys), max(xs), max(ys)))
+        else:
+            _collect_boxes(item, boxes)
+
+
+def parse_boxes(det: str) -> tuple[Box4, ...]:
+    """Boxes from the inside of a det tag, as tolerant as DeepSeek's own reader.
+
+    A box is a bracket group of four numbers `[x1, y1, x2, y2]`, or a group of two (or more)
+    points `[[x1, y1], [x2, y2]]` (their bounding box). Brackets may be ASCII, full-width
+    (`［］`) or lenticular (`【】`); numbers may be separated by commas (also `，` and `、`),
+    semicolons or spaces; full-width digits count. Groups that are neither are skipped.
+    """
+    # NFKC folds full-width brackets, commas and digits to ASCII; the rest by hand.
+    det = unicodedata.normalize("NFKC", det).translate(_BOX_PUNCTUATION)
+    boxes: list[Box4] = []
+    _collect_boxes(_group_items(det), boxes)
     return tuple(boxes)
 
 

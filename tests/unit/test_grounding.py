@@ -119,6 +119,26 @@ def test_box_junk_clamping_and_ordering() -> None:
     assert parse_boxes("garbage") == ()
 
 
+def test_box_punctuation_and_point_pairs_of_the_seed() -> None:
+    assert parse_boxes("【【10、20、30、40】】") == ((10, 20, 30, 40),)
+    assert parse_boxes("［［１０，２０，３０，４０］］、［［5，6，7，8］］") == (
+        (10, 20, 30, 40), (5, 6, 7, 8),
+    )
+    assert parse_boxes("〔10; 20; 30; 40〕") == ((10, 20, 30, 40),)
+    # Corner points: one box each, in any corner order; a polygon gives its bounding box.
+    assert parse_boxes("[[100, 200], [300, 400]]") == ((100, 200, 300, 400),)
+    assert parse_boxes("[[300, 400], [100, 200]]") == ((100, 200, 300, 400),)
+    assert parse_boxes("[[[1, 2], [3, 4]], [[5, 6], [7, 8]]]") == ((1, 2, 3, 4), (5, 6, 7, 8))
+    assert parse_boxes("【【1、2】、【3、4】】") == ((1, 2, 3, 4),)
+    assert parse_boxes("[[1, 2], [3, 4], [5, 0]]") == ((1, 0, 5, 4),)
+    # Not boxes: a lone point, points mixed with words, a cut-off point pair.
+    assert parse_boxes("[[1, 2]]") == ()
+    assert parse_boxes("[[1, 2], [3, 4], x]") == ()
+    assert parse_boxes("[[1, 2], [3") == ()
+    raw = "<|ref|>image<|/ref|><|det|>【【100、200】、【300、400】】<|/det|>\n"
+    assert parse_grounded(raw) == [GroundedSpan("image", ((100, 200, 300, 400),), "")]
+
+
 def test_locate_output() -> None:
     raw = "<|ref|>total amount<|/ref|><|det|>[[100, 200, 300, 220], [100, 500, 300, 520]]<|/det|>"
     assert parse_grounded(raw) == [
@@ -205,6 +225,11 @@ FRAGMENTS = st.sampled_from(
             "］",
             "，",
             "-",
+            "【",
+            "】",
+            "、",
+            "[[1, 2], [3, 4]]",
+            "[[5, 6]",
         ],
         *[
             "title",
@@ -317,3 +342,52 @@ def test_truncated_well_formed_output_parses_to_a_prefix(
     assert parsed[:-1] == spans[: max(len(parsed) - 1, 0)]
     for span in parsed:
         assert_boxes_valid(span.boxes)
+
+
+# How DeepSeek-OCR (and hand-written fixtures of the seed) may write the same boxes.
+BRACKETS = st.sampled_from([("[", "]"), ("［", "］"), ("【", "】")])
+SEPARATOR = st.sampled_from([", ", ",", "，", "、", " ", "; "])
+FULL_WIDTH_DIGITS = str.maketrans("0123456789", "０１２３４５６７８９")
+
+
+def render_boxes(
+    boxes: list[tuple[int, int, int, int]], brackets: tuple[str, str], separator: str,
+    full_width: bool, points: bool,
+) -> str:
+    left, right = brackets
+
+    def group(values: list[str]) -> str:
+        return left + separator.join(values) + right
+
+    parts = []
+    for x1, y1, x2, y2 in boxes:
+        if points:
+            parts.append(group([group([str(x1), str(y1)]), group([str(x2), str(y2)])]))
+        else:
+            parts.append(group([str(x1), str(y1), str(x2), str(y2)]))
+    text = left + separator.join(parts) + right
+    return text.translate(FULL_WIDTH_DIGITS) if full_width else text
+
+
+@FAST
+@given(st.lists(BOX, min_size=1, max_size=4), BRACKETS, SEPARATOR, st.booleans(), st.booleans())
+def test_every_box_style_reads_the_same(
+    boxes: list[tuple[int, int, int, int]], brackets: tuple[str, str], separator: str,
+    full_width: bool, points: bool,
+) -> None:
+    det = render_boxes(boxes, brackets, separator, full_width, points)
+    assert parse_boxes(det) == tuple(boxes)
+    raw = f"<|ref|>image<|/ref|><|det|>{det}<|/det|>\nCaption"
+    assert parse_grounded(raw) == [GroundedSpan("image", tuple(boxes), "Caption")]
+
+
+@FAST
+@given(st.lists(BOX, min_size=1, max_size=4), BRACKETS, SEPARATOR, st.booleans(),
+       st.integers(0, 200))
+def test_boxes_cut_off_keep_the_complete_ones(
+    boxes: list[tuple[int, int, int, int]], brackets: tuple[str, str], separator: str,
+    points: bool, cut: int,
+) -> None:
+    det = render_boxes(boxes, brackets, separator, False, points)[:cut]
+    parsed = parse_boxes(det)
+    assert parsed == tuple(boxes[: len(parsed)])
