@@ -273,7 +273,11 @@ class Settings(BaseSettings):
     max_page_pixels: int = Field(
         40_000_000, ge=10_000, description="Most pixels in a rendered page or input image."
     )
-    page_timeout_s: float = Field(120.0, gt=0, description="One page's engine time limit.")
+    page_timeout_s: float = Field(
+        300.0, gt=0,
+        description="One page's time limit in the engine (and to render); room for "
+        "OCR_MAX_TOKENS=8192 at 30 ms a decode step in a full batch.",
+    )
     task_timeout_s: float = Field(3600.0, gt=0, description="One task's total time limit.")
 
     # Engine
@@ -291,7 +295,11 @@ class Settings(BaseSettings):
     resolution_mode: ResolutionMode = Field(
         ResolutionMode.GUNDAM, description="DeepSeek-OCR resolution mode, one per engine."
     )
-    max_tokens: int = Field(4096, ge=16, description="Output token cap per page.")
+    max_tokens: int = Field(
+        8192, ge=16,
+        description="Output token cap per page (DeepSeek-OCR's own; vLLM also ends a page "
+        "where prompt + output reach OCR_MAX_MODEL_LEN).",
+    )
     ngram_size: int = Field(30, ge=0, description="No-repeat n-gram size (0 disables).")
     ngram_window: int = Field(90, ge=1, description="No-repeat window in tokens.")
     ngram_processor: NgramProcessor = Field(
@@ -420,6 +428,17 @@ class Settings(BaseSettings):
             raise ValueError(
                 "vision_cudagraphs=true asks for CUDA graphs that enforce_eager=true forbids; "
                 "unset one of them"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _output_fits_the_context(self) -> Settings:
+        if self.max_tokens > self.max_model_len:
+            raise ValueError(
+                f"{env_name('max_tokens')}={self.max_tokens} is more than "
+                f"{env_name('max_model_len')}={self.max_model_len}, which must also hold the "
+                "page's image tokens (about 900-1,300 in gundam mode): lower the first or "
+                "raise the second"
             )
         return self
 

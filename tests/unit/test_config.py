@@ -167,3 +167,12 @@ def test_relative_roots_are_made_absolute_when_settings_load(
     # Moving elsewhere later changes nothing.
     clean_env.chdir("/")
     assert settings.blob_root == tmp_path / ".run" / "blobs"
+
+
+def test_the_model_card_token_cap_is_the_default_and_fits_the_context() -> None:
+    settings = Settings()
+    assert (settings.max_tokens, settings.max_model_len) == (8192, 8192)
+    with pytest.raises(ValidationError, match="OCR_MAX_TOKENS=9000 is more than "
+                       "OCR_MAX_MODEL_LEN=8192"):
+        Settings(max_tokens=9000)
+    assert Settings(max_tokens=9000, max_model_len=10240).max_tokens == 9000
