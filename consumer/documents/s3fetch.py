@@ -165,6 +165,11 @@ def _client(settings: Settings) -> Any:
     return client
 
 
+def s3_client(settings: Settings) -> Any:
+    """The shared boto3 client for these settings' endpoint (also the artifact store's)."""
+    return _client(settings)
+
+
 def forget_clients() -> None:
     """Drop the cached clients (their credentials were resolved when they were made)."""
     with _clients_lock:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from consumer.page_image import PageImage
+from consumer.postprocess.figures import FigureCrop
 from schemas.request import PromptKind
 from schemas.result import Block, EngineIdentity, FinishReason
 
@@ -47,6 +48,9 @@ class EngineOutput:
     # The part of infer()'s time spent turning the raw output into text and blocks, so the
     # pipeline can report it as its own stage instead of as inference.
     postprocess_ms: float = 0.0
+    # Figure crops for the runner to store; engines never write files themselves
+    # (consumer/artifacts/figures.py stores them and links them from the Markdown).
+    figures: list[FigureCrop] = field(default_factory=list)
 
 
 @dataclass(slots=True)

@@ -413,7 +413,8 @@ class VllmEngine:
         else:
             text = str(completion.text or "")
         raw = strip_eos(text)
-        return raw, deepseek_page_text(raw, request.page, crops_dir=self._settings.crops_dir)
+        crop = self._settings.artifacts_uri is not None
+        return raw, deepseek_page_text(raw, request.page, crop_figures=crop)
 
     async def _to_output(
         self, final: Any, request: PageRequest, detokenize: Detokenize, max_tokens: int
@@ -421,8 +422,8 @@ class VllmEngine:
         completion = final.outputs[0]
         output_tokens = len(completion.token_ids or ())
         prompt_tokens = len(getattr(final, "prompt_token_ids", None) or ())
-        # Decoding up to max_tokens ids, regexes over the text, and PNG crops when crops_dir
-        # is set: off the event loop, which is busy feeding the engine.
+        # Decoding up to max_tokens ids, regexes over the text, and PNG figure crops when a
+        # store is configured: off the event loop, which is busy feeding the engine.
         convert = functools.partial(self._page_text, completion, request, detokenize)
         began = time.perf_counter()
         try:
@@ -451,6 +452,7 @@ class VllmEngine:
             output_tokens=output_tokens,
             raw_text=raw,
             postprocess_ms=postprocess_ms,
+            figures=page_text.figures,
         )
 
     # -- health and stats ---------------------------------------------------------------

@@ -4,30 +4,30 @@ Two shapes of engine output exist: DeepSeek-OCR's grounded text (`deepseek_page_
 and line-level OCR with pixel boxes (`lines_page_text`, RapidOCR). Both end in the same
 `PageText`, so every engine fills the result schema the same way.
 
-These functions are CPU work (regexes, and PNG encoding when figure crops are written):
-call them from an executor, not on the event loop, for long pages.
+These functions are CPU work (regexes, and PNG encoding of figure crops): call them from
+an executor, not on the event loop, for long pages.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import re
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote
+from dataclasses import dataclass, field
 
-from PIL import Image
-
-from consumer.log import get_logger
 from consumer.page_image import PageImage
+from consumer.postprocess.figures import (
+    EMPTY_BOX,
+    NO_STORE,
+    NOT_HANDED_OVER,
+    FigureCrop,
+    crop_png,
+    figure_placeholder,
+)
 from consumer.postprocess.grounding import BOX_MAX, Box4, parse_grounded
 from consumer.postprocess.markdown import clean_markdown, markdown_to_text
 from schemas.result import Block
-
-log = get_logger(__name__)
 
 # Limits of the result schema (PageResult.blocks, Block.label): stay inside them here
 # rather than fail validation when the page is published.
@@ -42,8 +42,6 @@ PARAGRAPH_GAP = 0.6
 PixelBox = tuple[float, float, float, float]
 Line = tuple[str, PixelBox, float]  # text, pixel box (x1, y1, x2, y2), confidence
 
-# Characters a task id may have in a URL path without quoting (see schemas.common).
-_URL_SAFE = "/:@+=-._"
 # A line starting like a Markdown block ("# ", "> ", "- ", "1. ") would change structure.
 _MARKDOWN_START = re.compile(r"^(#|>|[-+*](?=\s)|\d+[.)](?=\s))")
 
@@ -53,11 +51,7 @@ class PageText:
     markdown: str
     text: str
     blocks: list[Block]
-
-
-def figure_name(task_id: str, page: int, index: int) -> str:
-    """Relative path of figure `index` (1-based) of a page: also its crop's file name."""
-    return f"{task_id}/page-{page}-fig-{index}.png"
+    figures: list[FigureCrop] = field(default_factory=list)
 
 
 def _scale(value: int, size: float) -> float:
@@ -77,43 +71,21 @@ def _pdf_box(box: Box4, page: PageImage) -> list[float] | None:
     return _scale_box(box, page.width_pt, page.height_pt)
 
 
-def _safe_task_dir(crops_dir: Path, task_id: str) -> Path | None:
-    # The schema already forbids '/' in task ids; refuse anything that could leave crops_dir
-    # anyway, since PageImage is not validated.
-    if task_id in ("", ".", "..") or "/" in task_id or "\\" in task_id or "\0" in task_id:
-        return None
-    return crops_dir / task_id
-
-
-def _write_crop(image: Image.Image, box_px: list[float], path: Path) -> None:
-    left, top = math.floor(box_px[0]), math.floor(box_px[1])
-    right, bottom = math.ceil(box_px[2]), math.ceil(box_px[3])
-    if right - left < 1 or bottom - top < 1:
-        return
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Write then rename, so a reader never sees half a PNG.
-        partial = path.with_name(path.name + ".part")
-        image.crop((left, top, right, bottom)).save(partial, format="PNG")
-        os.replace(partial, path)
-    except (OSError, ValueError) as exc:
-        # A crop is a convenience: losing it must not fail the page.
-        log.warning("figure_crop_failed", path=str(path), error=str(exc))
-
-
-def deepseek_page_text(raw: str, page: PageImage, *, crops_dir: Path | None = None) -> PageText:
+def deepseek_page_text(raw: str, page: PageImage, *, crop_figures: bool = False) -> PageText:
     """Markdown, text and blocks from DeepSeek-OCR output (grounded or plain).
 
     Each box of a span becomes a block (a span with several boxes yields several blocks;
     the span's text rides on the first, so concatenating block texts does not repeat it).
-    Figures (label `image`) become `![figure](task/page-n-fig-k.png)` in the Markdown, and
-    their crops are written under `crops_dir` when it is given.
+    Each box of a figure (label `image`) is a figure: with `crop_figures` its pixels are
+    cut and encoded for the artifact store (`PageText.figures`), and the Markdown holds its
+    placeholder until the runner stores it; without, the placeholder says that no store is
+    configured.
     """
     width, height = page.image.size
-    task_dir = _safe_task_dir(crops_dir, page.task_id) if crops_dir is not None else None
     pieces: list[str] = []
     blocks: list[Block] = []
-    figures = 0
+    figures: list[FigureCrop] = []
+    placeholders: list[str] = []
     for span in parse_grounded(raw):
         label = span.label[:MAX_LABEL] or "text"
         body = clean_markdown(span.text)
@@ -121,13 +93,20 @@ def deepseek_page_text(raw: str, page: PageImage, *, crops_dir: Path | None = No
         plain = "" if is_figure else markdown_to_text(body)
         for number, box in enumerate(span.boxes):
             bbox_px = _scale_box(box, width, height)
+            block = len(blocks) if len(blocks) < MAX_BLOCKS else None
             if is_figure:
-                figures += 1
-                name = figure_name(page.task_id, page.page, figures)
-                pieces.append(f"![figure]({quote(name, safe=_URL_SAFE)})")
-                if task_dir is not None:
-                    _write_crop(page.image, bbox_px, task_dir / name.rsplit("/", 1)[1])
-            if len(blocks) < MAX_BLOCKS:
+                index = len(placeholders) + 1
+                crop = crop_png(page.image, bbox_px) if crop_figures else None
+                reason = NOT_HANDED_OVER if crop else (EMPTY_BOX if crop_figures else NO_STORE)
+                placeholder = figure_placeholder(page.page, index, reason)
+                placeholders.append(placeholder)
+                pieces.append(placeholder)
+                if crop is not None:
+                    png, crop_width, crop_height = crop
+                    figures.append(
+                        FigureCrop(index, block, png, crop_width, crop_height, placeholder)
+                    )
+            if block is not None:
                 blocks.append(
                     Block(
                         label=label,
@@ -139,7 +118,13 @@ def deepseek_page_text(raw: str, page: PageImage, *, crops_dir: Path | None = No
         if body:
             pieces.append(body)
     markdown = clean_markdown("\n\n".join(pieces))
-    return PageText(markdown=markdown, text=markdown_to_text(markdown), blocks=blocks)
+    # A figure has no text of its own: neither does its placeholder.
+    text_source = markdown
+    for placeholder in placeholders:
+        text_source = text_source.replace(placeholder, "", 1)
+    return PageText(
+        markdown=markdown, text=markdown_to_text(text_source), blocks=blocks, figures=figures
+    )
 
 
 def _clamp_box(box: PixelBox, width: int, height: int) -> PixelBox:

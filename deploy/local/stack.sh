@@ -24,6 +24,7 @@
 #   OCR_VERSITYGW_VERSION [v1.8.0]         github.com/versity/versitygw, built with Go
 #   OCR_REDIS_URL [redis://127.0.0.1:6379/0], OCR_REDIS_PASSWORD (sets requirepass)
 #   OCR_STACK_CONSUMER [1]                 `up` also starts .venv/bin/ocr-consumer --engine auto
+#   OCR_ARTIFACTS_URI [.run/artifacts]     that consumer's figure store ('' turns it off)
 #   OCR_PYTHON [.venv/bin/python, else python3]  runs `python -m consumer.topics`
 #   OCR_RUN_DIR [.run]                     PID files, logs and data of this stack
 set -euo pipefail
@@ -415,6 +416,9 @@ start_consumer() {
         cd "$REPO"
         export OCR_FILE_ROOTS="${OCR_FILE_ROOTS:-$RUN/blobs}" OCR_BLOB_ROOT="${OCR_BLOB_ROOT:-$RUN/blobs}"
         export OCR_LOG_FORMAT="${OCR_LOG_FORMAT:-json}"
+        # Figures are stored by default (.run/artifacts); an empty OCR_ARTIFACTS_URI turns
+        # the store off. Tools read them with OCR_ARTIFACTS_URI set the same way.
+        export OCR_ARTIFACTS_URI="${OCR_ARTIFACTS_URI-$RUN/artifacts}"
         exec nohup "$CONSUMER_BIN" --engine auto </dev/null >>"$CONSUMER_LOG" 2>&1 9>&-
     ) &
     pid=$!

@@ -3,18 +3,30 @@
 `ScriptedEngine` is the test double standing in for the vLLM engine on machines without a
 GPU (the only component a test may replace): it answers instantly with DeepSeek-style
 grounded output derived from the page, so pipeline tests run fast and can assert exactly
-which pages were computed. `FaultyEngine` wraps any engine (the real RapidOCR one included)
-to raise or hang on chosen pages, for fault tests.
+which pages were computed. Given `grounded`, it answers with that raw model output instead
+and post-processes it exactly as the vLLM engine does (blocks, figure crops, raw_text):
+the way to put `image` blocks through the real pipeline on a CPU. `FaultyEngine` wraps
+any engine (the real RapidOCR one included) to raise or hang on chosen pages, for fault
+tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from consumer.engines.base import Engine, EngineHealth, EngineOutput, EngineStats, PageRequest
+from consumer.engines.base import (
+    Engine,
+    EngineHealth,
+    EngineOutput,
+    EngineStats,
+    PageImage,
+    PageRequest,
+)
 from consumer.errors import EngineError
+from consumer.postprocess.page import deepseek_page_text
 from schemas.result import Block, EngineIdentity, FinishReason
 
 
@@ -28,6 +40,10 @@ class ScriptedEngine:
     dead: str | None = None  # set to a reason to play an engine that died
     start_gate: asyncio.Event | None = None  # start() waits for it: an engine still loading
     die_after: int | None = None  # pages answered before the engine dies (then every call fails)
+    # Raw DeepSeek-OCR output for a page (grounding tags, `image` spans), post-processed as
+    # the vLLM engine does; figures are cut when `crop_figures` (a store is configured).
+    grounded: Callable[[PageImage], str] | None = None
+    crop_figures: bool = True
 
     @property
     def identity(self) -> EngineIdentity:
@@ -51,6 +67,16 @@ class ScriptedEngine:
         self.calls[(page.task_id, page.page)] += 1
         if self.delay_s:
             await asyncio.sleep(self.delay_s)
+        if self.grounded is not None:
+            raw = self.grounded(page)
+            page_text = await asyncio.to_thread(
+                deepseek_page_text, raw, page, crop_figures=self.crop_figures
+            )
+            return EngineOutput(
+                markdown=page_text.markdown, text=page_text.text, blocks=page_text.blocks,
+                finish_reason=FinishReason.STOP, prompt_tokens=10,
+                output_tokens=len(raw.split()), raw_text=raw, figures=page_text.figures,
+            )
         text = f"Page {page.page} of {page.task_id}"
         width, height = page.image.size
         return EngineOutput(

@@ -176,3 +176,43 @@ def test_the_model_card_token_cap_is_the_default_and_fits_the_context() -> None:
                        "OCR_MAX_MODEL_LEN=8192"):
         Settings(max_tokens=9000)
     assert Settings(max_tokens=9000, max_model_len=10240).max_tokens == 9000
+
+
+@pytest.mark.parametrize(
+    ("given", "canonical"),
+    [
+        ("", None),
+        ("  ", None),
+        ("s3://ocr-artifacts", "s3://ocr-artifacts"),
+        ("s3://ocr-artifacts//figures/2026/", "s3://ocr-artifacts/figures/2026"),
+        ("file:///srv/ocr-artifacts/", "file:///srv/ocr-artifacts"),
+        ("file://localhost/srv/a%20b", "file:///srv/a%20b"),
+        ("/srv/ocr artifacts", "file:///srv/ocr%20artifacts"),
+    ],
+)
+def test_artifact_store_uri_forms(given: str, canonical: str | None) -> None:
+    assert Settings(artifacts_uri=given).artifacts_uri == canonical
+
+
+def test_relative_artifact_folder_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert Settings(artifacts_uri=".run/artifacts").artifacts_uri == (
+        tmp_path / ".run" / "artifacts"
+    ).as_uri()
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("http://cdn.example/figures", "is not an artifact store: use s3://bucket/prefix"),
+        ("file://srv/figures", "names no absolute folder: use file:///folder"),
+        ("s3://Not_A_Bucket/x", "names no valid S3 bucket"),
+        ("s3://ocr-artifacts/a/../b", "may not hold '.' or '..' segments"),
+        ("s3://ocr-artifacts/my figures", "the key prefix may hold only"),
+    ],
+)
+def test_bad_artifact_stores_are_refused(given: str, message: str) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        Settings(artifacts_uri=given)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import re
-from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -146,11 +146,14 @@ def test_locate_output() -> None:
     ]
 
 
-def test_page_text_blocks_markdown_and_figures(tmp_path: Path) -> None:
+def test_page_text_blocks_markdown_and_figures() -> None:
     page = page_image()
-    result = deepseek_page_text(SAMPLE, page, crops_dir=tmp_path)
+    result = deepseek_page_text(SAMPLE, page, crop_figures=True)
+    placeholder = (
+        "*[figure 1 of page 2 not stored: the consumer did not hand it to the artifact store]*"
+    )
     assert result.markdown == (
-        "# Annual Report\n\nRevenue grew **12%**.\n\n![figure](doc-1/page-2-fig-1.png)\n\n"
+        f"# Annual Report\n\nRevenue grew **12%**.\n\n{placeholder}\n\n"
         "<table><tr><td>Q1</td><td>10</td></tr></table>"
     )
     assert result.text == "Annual Report\n\nRevenue grew 12%.\n\nQ1 10"
@@ -162,15 +165,29 @@ def test_page_text_blocks_markdown_and_figures(tmp_path: Path) -> None:
     assert title.bbox_pdf == [31.03, 40.04, 469.47, 88.09]
     # A span with two boxes: its text rides on the first block only.
     assert result.blocks[1].text == "Revenue grew 12%." and result.blocks[2].text == ""
-    crop = tmp_path / "doc-1" / "page-2-fig-1.png"
-    with Image.open(crop) as image:
-        assert image.size == (801, 602)
+    (figure,) = result.figures
+    assert (figure.index, figure.block, figure.placeholder) == (1, 3, placeholder)
+    assert (figure.width_px, figure.height_px) == (801, 602)
+    with Image.open(io.BytesIO(figure.png)) as image:
+        assert (image.format, image.size) == ("PNG", (801, 602))
 
 
-def test_page_text_of_image_input_has_no_pdf_boxes_and_no_crops_dir() -> None:
+def test_figures_without_a_store_are_not_cut_and_say_why() -> None:
     result = deepseek_page_text(SAMPLE, page_image(pdf=False))
     assert all(block.bbox_pdf is None for block in result.blocks)
-    assert "![figure](doc-1/page-2-fig-1.png)" in result.markdown
+    assert result.figures == []
+    assert (
+        "*[figure 1 of page 2 not stored: no artifact store is configured "
+        "(OCR_ARTIFACTS_URI)]*" in result.markdown
+    )
+    assert "](" not in result.markdown  # no link to a file nobody wrote
+
+
+def test_figure_with_an_empty_box_is_not_cut() -> None:
+    raw = "<|ref|>image<|/ref|><|det|>[[10, 10, 10, 500], [0, 0, 500, 500]]<|/det|>"
+    result = deepseek_page_text(raw, page_image(999, 999), crop_figures=True)
+    assert [figure.index for figure in result.figures] == [2]
+    assert "figure 1 of page 2 not stored: its box on the page is empty" in result.markdown
 
 
 def test_page_text_of_free_ocr_output() -> None:
@@ -178,13 +195,6 @@ def test_page_text_of_free_ocr_output() -> None:
     assert result.markdown == "Line one\nLine **two**\n\nEnd"
     assert result.text == "Line one\nLine two\n\nEnd"
     assert result.blocks == []
-
-
-def test_unsafe_task_id_writes_no_crop(tmp_path: Path) -> None:
-    page = PageImage("..", 1, Image.new("RGB", (100, 100)), 72)
-    raw = "<|ref|>image<|/ref|><|det|>[[0, 0, 500, 500]]<|/det|>"
-    deepseek_page_text(raw, page, crops_dir=tmp_path / "crops")
-    assert not (tmp_path / "crops").exists()
 
 
 def test_long_label_is_cut_to_the_schema_limit() -> None:
@@ -282,9 +292,9 @@ def test_parser_never_raises_and_boxes_are_valid(raw: str) -> None:
 
 
 @FAST
-@given(SOUP, st.integers(1, 300), st.integers(1, 300), st.booleans())
+@given(SOUP, st.integers(1, 300), st.integers(1, 300), st.booleans(), st.booleans())
 def test_page_text_never_shows_tags_and_boxes_fit(
-    raw: str, width: int, height: int, pdf: bool
+    raw: str, width: int, height: int, pdf: bool, crop: bool
 ) -> None:
     page = PageImage(
         "t",
@@ -294,10 +304,15 @@ def test_page_text_never_shows_tags_and_boxes_fit(
         width_pt=width * 0.5 if pdf else None,
         height_pt=height * 0.5 if pdf else None,
     )
-    result = deepseek_page_text(raw, page)
+    result = deepseek_page_text(raw, page, crop_figures=crop)
     for shown in (result.markdown, result.text):
         assert not ANY_TAG.search(shown)
         assert "end▁of▁sentence" not in shown
+    # The runner finds each figure's placeholder to put its link there.
+    for figure in result.figures:
+        assert figure.placeholder in result.markdown
+        assert figure.placeholder not in result.text
+        assert figure.block is None or result.blocks[figure.block].label.lower() == "image"
     for block in result.blocks:
         x1, y1, x2, y2 = block.bbox_px
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
@@ -391,3 +406,25 @@ def test_boxes_cut_off_keep_the_complete_ones(
     det = render_boxes(boxes, brackets, separator, False, points)[:cut]
     parsed = parse_boxes(det)
     assert parsed == tuple(boxes[: len(parsed)])
+
+
+def figure_span(boxes: list[tuple[int, int, int, int]]) -> str:
+    listed = ", ".join(f"[{x1}, {y1}, {x2}, {y2}]" for x1, y1, x2, y2 in boxes)
+    return f"<|ref|>image<|/ref|><|det|>[{listed}]<|/det|>\n"
+
+
+@FAST
+@given(SOUP, st.lists(BOX, min_size=1, max_size=3), SOUP, st.integers(1, 300),
+       st.integers(1, 300))
+def test_every_figure_has_one_findable_placeholder(
+    before: str, boxes: list[tuple[int, int, int, int]], after: str, width: int, height: int
+) -> None:
+    page = PageImage("t", 3, Image.new("RGB", (width, height)), 72)
+    result = deepseek_page_text(before + "\n" + figure_span(boxes) + after, page,
+                                crop_figures=True)
+    for figure in result.figures:
+        assert result.markdown.count(figure.placeholder) == 1
+        assert figure.placeholder not in result.text
+        assert 1 <= figure.width_px <= width and 1 <= figure.height_px <= height
+    indexes = [figure.index for figure in result.figures]
+    assert indexes == sorted(set(indexes))

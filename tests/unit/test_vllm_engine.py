@@ -8,10 +8,12 @@ prompts, sampling parameters and aborts it saw.
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import types
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -473,8 +475,22 @@ async def test_grounded_output_becomes_blocks() -> None:
     assert title.bbox_pdf == pytest.approx([50.05, 25.03, 450.45, 60.06], abs=0.01)
     assert "# Quarterly report" in out.markdown
     assert "Revenue grew by 12%." in out.text
-    assert "![figure](task-1/page-1-fig-1.png)" in out.markdown
+    # No store configured: the figure is not cut, and the Markdown says why, with no link.
+    assert out.figures == []
+    assert "*[figure 1 of page 1 not stored: no artifact store" in out.markdown
+    assert "](" not in out.markdown
     assert "<|ref|>" not in out.markdown
+
+
+async def test_figures_are_handed_to_the_runner_when_a_store_is_configured(
+    tmp_path: Path,
+) -> None:
+    engine, _ = await started(artifacts_uri=str(tmp_path))
+    out = await engine.infer(page_request())
+    (figure,) = out.figures
+    assert (figure.index, figure.block, figure.width_px, figure.height_px) == (1, 2, 601, 401)
+    assert figure.placeholder in out.markdown
+    assert not os.listdir(tmp_path)  # the engine writes no file itself
 
 
 async def test_plain_output_without_grounding() -> None:

@@ -1,0 +1,1 @@
+"""The artifact store (figure crops, page images) and what the runner stores in it."""
