@@ -132,11 +132,15 @@ def pages_text(event: ProgressEvent) -> str:
 
 
 def status_text(event: ProgressEvent | None) -> str:
+    """The consumer's own message (percent, time left) when it sends one; counts else."""
     if event is None:
         return "waiting for the consumer"
-    text = f"{event.status.value} {pages_text(event)}"
-    if event.replayed:
-        text += " (already done earlier)"
+    if event.message:
+        text = event.message
+    else:  # a consumer from before readable progress
+        text = f"{event.status.value} {pages_text(event)}"
+        if event.replayed:
+            text += " (already done earlier)"
     if event.status is TaskStatus.FAILED or (is_final(event) and not succeeded(event)):
         text += f" - {failure_text(event)}"
     return text

@@ -6,8 +6,9 @@ Without --from-beginning only events from now on are read: right for a task that
 or running. A task that may already be final needs --from-beginning, which reads the
 partitions of the progress topic holding these tasks from their start (cost: those
 partitions' retained history, a week by default) and judges each task by its latest event.
-Live bars on a terminal (stderr), plain lines otherwise; one outcome line per task at the
-end. Exit codes: 0 every task completed with no failed page, 1 a task failed or lost pages,
+Live bars on a terminal (stderr), plain lines otherwise, each with the consumer's own
+words (pages done, percent, time left); one outcome line per task at the end. Exit codes:
+0 every task completed with no failed page, 1 a task failed, was cancelled or lost pages,
 2 --timeout passed first.
 """
 

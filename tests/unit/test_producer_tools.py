@@ -26,6 +26,7 @@ from producer_tools.follow_progress import (
     exit_code,
     failure_text,
     report,
+    status_text,
 )
 from producer_tools.submit import (
     build_parser as submit_parser,
@@ -81,11 +82,13 @@ def page(
 
 def progress(
     status: TaskStatus, *, done: int = 0, total: int | None = 3, failed: int = 0,
-    error: ErrorInfo | None = None, task_id: str = "t-1",
+    error: ErrorInfo | None = None, task_id: str = "t-1", message: str = "",
+    percent: float = 0.0, eta_s: float | None = None,
 ) -> ProgressEvent:
     return ProgressEvent(
         task_id=task_id, status=status, pages_done=done, pages_total=total,
-        pages_failed=failed, error=error, emitted_at=NOW,
+        pages_failed=failed, error=error, emitted_at=NOW, message=message, percent=percent,
+        eta_s=eta_s,
     )
 
 
@@ -427,6 +430,42 @@ def test_plain_lines_one_per_event() -> None:
     assert stream.getvalue().splitlines() == [
         "t-1 (doc.pdf): started 0/3 pages", "t-1 (doc.pdf): page_done 1/3 pages"
     ]
+
+
+def test_readable_progress_is_shown_as_the_consumer_words_it() -> None:
+    stream = io.StringIO()
+    display = PlainLines({"t-1": "doc.pdf"}, stream)
+    display.update("t-1", progress(TaskStatus.STARTED, message="started: 3 pages to do"))
+    display.update("t-1", progress(
+        TaskStatus.PAGE_DONE, done=1, percent=33.3, eta_s=4.0,
+        message="1 of 3 pages done, 33.3%, about 4 s left",
+    ))
+    display.close()
+    assert stream.getvalue().splitlines() == [
+        "t-1 (doc.pdf): started: 3 pages to do",
+        "t-1 (doc.pdf): 1 of 3 pages done, 33.3%, about 4 s left",
+    ]
+    line = bar_line("doc.pdf", progress(
+        TaskStatus.PAGE_DONE, done=1, percent=33.3, message="1 of 3 pages done, 33.3%"
+    ), columns=100)
+    assert "[#######-------------] 1 of 3 pages done, 33.3%" in line
+
+
+def test_a_cancelled_task_is_final_and_not_a_success(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cancelled = progress(
+        TaskStatus.CANCELLED, done=1, message="cancelled after 1 of 3 pages: sent by mistake",
+        error=ErrorInfo(code=ErrorCode.TASK_CANCELLED, message="sent by mistake"),
+    )
+    assert exit_code({"a": cancelled}) == EXIT_FAILED
+    assert status_text(cancelled) == (
+        "cancelled after 1 of 3 pages: sent by mistake - TASK_CANCELLED: sent by mistake"
+    )
+    report(FollowResult({"a": cancelled}), {"a": "a.pdf"}, timeout=None)
+    assert "error: a (a.pdf): cancelled: TASK_CANCELLED: sent by mistake" in (
+        capsys.readouterr().err
+    )
 
 
 def test_bar_line() -> None:
