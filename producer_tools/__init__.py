@@ -3,6 +3,7 @@
 - `ocr-submit` (submit.py): upstream; publishes OcrRequests and waits for their results;
   submit_requests.py builds the requests (document hand-over, task ids).
 - `ocr-watch` (watch.py): follows the progress of tasks until they are final.
+- `ocr-cancel` (cancel.py): publishes cancel records for tasks, optionally waits for the end.
 - `ocr-collect` (collect.py): downstream; materialises results + progress into files.
 - follow_progress.py: the progress following shared by `ocr-submit --wait` and `ocr-watch`.
 - task_files.py: a task's pages as Markdown, JSON and ZIP, for `ocr-collect` and `ocr-submit --out`.

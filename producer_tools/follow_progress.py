@@ -99,6 +99,11 @@ def is_final(event: ProgressEvent | None) -> bool:
     return event is not None and event.status.is_final
 
 
+def is_dead_letter(event: ProgressEvent) -> bool:
+    """Whether `event` stands for a dead letter of the task (see dead_letter_event)."""
+    return event.error is not None and event.error.message.startswith(DEAD_LETTERED)
+
+
 def exit_code(latest: Mapping[str, ProgressEvent | None]) -> int:
     """1 when any task failed (or lost pages), else 2 when any is not final, else 0.
 
@@ -275,9 +280,12 @@ class FollowResult:
         return [task for task, event in self.latest.items() if not is_final(event)]
 
 
+DEAD_LETTERED = "the request was refused and dead-lettered: "
+
+
 def dead_letter_event(envelope: DlqEnvelope, task_id: str) -> ProgressEvent:
     """A refused request as the failure of its task: nothing else will ever be published."""
-    message = f"the request was refused and dead-lettered: {envelope.error_message}"
+    message = f"{DEAD_LETTERED}{envelope.error_message}"
     return ProgressEvent(
         task_id=task_id,
         status=TaskStatus.FAILED,

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
 from consumer.publisher import TaskPartitioner, task_partition
-from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, collect, submit, watch
+from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, cancel, collect, submit, watch
 from producer_tools.follow_progress import ProgressFollower
 from producer_tools.submit_requests import RequestOptions, build_submissions
 from schemas.cloudevents import (
@@ -502,6 +502,98 @@ async def test_collect_only_the_named_task(settings: Settings, tmp_path: Path) -
     assert sorted(p.name for p in out.iterdir()) == ["pick-me", "pick-me.zip"]
     with zipfile.ZipFile(io.BytesIO((out / "pick-me.zip").read_bytes())) as archive:
         assert archive.read("document.md") == b"<!-- page 1 -->\nmine\n"
+
+
+# --- ocr-cancel ---------------------------------------------------------------------------------
+
+
+async def _requests_records(settings: Settings, count: int) -> list[Any]:
+    reader = AIOKafkaConsumer(
+        settings.topic_requests, **client_kwargs(settings), group_id=None,
+        auto_offset_reset="earliest",
+    )
+    await reader.start()
+    try:
+        records: list[Any] = []
+        while len(records) < count:
+            batch = await reader.getmany(timeout_ms=5000)
+            assert batch, "the records did not arrive"
+            records += [r for rs in batch.values() for r in rs]
+        return records
+    finally:
+        await reader.stop()
+
+
+async def test_cancel_publishes_the_contract_s_record_on_the_task_s_partition(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = await run_tool(cancel.main, [
+        *flags(settings), "--reason", "sent by mistake", "big-pdf-1", "other:2",
+    ])
+    assert code == EXIT_OK
+    assert capsys.readouterr().out.splitlines()[-2:] == [
+        "cancel sent for big-pdf-1", "cancel sent for other:2",
+    ]
+    records = await _requests_records(settings, 2)
+    by_key = {record.key.decode(): record for record in records}
+    assert set(by_key) == {"big-pdf-1", "other:2"}
+    for task_id, record in by_key.items():
+        # Where the task's request went (murmur2 of the task id), so it queues behind it.
+        assert record.partition == task_partition(record.key, settings.topic_partitions)
+        value = json.loads(record.value)
+        assert value == {"schema_version": 1, "action": "cancel", "task_id": task_id,
+                         "reason": "sent by mistake"}
+        assert parse_ce_headers(list(record.headers)).type == "ocr.task.cancel.v1"
+
+
+async def test_cancel_wait_reports_cancelled_ended_and_refused_tasks(
+    settings: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def answer() -> None:
+        # Plays the consumers: one task stops, one had ended, one cancel is refused.
+        seen: set[str] = set()
+        reader = AIOKafkaConsumer(
+            settings.topic_requests, **client_kwargs(settings), group_id=None,
+            auto_offset_reset="earliest",
+        )
+        await reader.start()
+        try:
+            async with FakeOcrConsumer(settings) as fake:
+                while len(seen) < 3:
+                    batch = await reader.getmany(timeout_ms=200)
+                    for record in (r for rs in batch.values() for r in rs):
+                        task_id = json.loads(record.value)["task_id"]
+                        seen.add(task_id)
+                        if task_id == "c-run":
+                            await fake.progress(event(task_id, TaskStatus.PAGE_DONE, 3, 9))
+                            await fake.progress(ProgressEvent(
+                                task_id=task_id, status=TaskStatus.CANCELLED, pages_done=3,
+                                pages_total=9, percent=33.3, message="cancelled after 3 of 9",
+                                error=ErrorInfo(code=ErrorCode.TASK_CANCELLED, message="no"),
+                                emitted_at=_now(),
+                            ))
+                        elif task_id == "c-done":
+                            await fake.progress(event(task_id, TaskStatus.COMPLETED, 2, 2,
+                                                      replayed=True))
+                        else:
+                            await fake.dead_letter(task_id, ErrorCode.REQUEST_INVALID,
+                                                   "source: Field required")
+        finally:
+            await reader.stop()
+
+    answering_task = asyncio.create_task(answer())
+    try:
+        code = await run_tool(cancel.main, [
+            *flags(settings), "--wait", "--timeout", "60", "--reason", "no",
+            "c-run", "c-done", "c-old",
+        ])
+    finally:
+        await answering_task
+    out, err = capsys.readouterr()
+    assert code == EXIT_FAILED
+    assert "c-run: cancelled after 3 of 9 - TASK_CANCELLED: no" in out
+    assert "c-done: already completed, nothing to cancel" in out
+    assert "error: c-old: the cancel was refused" in err and "REQUEST_INVALID" not in out
 
 
 # --- with the real OCR consumer ---------------------------------------------------------------

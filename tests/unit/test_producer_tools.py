@@ -17,6 +17,8 @@ import pytest
 
 from consumer.config import Settings
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT
+from producer_tools.cancel import build_parser as cancel_parser
+from producer_tools.cancel import cancel_records, report_cancels
 from producer_tools.collect import build_parser as collect_parser
 from producer_tools.follow_progress import (
     FollowResult,
@@ -271,7 +273,7 @@ def test_options_from_the_command_line() -> None:
 
 
 def test_every_setting_is_a_flag_of_every_tool() -> None:
-    for parser in (submit_parser(), watch_parser(), collect_parser()):
+    for parser in (submit_parser(), watch_parser(), collect_parser(), cancel_parser()):
         args = parser.parse_args(
             ["--topic-progress", "p", "--kafka-bootstrap", "h:1", *(
                 ["x"] if parser.prog != "ocr-collect" else []
@@ -488,3 +490,50 @@ def test_live_bars_redraw_in_place() -> None:
     assert text.count("\x1b[2K") == 4  # two rows, drawn twice
     assert "\x1b[2F" in text  # the second drawing went back up over the first
     assert text.rstrip("\n").splitlines()[-1].endswith("waiting for the consumer")
+
+
+# --- ocr-cancel ---------------------------------------------------------------------------------
+
+
+def test_cancel_records_are_the_contract_s_one_per_task() -> None:
+    cancels = cancel_records(["a", "b", "a"], "sent by mistake")
+    assert [json.loads(c.model_dump_json()) for c in cancels] == [
+        {"schema_version": 1, "action": "cancel", "task_id": "a", "reason": "sent by mistake"},
+        {"schema_version": 1, "action": "cancel", "task_id": "b", "reason": "sent by mistake"},
+    ]
+    with pytest.raises(SystemExit):
+        cancel_parser().parse_args(["not/a/task"])
+
+
+def test_cancel_report_and_exit_codes() -> None:
+    from producer_tools.follow_progress import dead_letter_event
+    from schemas.dlq import DlqEnvelope
+
+    cancelled = progress(TaskStatus.CANCELLED, done=1, task_id="a",
+                         message="cancelled after 1 of 3 pages: oops",
+                         error=ErrorInfo(code=ErrorCode.TASK_CANCELLED, message="oops"))
+    ended = progress(TaskStatus.COMPLETED, done=3, task_id="b", message="completed: 3 of 3")
+    refused = dead_letter_event(DlqEnvelope(
+        error_code=ErrorCode.REQUEST_INVALID, error_message="source: Field required",
+        original_topic="ocr.requests", original_partition=0, original_offset=1,
+        original_value_base64="", failed_at=NOW,
+    ), "c")
+    out, err = io.StringIO(), io.StringIO()
+    assert report_cancels({"a": cancelled, "b": ended}, timeout=None, out=out, err=err) == (
+        EXIT_OK
+    )
+    assert out.getvalue().splitlines() == [
+        "a: cancelled after 1 of 3 pages: oops - TASK_CANCELLED: oops",
+        "b: already completed, nothing to cancel (completed: 3 of 3)",
+    ]
+    err = io.StringIO()
+    code = report_cancels({"a": cancelled, "c": refused, "d": None}, timeout=5,
+                          out=io.StringIO(), err=err)
+    assert code == EXIT_FAILED
+    assert "error: c: the cancel was refused: the request was refused and dead-lettered: " \
+        "source: Field required" in err.getvalue()
+    assert "upgrade them" in err.getvalue()
+    assert "error: d: not final after 5 s" in err.getvalue()
+    assert report_cancels({"d": None}, timeout=5, out=io.StringIO(), err=io.StringIO()) == (
+        EXIT_TIMEOUT
+    )
