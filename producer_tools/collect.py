@@ -1,19 +1,26 @@
 """`ocr-collect`: a downstream consumer that turns the results + progress topics into files.
 
-    ocr-collect [--out DIR] [--group G] [--once] [--task TASK_ID ...]
+    ocr-collect [--out DIR] [--group G] [--once] [--task TASK_ID ...] [--layout seed]
 
 It reads both topics in one consumer group (default "ocr-collect"), buffers each task's page
 results (latest per page: highest attempt, then highest offset), and when the task's
-progress turns final (completed or failed) writes
+progress turns final (completed, failed or cancelled) writes
 
     DIR/<task_id>/document.md   pages in order, each after a `<!-- page N -->` marker
     DIR/<task_id>/pages.json    every page result as JSON
     DIR/<task_id>/status.json   the final progress event (why a task failed)
-    DIR/<task_id>.zip           the three above plus page-0001.md, page-0002.md, ...
+    DIR/<task_id>/images/       the figures, downloaded from the artifact store
+    DIR/<task_id>.zip           all of the above plus page-0001.md, page-0002.md, ...
 
-then forgets the task and commits. Memory holds only tasks whose final status is still to
-come; a task whose consumer died for good (no resume, no final status) stays buffered until
-the collector restarts, so memory is bounded by the number of open tasks, not by history.
+(with --layout seed: DIR/<task_id>/{result.md, raw.json, images/, result.zip}, the files of
+the DeepSeek-OCR app; see task_files.py), then forgets the task and commits. Figures are
+read from the store OCR_ARTIFACTS_URI names (the consumer's), and the Markdown links to
+the downloaded files, so document.md renders inside the unpacked ZIP.
+
+Memory holds only tasks whose final status is still to come; a task whose consumer died
+for good (no resume, no final status) stays buffered until the collector restarts, so
+memory is bounded by the number of open tasks, not by history. A task's figures are held
+while its files are written.
 
 A partition's committed offset never passes a record of a task not yet written, so a
 crash or rebalance re-reads what was not materialised; writing is idempotent (atomic
@@ -45,12 +52,19 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
+from consumer.artifacts.store import open_artifact_store
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
 from producer_tools import EXIT_OK, ToolError, run_cli
 from producer_tools.follow_progress import task_partitions, topic_partitions
-from producer_tools.task_files import LatestPages, write_task_files
+from producer_tools.task_files import (
+    LatestPages,
+    Layout,
+    fetch_figures,
+    merged_results,
+    write_task_files,
+)
 from schemas.progress import ProgressEvent
 from schemas.result import PageResult
 
@@ -175,9 +189,12 @@ class Collector:
         group: str,
         once: bool = False,
         tasks: Iterable[str] | None = None,
+        layout: Layout = Layout.DEFAULT,
     ) -> None:
         self._settings = settings
         self._out = out_dir
+        self._layout = layout
+        self._store = open_artifact_store(settings)
         self._group = group
         self._once = once
         self._wanted = set(tasks) if tasks else None
@@ -269,8 +286,11 @@ class Collector:
             assert task.final is not None
             if not task.pages and task.final.replayed:
                 log.info("task_reannounced", task_id=task_id, status=task.final.status.value)
+            results = await asyncio.to_thread(merged_results, self._out, task_id, task.pages)
+            figures = await fetch_figures(results, self._store)
             path = await asyncio.to_thread(
-                write_task_files, self._out, task_id, task.pages, task.final
+                write_task_files, self._out, task_id, task.pages, task.final,
+                figures=figures, layout=self._layout,
             )
             log.info(
                 "task_written", task_id=task_id, status=task.final.status.value,
@@ -374,8 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocr-collect",
         description="Materialise OCR results: when a task's progress turns final, write "
-        "DIR/<task_id>/document.md, pages.json, status.json and DIR/<task_id>.zip, then "
-        "commit. Runs as a member of a consumer group until stopped (or --once).",
+        "DIR/<task_id>/document.md, pages.json, status.json, images/ and DIR/<task_id>.zip "
+        "(figures downloaded from OCR_ARTIFACTS_URI), then commit. Runs as a member of a "
+        "consumer group until stopped (or --once).",
         allow_abbrev=False,
     )
     parser.add_argument(
@@ -394,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--task", action="extend", nargs="+", default=None, metavar="TASK_ID",
         help="only these tasks; without --once, exit once all are written",
     )
+    parser.add_argument(
+        "--layout", choices=[layout.value for layout in Layout], default=Layout.DEFAULT.value,
+        help="default: document.md, pages.json, status.json, images/ and <task>.zip; seed: "
+        "result.md (<!-- page:N --> markers, pages joined by ---), raw.json, images/ and "
+        "result.zip, as the DeepSeek-OCR app writes them",
+    )
     add_settings_arguments(parser)
     return parser
 
@@ -401,7 +428,8 @@ def build_parser() -> argparse.ArgumentParser:
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     collector = Collector(
-        settings, args.out, group=args.group, once=args.once, tasks=args.task
+        settings, args.out, group=args.group, once=args.once, tasks=args.task,
+        layout=Layout(args.layout),
     )
     return await collector.run()
 

@@ -13,7 +13,8 @@ reported through the consumer's re-announcement (see follow_progress.py). The de
 topic is followed too, so a refused request fails fast with its reason. Exit codes: 0 every
 task completed with no failed page; 1 a task failed, lost pages, or submitting failed;
 2 --timeout passed first. --out DIR (implies --wait) writes DIR/<input stem>.md and
-DIR/<input stem>.json for each completed task from the results topic; see
+DIR/<input stem>.json for each completed task from the results topic, and its figures in
+DIR/<input stem>-images/ (read from OCR_ARTIFACTS_URI, the consumer's store); see
 collect.read_task_results for what that read costs.
 """
 
@@ -30,6 +31,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
+from consumer.artifacts.store import open_artifact_store
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
@@ -50,7 +52,16 @@ from producer_tools.submit_requests import (
     build_submissions,
     parse_metadata,
 )
-from producer_tools.task_files import assemble_markdown, pages_json, write_atomic
+from producer_tools.task_files import (
+    Figures,
+    assemble_markdown,
+    fetch_figures,
+    figure_refs,
+    image_files,
+    local_markdown,
+    pages_json,
+    write_atomic,
+)
 from schemas.cloudevents import CE_TYPE_REQUEST, ce_headers
 from schemas.common import ErrorCode
 from schemas.progress import ProgressEvent, TaskStatus
@@ -126,10 +137,14 @@ def write_outputs(
     out_dir: Path,
     submissions: Sequence[Submission],
     results: Mapping[str, Sequence[PageResult]],
+    figures: Figures | None = None,
 ) -> list[Path]:
-    """DIR/<stem>.md and DIR/<stem>.json per task; a stem used twice gets the task id added."""
+    """DIR/<stem>.md and DIR/<stem>.json per task, and the figures `fetch_figures` got in
+    DIR/<stem>-images/ (the Markdown links to them); a stem used twice gets the task id
+    added."""
     written: list[Path] = []
     used: set[str] = set()
+    found: Figures = figures or {}
     for submission in submissions:
         pages = results.get(submission.task_id)
         if pages is None:
@@ -138,11 +153,17 @@ def write_outputs(
         if stem in used:
             stem = f"{stem}-{submission.task_id}"
         used.add(stem)
+        refs = figure_refs(pages, images=f"{stem}-images")
+        local = [page.model_copy(update={"markdown": local_markdown(page, refs, found)})
+                 for page in pages]
         markdown_path = out_dir / f"{stem}.md"
         json_path = out_dir / f"{stem}.json"
-        write_atomic(markdown_path, assemble_markdown(pages).encode("utf-8"))
+        write_atomic(markdown_path, assemble_markdown(local).encode("utf-8"))
         write_atomic(json_path, (pages_json(pages) + "\n").encode("utf-8"))
         written.extend([markdown_path, json_path])
+        for name, data in image_files(refs, found):
+            write_atomic(out_dir / name, data)
+            written.append(out_dir / name)
     return written
 
 
@@ -215,7 +236,13 @@ async def run(args: argparse.Namespace) -> int:
             results = await read_task_results(
                 settings, {task_id: e.pages_total for task_id, e in completed.items()}
             )
-            paths = await asyncio.to_thread(write_outputs, args.out, submissions, results)
+            figures = await fetch_figures(
+                [page for pages in results.values() for page in pages],
+                open_artifact_store(settings),
+            )
+            paths = await asyncio.to_thread(
+                write_outputs, args.out, submissions, results, figures
+            )
             for path in paths:
                 print(f"wrote {path}", flush=True)
             for task_id, pages in results.items():
@@ -248,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",
-        help="implies --wait: write DIR/<input stem>.md and .json for each completed task",
+        help="implies --wait: write DIR/<input stem>.md, .json and -images/ for each "
+        "completed task",
     )
     parser.add_argument(
         "--pages", default=None, metavar="RANGES", help="page ranges, e.g. 1-3,5,9- (all pages)"

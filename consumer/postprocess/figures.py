@@ -58,10 +58,10 @@ def page_image_key(task_id: str, page: int) -> str:
     return f"{task_id}/page-{page}.png"
 
 
-def figure_placeholder(page: int, index: int, reason: str) -> str:
-    """The Markdown of a figure that has no stored file (yet), saying why."""
+def figure_placeholder(page: int, index: int, reason: str, *, missing: str = "not stored") -> str:
+    """The Markdown of a figure that has no file (yet), saying why."""
     cleaned = " ".join(_UNSAFE_IN_PLACEHOLDER.sub(" ", reason).split())[:MAX_REASON]
-    return f"*[figure {index} of page {page} not stored: {cleaned}]*"
+    return f"*[figure {index} of page {page} {missing}: {cleaned}]*"
 
 
 def figure_link(index: int, uri: str) -> str:

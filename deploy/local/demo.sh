@@ -4,6 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 make up
+# The stack's consumer stores figures there; --out downloads them next to the Markdown.
+export OCR_ARTIFACTS_URI="${OCR_ARTIFACTS_URI-.run/artifacts}"
 mkdir -p .run/demo
 .venv/bin/python deploy/local/sample_document.py .run/demo/report.pdf >/dev/null
 echo "== submitting .run/demo/report.pdf through Kafka (ocr.requests)"

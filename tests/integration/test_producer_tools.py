@@ -15,7 +15,7 @@ import io
 import json
 import uuid
 import zipfile
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import BaseModel
 
-from consumer.config import Settings
+from consumer.artifacts.store import open_artifact_store
+from consumer.config import S3AddressingStyle, Settings
+from consumer.documents import s3fetch
 from consumer.kafka_clients import client_kwargs
 from consumer.publisher import TaskPartitioner, task_partition
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, cancel, collect, submit, watch
@@ -44,7 +46,16 @@ from schemas.common import ErrorCode, ErrorInfo
 from schemas.dlq import DlqEnvelope
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
-from schemas.result import EngineIdentity, FinishReason, PageImageInfo, PageResult, PageStatus
+from schemas.result import (
+    Artifact,
+    Block,
+    EngineIdentity,
+    FinishReason,
+    PageImageInfo,
+    PageResult,
+    PageStatus,
+)
+from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_server
 
 pytestmark = pytest.mark.integration
 
@@ -486,6 +497,71 @@ async def test_collect_once_writes_final_tasks_and_commits_below_open_ones(
         "<!-- page 1 -->\nopen one\n\n<!-- page 2 -->\nopen two\n"
     )
     assert not (out / "c-done").exists()
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    base = tmp_path_factory.mktemp("s3-figures")
+    with s3_server(base / "root", base / "versitygw.log") as running:
+        running.client().create_bucket(Bucket="ocr-artifacts")
+        yield running
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    s3fetch.forget_clients()
+    yield
+    s3fetch.forget_clients()
+
+
+@pytest.mark.usefixtures("aws")
+async def test_collect_downloads_figures_from_s3_into_either_layout(
+    settings: Settings, s3: S3Server, tmp_path: Path
+) -> None:
+    """Page results link figures in S3; ocr-collect puts them under images/ of the ZIP and
+    rewrites the links, in the default and in the seed layout."""
+    store_flags = [
+        "--artifacts-uri", "s3://ocr-artifacts/figures", "--s3-endpoint-url", s3.endpoint_url,
+        "--s3-region", REGION, "--s3-addressing-style", "path",
+    ]
+    store = open_artifact_store(Settings(
+        artifacts_uri="s3://ocr-artifacts/figures", s3_endpoint_url=s3.endpoint_url,
+        s3_region=REGION, s3_addressing_style=S3AddressingStyle.PATH,
+    ))
+    assert store is not None
+    stored = await store.put("fig-task/page-1-fig-1.png", b"\x89PNG figure", "image/png")
+    figure = Artifact(uri=stored.uri, media_type="image/png", bytes=stored.bytes,
+                      width_px=2, height_px=2)
+    result = page_result("fig-task", 1, f"# Chart\n\n![figure 1]({stored.uri})")
+    result = result.model_copy(update={
+        "raw_text": "<|ref|>image<|/ref|><|det|>[[1, 1, 9, 9]]<|/det|>",
+        "blocks": [Block(label="image", bbox_px=[0, 0, 2, 2], artifact=figure)],
+    })
+    async with FakeOcrConsumer(settings) as fake:
+        await fake.result(result)
+        await fake.progress(event("fig-task", TaskStatus.COMPLETED, 1, 1))
+    for layout in ("default", "seed"):
+        out = tmp_path / layout
+        assert await run_tool(collect.main, [
+            *flags(settings), *store_flags, "--out", str(out), "--layout", layout,
+            "--group", f"fig-{uuid.uuid4().hex[:6]}", "--once",
+        ]) == EXIT_OK
+    with zipfile.ZipFile(tmp_path / "default" / "fig-task.zip") as archive:
+        assert archive.read("images/page-1-fig-1.png") == b"\x89PNG figure"
+        assert "![figure 1](images/page-1-fig-1.png)" in archive.read("document.md").decode()
+    with zipfile.ZipFile(tmp_path / "seed" / "fig-task" / "result.zip") as archive:
+        assert archive.namelist() == ["result.md", "raw.json", "images/page-1-img-1.png"]
+        assert archive.read("result.md").decode() == (
+            "<!-- page:1 -->\n# Chart\n\n![figure 1](images/page-1-img-1.png)\n"
+        )
+        [raw] = json.loads(archive.read("raw.json"))
+        assert raw["raw_text"] == result.raw_text
+        assert raw["image_assets"] == ["images/page-1-img-1.png"]
 
 
 async def test_collect_only_the_named_task(settings: Settings, tmp_path: Path) -> None:
