@@ -107,6 +107,20 @@ def test_compose_consumer(compose: dict[str, Any]) -> None:
     assert consumer["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
 
 
+def test_compose_stores_figures_where_the_collector_reads_them(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    folder = {}
+    for name in ("consumer", "collector"):
+        env = env_dict(services[name]["environment"])
+        location = settings_from(env, f"compose {name}").artifacts_uri
+        assert location is not None and location.startswith("file:///"), name
+        folder[name] = location.removeprefix("file://")
+        mounts = [volume.split(":") for volume in services[name]["volumes"]]
+        assert ["artifacts", folder[name]] in [mount[:2] for mount in mounts], name
+    assert folder["consumer"] == folder["collector"]
+    assert "artifacts" in compose["volumes"]
+
+
 def test_compose_every_ocr_variable_is_a_setting(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
         settings_from(env_dict(service.get("environment")), f"compose {name}")
