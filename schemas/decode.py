@@ -1,4 +1,14 @@
-"""Turn raw request bytes into an OcrRequest or a precise, coded refusal."""
+"""Turn raw request bytes into an OcrRequest or a precise, coded refusal.
+
+The guarantee the consumer loop relies on: for ANY bytes, `decode_request` returns an
+OcrRequest or raises RequestDecodeError. Anything else escaping would stop the consumer on
+a record it can never get past, and every consumer that reads the record next (a crash
+loop for the whole group). Known hostile inputs get their own message; whatever else a
+parser throws is still turned into a refusal (tests/unit/test_fuzz_decode.py).
+
+What is accepted is exactly what the exported JSON Schema accepts, read as I-JSON (RFC
+7493): tests/unit/test_request_contract.py runs one corpus through both.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +22,14 @@ from schemas.request import OcrRequest
 
 # A little over the largest inline document plus envelope; bigger records are refused unread.
 MAX_REQUEST_BYTES = 1024 * 1024
+# No valid request holds a longer number (metadata numbers stay within a double, about
+# 1.8e308); Python's int() refuses beyond 4,300 digits with a plain ValueError, and converting
+# a long one costs quadratic time, so the parser stops at this many characters.
+MAX_NUMBER_DIGITS = 400
+# Confluent's Schema Registry serializers put a zero byte and a 4-byte schema id before the
+# payload. No JSON text starts with a zero byte.
+REGISTRY_MAGIC_BYTE = 0
+REGISTRY_HEADER_BYTES = 5
 
 
 class RequestDecodeError(Exception):
@@ -22,6 +40,15 @@ class RequestDecodeError(Exception):
         self.code = code
         self.message = message
         self.task_id = task_id
+
+
+class _Refused(Exception):
+    """Raised from inside the JSON parser's hooks; becomes a RequestDecodeError."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def _describe(exc: ValidationError) -> str:
@@ -35,7 +62,63 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _bounded_int(text: str) -> int:
+    if len(text) > MAX_NUMBER_DIGITS:
+        raise _Refused(
+            ErrorCode.REQUEST_INVALID,
+            f"request holds a number of {len(text)} digits; no field takes one that long "
+            "(metadata numbers must fit a double): send it as a string",
+        )
+    return int(text)
+
+
+def _unique_members(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) == len(pairs):
+        return document
+    seen: set[str] = set()
+    for name, _ in pairs:
+        if name in seen:
+            # Parsers disagree on which copy wins (first, last, error): the request would
+            # mean different things to different readers of the same record.
+            raise _Refused(
+                ErrorCode.REQUEST_NOT_JSON,
+                f"request names member {name[:64]!r} twice in one object; send each once",
+            )
+        seen.add(name)
+    return document
+
+
+def _registry_framed(raw: bytes) -> RequestDecodeError:
+    schema_id = int.from_bytes(raw[1:REGISTRY_HEADER_BYTES], "big")
+    return RequestDecodeError(
+        ErrorCode.REQUEST_SCHEMA_REGISTRY_FRAMED,
+        f"request starts with a Schema Registry header (magic byte 0, schema id {schema_id}): "
+        "ocr-stream reads plain UTF-8 JSON values with no framing; produce the JSON text "
+        "itself (Java: StringSerializer or ByteArraySerializer instead of a Confluent "
+        "Avro/JSON Schema/Protobuf serializer; confluent-kafka: produce bytes, no "
+        "SerializingProducer)",
+    )
+
+
 def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> OcrRequest:
+    """The request in `raw`, or RequestDecodeError; never any other exception."""
+    try:
+        return _decode(raw, max_bytes)
+    except RequestDecodeError:
+        raise
+    except _Refused as exc:
+        raise RequestDecodeError(exc.code, exc.message) from exc
+    except Exception as exc:
+        # A parser failure nobody foresaw: still a refusal, never a crash of the loop.
+        raise RequestDecodeError(
+            ErrorCode.REQUEST_INVALID,
+            f"request could not be read ({type(exc).__name__}: {str(exc)[:200]}); send a "
+            "JSON object as the request schema describes",
+        ) from exc
+
+
+def _decode(raw: bytes | None, max_bytes: int) -> OcrRequest:
     if raw is None:
         raise RequestDecodeError(ErrorCode.REQUEST_INVALID, "record has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -44,6 +127,8 @@ def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> 
             f"request is {len(raw)} bytes; the limit is {max_bytes}: send large documents "
             "by URI (claim check), not inline",
         )
+    if len(raw) >= REGISTRY_HEADER_BYTES and raw[0] == REGISTRY_MAGIC_BYTE:
+        raise _registry_framed(raw)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -51,7 +136,9 @@ def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> 
             ErrorCode.REQUEST_NOT_UTF8, f"request is not UTF-8 (byte {exc.start})"
         ) from exc
     try:
-        document: Any = json.loads(text)
+        document: Any = json.loads(
+            text, parse_int=_bounded_int, object_pairs_hook=_unique_members
+        )
     except json.JSONDecodeError as exc:
         raise RequestDecodeError(
             ErrorCode.REQUEST_NOT_JSON, f"request is not JSON: {exc.msg} at char {exc.pos}"

@@ -78,8 +78,9 @@ METADATA_VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**70), 2**70),
     st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=40),
 )
+# RFC 3339 needs an offset: a naive time is refused (test_request_contract.py).
 TIMEZONES = st.one_of(
-    st.none(), st.just(UTC),
+    st.just(UTC),
     st.integers(-14 * 60, 14 * 60).map(lambda m: timezone(timedelta(minutes=m))),
 )
 
@@ -211,6 +212,8 @@ def mutated_requests(draw: st.DrawFn) -> Any:
 @example(b"[" * 30_000, MAX_REQUEST_BYTES)
 @example(b'{"a":' * 5_000, MAX_REQUEST_BYTES)
 @example(b"\xef\xbb\xbf{}", 100)  # a UTF-8 byte order mark
+@example(b'{"a": ' + b"9" * 5000 + b"}", MAX_REQUEST_BYTES)  # int() refuses > 4,300 digits
+@example(b"\x00\x00\x00\x00\x01{}", 100)  # Schema Registry framing
 @example(b'"\\ud800"', 100)  # a lone surrogate, escaped
 def test_arbitrary_bytes(raw: bytes, max_bytes: int) -> None:
     decode_or_refuse(raw, max_bytes)
@@ -264,6 +267,88 @@ def test_byte_level_mutations(body: dict[str, Any], data: st.DataObject) -> None
         elif kind == "truncate":
             del raw[position:]
     decode_or_refuse(bytes(raw))
+
+
+# -- hostile JSON: valid syntax or nearly, built to break parsers (issue 16) ------------
+
+HOSTILE_PIECES = st.one_of(
+    st.integers(300, 6000).map(lambda n: "9" * n),  # Python's int() stops at 4,300 digits
+    st.integers(300, 6000).map(lambda n: "-" + "1" * n + ".5e" + "9" * 4),
+    st.sampled_from(["NaN", "-Infinity", "1e999", "-0", "0.0e-99999", "1E+2", "true"]),
+    st.sampled_from(['"\\ud800"', '"\\udc00\\ud800"', '"\\u0000"', '"\\x"', '"\u2028"']),
+    st.integers(1, 3000).map(lambda n: "[" * n + "]" * n),
+    st.integers(1, 3000).map(lambda n: '{"a":' * n + "1" + "}" * n),
+    st.just('{"k": 1, "k": 2}'),
+    JSON_VALUES.map(json.dumps),
+)
+FIELDS = st.sampled_from(
+    ["task_id", "source", "uri", "dpi", "attempt", "pages", "first", "last", "metadata",
+     "schema_version", "submitted_at", "prompt", "locate_text", "force", "k"]
+)
+
+
+@st.composite
+def hostile_json(draw: st.DrawFn) -> bytes:
+    """A request-shaped object whose values (at any depth) are hostile pieces."""
+    def value(depth: int) -> str:
+        if depth > 2 or draw(st.booleans()):
+            return draw(HOSTILE_PIECES)
+        members = [f'"{draw(FIELDS)}": {value(depth + 1)}' for _ in range(draw(st.integers(0, 4)))]
+        return "{" + ", ".join(members) + "}"
+
+    members = [f'"{draw(FIELDS)}": {value(0)}' for _ in range(draw(st.integers(1, 6)))]
+    text = "{" + ", ".join(members) + "}"
+    prefix = draw(st.sampled_from([b"", b"", b"\xef\xbb\xbf", b"\x00\x00\x00\x00\x02"]))
+    return prefix + text.encode("utf-8", "surrogatepass")
+
+
+@FUZZ
+@given(hostile_json())
+@example(b'{"task_id": "n", "source": {"uri": "file:///a"}, "metadata": {"k": '
+         + b"7" * 5000 + b"}}")
+def test_hostile_json(raw: bytes) -> None:
+    decode_or_refuse(raw)
+
+
+def test_a_5000_digit_integer_is_a_coded_refusal() -> None:
+    """Issue 16: json.loads raised a plain ValueError, which crash-looped the consumer."""
+    raw = b'{"task_id": "n", "source": {"uri": "file:///a"}, "dpi": ' + b"1" * 5000 + b"}"
+    with pytest.raises(RequestDecodeError) as caught:
+        decode_request(raw)
+    assert caught.value.code is ErrorCode.REQUEST_INVALID
+    assert "5000 digits" in caught.value.message and "string" in caught.value.message
+
+
+def test_an_unforeseen_parser_error_is_still_a_coded_refusal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever a parser raises, the loop gets a RequestDecodeError, never the exception."""
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise LookupError("a failure nobody listed")
+
+    monkeypatch.setattr(OcrRequest, "model_validate_json", broken)
+    raw = b'{"task_id": "n", "source": {"uri": "file:///a"}}'
+    with pytest.raises(RequestDecodeError) as caught:
+        decode_request(raw)
+    assert caught.value.code is ErrorCode.REQUEST_INVALID
+    assert "LookupError: a failure nobody listed" in caught.value.message
+
+
+def test_schema_registry_framing_has_its_own_code() -> None:
+    raw = b"\x00\x00\x00\x01\x00" + b'{"task_id": "n", "source": {"uri": "file:///a"}}'
+    with pytest.raises(RequestDecodeError) as caught:
+        decode_request(raw)
+    assert caught.value.code is ErrorCode.REQUEST_SCHEMA_REGISTRY_FRAMED
+    assert "schema id 256" in caught.value.message
+    assert "StringSerializer" in caught.value.message
+
+
+def test_a_duplicate_member_is_refused() -> None:
+    with pytest.raises(RequestDecodeError) as caught:
+        decode_request(b'{"task_id": "a", "task_id": "b", "source": {"uri": "file:///a"}}')
+    assert caught.value.code is ErrorCode.REQUEST_NOT_JSON
+    assert "'task_id' twice" in caught.value.message
 
 
 @given(st.integers(1, 200_000), st.sampled_from([b"[", b'{"a":', b'{"metadata":[']))
