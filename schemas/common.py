@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+import sys
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
 SCHEMA_VERSION = 1
 
@@ -28,7 +29,38 @@ TaskId = Annotated[
 MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 1024
+# Numbers a reader in any language can hold: the range of a double (I-JSON, RFC 7493).
+MAX_METADATA_NUMBER = sys.float_info.max
 MetadataValue = str | int | float | bool | None
+
+# The same bounds as check_metadata, for the exported JSON Schema (a standard validator
+# must refuse what the decoder refuses: tests/unit/test_request_contract.py).
+_METADATA_NUMBER_RANGE = {"minimum": -MAX_METADATA_NUMBER, "maximum": MAX_METADATA_NUMBER}
+METADATA_JSON_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "maxProperties": MAX_METADATA_ENTRIES,
+    "propertyNames": {"maxLength": MAX_METADATA_KEY},
+    "additionalProperties": {
+        "anyOf": [
+            {"type": "string", "maxLength": MAX_METADATA_VALUE},
+            {"type": "number", **_METADATA_NUMBER_RANGE},
+            {"type": "boolean"},
+            {"type": "null"},
+        ]
+    },
+}
+
+
+def integral_number(value: Any) -> Any:
+    # JSON has one number type: 144.0 and 1.44e2 are the integer 144 to JSON Schema and to
+    # producers whose JSON writer prints doubles, so they are taken as such; 144.5 is not.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(integral_number)]
+"""An integer field as JSON Schema's `integer`: 1.0 is 1, true is not a number."""
 
 
 class ErrorCode(StrEnum):
@@ -84,8 +116,10 @@ class ContractModel(BaseModel):
 class VersionedModel(ContractModel):
     """An event that names its schema version first, so unknown versions fail precisely."""
 
-    schema_version: int = Field(
-        default=SCHEMA_VERSION, description="Contract version; this release speaks only 1."
+    schema_version: JsonInt = Field(
+        default=SCHEMA_VERSION,
+        description="Contract version; this release speaks only 1.",
+        json_schema_extra={"const": SCHEMA_VERSION},
     )
 
     @field_validator("schema_version")
@@ -102,8 +136,10 @@ class VersionedModel(ContractModel):
 class ErrorInfo(ContractModel):
     """A failure a user can act on: a stable code and a human message."""
 
-    code: ErrorCode
-    message: str = Field(max_length=2048)
+    code: ErrorCode = Field(description="Stable machine-readable code (see ErrorCode).")
+    message: str = Field(
+        max_length=2048, description="What went wrong and what to change, for a person."
+    )
 
 
 def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
@@ -124,6 +160,15 @@ def check_metadata(value: dict[str, Any]) -> dict[str, Any]:
             raise ValueError(
                 f"metadata value of {key!r} holds NaN, Infinity or a number too large for a "
                 "double; send it as a string"
+            )
+        if isinstance(item, int) and not isinstance(item, bool) and (
+            abs(item) > MAX_METADATA_NUMBER
+        ):
+            # Exact in Python, but no double holds it: a Java or JavaScript reader of the
+            # echoed metadata would fail or read infinity.
+            raise ValueError(
+                f"metadata value of {key!r} is an integer too large for a double; send it "
+                "as a string"
             )
     return value
 

@@ -22,13 +22,20 @@ MAX_ORIGINAL_BASE64 = 4 * ((MAX_REQUEST_RECORD_BYTES + 2) // 3)
 
 
 class DlqEnvelope(VersionedModel):
-    error_code: ErrorCode
-    error_message: str = Field(max_length=4096)
-    original_topic: str = Field(max_length=249)
-    original_partition: int = Field(ge=0)
-    original_offset: int = Field(ge=0)
-    original_timestamp: datetime | None = None
-    original_key_base64: str | None = Field(default=None, max_length=MAX_ORIGINAL_BASE64)
+    error_code: ErrorCode = Field(description="Why the request was refused.")
+    error_message: str = Field(
+        max_length=4096, description="What is wrong and what to send instead."
+    )
+    original_topic: str = Field(max_length=249, description="Topic of the refused record.")
+    original_partition: int = Field(ge=0, description="Its partition.")
+    original_offset: int = Field(ge=0, description="Its offset.")
+    original_timestamp: datetime | None = Field(
+        default=None, description="Its Kafka timestamp, when it had one."
+    )
+    original_key_base64: str | None = Field(
+        default=None, max_length=MAX_ORIGINAL_BASE64,
+        description="Its key, base64 (standard alphabet); null for a record without key.",
+    )
     original_value_base64: str = Field(
         max_length=MAX_ORIGINAL_BASE64,
         description="The request bytes exactly as received (a record is at most "
@@ -39,5 +46,7 @@ class DlqEnvelope(VersionedModel):
         default=None, max_length=MAX_TASK_ID_LENGTH,
         description="When it could be read at all (a longer string is no task id).",
     )
-    consumer_id: str = Field(default="", max_length=128)
-    failed_at: datetime
+    consumer_id: str = Field(
+        default="", max_length=128, description="The consumer that refused it."
+    )
+    failed_at: datetime = Field(description="When it was refused.")

@@ -50,10 +50,44 @@ CONTROL_MESSAGES: list[tuple[str, type[BaseModel], str, str]] = [
 ]
 
 
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def schema_id(stem: str) -> str:
+    """A stable name for each schema, independent of where the file is served from."""
+    return f"urn:ocr-stream:schema:v1:{stem}"
+
+
+# Matches a newline as the last character: see _strict_end_anchors.
+_TRAILING_NEWLINE = {"not": {"pattern": "\n$"}}
+
+
+def _strict_end_anchors(node: Any) -> Any:
+    """`$` is the end of the text in ECMA-262, the regex dialect of JSON Schema, and in the
+    decoder (pydantic's Rust regex); but Python's re, used by the `jsonschema` package, and
+    Java's java.util.regex also let it match before a final newline, so "doc-1\n" would
+    pass those validators as a task id. Every pattern anchored with `$` gets a sibling rule
+    refusing a trailing newline, which every dialect reads alike."""
+    if isinstance(node, list):
+        return [_strict_end_anchors(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _strict_end_anchors(value) for key, value in node.items()}
+    pattern = node.get("pattern")
+    if isinstance(pattern, str) and pattern.endswith("$") and not pattern.endswith("\\$"):
+        out["allOf"] = [*out.get("allOf", []), _TRAILING_NEWLINE]
+    return out
+
+
+def json_schema(stem: str, model: type[BaseModel]) -> dict[str, Any]:
+    schema = _strict_end_anchors(model.model_json_schema(mode="validation"))
+    return {"$schema": JSON_SCHEMA_DIALECT, "$id": schema_id(stem), **schema}
+
+
 def json_schemas() -> dict[str, dict[str, Any]]:
     models = [(stem, model) for stem, model, *_ in EVENTS]
     models += [(stem, model) for stem, model, *_ in CONTROL_MESSAGES]
-    return {stem: model.model_json_schema(mode="validation") for stem, model in models}
+    return {stem: json_schema(stem, model) for stem, model in models}
 
 
 def _message(

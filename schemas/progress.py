@@ -29,11 +29,18 @@ MAX_PROGRESS_MESSAGE = 256
 
 class ProgressEvent(VersionedModel):
     task_id: TaskId
-    attempt: int = Field(default=0, ge=0)
-    status: TaskStatus
-    pages_done: int = Field(default=0, ge=0)
-    pages_failed: int = Field(default=0, ge=0)
-    pages_total: int | None = Field(default=None, ge=0)
+    attempt: int = Field(default=0, ge=0, description="The request's attempt.")
+    status: TaskStatus = Field(
+        description="queued, started, page_done, then completed or failed (final)."
+    )
+    pages_done: int = Field(
+        default=0, ge=0, description="Pages published so far, failed ones included."
+    )
+    pages_failed: int = Field(default=0, ge=0, description="Pages that ended with an error.")
+    pages_total: int | None = Field(
+        default=None, ge=0,
+        description="Pages the task publishes (selected pages); known once started.",
+    )
     page: int | None = Field(default=None, ge=1, description="The page that just finished.")
     percent: float = Field(
         default=0.0, ge=0.0, le=100.0,
@@ -49,15 +56,23 @@ class ProgressEvent(VersionedModel):
         default="", max_length=MAX_PROGRESS_MESSAGE,
         description="Short human-readable status, e.g. '7 of 12 pages, about 40 s left'.",
     )
-    error: ErrorInfo | None = None
+    error: ErrorInfo | None = Field(default=None, description="Why the task failed.")
     replayed: bool = Field(
         default=False, description="True when a duplicate request re-announced a final status."
     )
-    consumer_id: str = Field(default="", max_length=128)
-    request_partition: int | None = Field(default=None, ge=0)
-    request_offset: int | None = Field(default=None, ge=0)
-    metadata: dict[str, MetadataValue] = Field(default_factory=dict)
-    emitted_at: datetime
+    consumer_id: str = Field(
+        default="", max_length=128, description="The consumer that published this event."
+    )
+    request_partition: int | None = Field(
+        default=None, ge=0, description="Partition of the request record."
+    )
+    request_offset: int | None = Field(
+        default=None, ge=0, description="Offset of the request record."
+    )
+    metadata: dict[str, MetadataValue] = Field(
+        default_factory=dict, description="The request's metadata, echoed."
+    )
+    emitted_at: datetime = Field(description="When the event was published.")
 
     @field_validator("metadata")
     @classmethod

@@ -40,8 +40,19 @@ def select_pages(ranges: list[PageRange] | None, page_count: int) -> list[int]:
     """The 1-based pages to process: sorted, unique, clipped to the document.
 
     No ranges means every page; ranges that select nothing (an empty list included) are an
-    error, since processing zero pages is never what the sender meant.
+    error, since processing zero pages is never what the sender meant, and so is a range
+    that ends before it starts, whatever the others select.
     """
+    backwards = [page_range for page_range in ranges or [] if page_range.reversed]
+    if backwards:
+        # The schema cannot refuse these (no JSON Schema keyword compares two fields), so
+        # the task does: silently skipping one would drop pages the sender asked for.
+        shown = ", ".join(_describe_range(page_range) for page_range in backwards)
+        raise OcrError(
+            ErrorCode.PAGE_RANGE_EMPTY,
+            f"page range {shown} ends before it starts and selects nothing; write the "
+            "smaller page first (e.g. 2-5)",
+        )
     if ranges is None:
         selected = list(range(1, page_count + 1))
     else:

@@ -130,6 +130,15 @@ def test_select_pages_beyond_the_end_is_refused() -> None:
     assert "between 1 and 10" in caught.value.message
 
 
+def test_a_reversed_range_fails_the_task() -> None:
+    """Decoding accepts 5-2 (the JSON Schema cannot refuse it, and the two must agree), so
+    the task fails with a code, even when another range selects pages."""
+    with pytest.raises(OcrError) as caught:
+        select_pages([PageRange(first=1, last=3), PageRange(first=5, last=2)], 10)
+    assert caught.value.code is ErrorCode.PAGE_RANGE_EMPTY
+    assert caught.value.message.startswith("page range 5-2 ends before it starts")
+
+
 def test_select_pages_empty_list_is_refused() -> None:
     with pytest.raises(OcrError) as caught:
         select_pages([], 3)
