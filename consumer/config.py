@@ -79,6 +79,16 @@ class KafkaSecurityProtocol(StrEnum):
         return self in (KafkaSecurityProtocol.SASL_PLAINTEXT, KafkaSecurityProtocol.SASL_SSL)
 
 
+class CompressionType(StrEnum):
+    """Kafka's record batch codecs; what we consume may use any of them, whatever this says."""
+
+    NONE = "none"
+    GZIP = "gzip"
+    SNAPPY = "snappy"
+    LZ4 = "lz4"
+    ZSTD = "zstd"
+
+
 class SaslMechanism(StrEnum):
     """The SASL mechanisms that a user name and password are enough for."""
 
@@ -217,6 +227,10 @@ class Settings(BaseSettings):
     kafka_idempotence: bool = Field(
         True, description="Idempotent producer; turn off only for brokers without "
         "InitProducerId (e.g. Tansu's memory build)."
+    )
+    kafka_compression_type: CompressionType = Field(
+        CompressionType.ZSTD, description="Codec of the batches we produce: none, gzip, "
+        "snappy, lz4 or zstd (measured: bench/README.md). Any codec is read."
     )
     group_id: str = Field("ocr-stream", description="Consumer group id.")
     group_instance_id: str | None = Field(

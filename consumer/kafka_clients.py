@@ -5,7 +5,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from consumer.config import SaslMechanism, Settings, env_name
+from consumer.config import CompressionType, SaslMechanism, Settings, env_name
 
 
 class KafkaTlsError(ValueError):
@@ -54,3 +54,12 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
         kwargs["sasl_plain_username"] = settings.kafka_sasl_username
         kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
     return kwargs
+
+
+def producer_kwargs(settings: Settings) -> dict[str, Any]:
+    """client_kwargs plus what every producer of ours shares: the batch codec."""
+    codec = settings.kafka_compression_type
+    return {
+        **client_kwargs(settings),
+        "compression_type": None if codec is CompressionType.NONE else codec.value,
+    }

@@ -24,7 +24,7 @@ from aiokafka.partitioner import murmur2
 from pydantic import BaseModel
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.kafka_clients import producer_kwargs
 from consumer.log import get_logger
 from consumer.records import RequestRecord
 from schemas.cloudevents import (
@@ -133,7 +133,7 @@ class EventPublisher:
         self._settings = settings
         self._source = source
         self._producer = AIOKafkaProducer(
-            **client_kwargs(settings),
+            **producer_kwargs(settings),
             client_id=f"ocr-stream-{source}",
             acks="all",
             enable_idempotence=settings.kafka_idempotence,
