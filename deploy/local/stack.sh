@@ -5,8 +5,9 @@
 #
 #   stack.sh up | down | status
 #   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server
-#   stack.sh test-deps                  deps, and build the S3 server the s3:// tests read
-#                                       from (needs Go; `up` and the demo do not)
+#   stack.sh test-deps                  deps, a JDK and Maven for the Java interop clients, and
+#                                       build the S3 server the s3:// tests read from (needs
+#                                       Go; `up` and the demo do not)
 #   stack.sh s3-bin                     print that S3 server's path (building it if needed)
 #   stack.sh kill-kafka | start-kafka   SIGKILL / restart the broker (fault tests)
 #   stack.sh kill-redis | start-redis   SIGKILL / restart Redis (fault tests)
@@ -180,6 +181,13 @@ ensure_java() {
     major=$(java_major)
     # Kafka 4.x brokers need Java 17.
     [[ "${major:-0}" -ge 17 ]] || die "Kafka $KAFKA_VERSION needs Java 17 or newer; found '$major'"
+}
+
+# The interop tests compile small Java clients (javac) and fetch the CloudEvents Java SDK
+# (Maven); the broker itself needs only a JRE.
+ensure_interop_tools() {
+    command -v javac >/dev/null || apt_install openjdk-17-jdk-headless
+    command -v mvn >/dev/null || apt_install maven
 }
 
 ensure_kafka_libs() {
@@ -502,7 +510,9 @@ main() {
         down) down ;;
         status) status ;;
         deps) deps ;;
-        test-deps) deps; ensure_s3_server; say "test server ready: versitygw $VERSITYGW_VERSION" ;;
+        test-deps)
+            deps; ensure_interop_tools; ensure_s3_server
+            say "test server ready: versitygw $VERSITYGW_VERSION" ;;
         s3-bin) ensure_s3_server >&2; echo "$VERSITYGW_BIN" ;;
         start-kafka) start_kafka ;;
         kill-kafka) stop_process kafka "$KAFKA_MARKER" 0 KILL ;;
