@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,6 +20,36 @@ CE_TYPE_CANCEL = "ocr.task.cancel.v1"
 
 Headers = list[tuple[str, bytes]]
 
+# CloudEvents attribute names: lower-case ASCII letters and digits, at most 20 characters
+# recommended (spec 1.0, "Attribute Naming Convention"); in Kafka each is a `ce_` header.
+EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
+# The consumer that published an event, as an extension: `ce_source` names the deployment
+# and stays the same whichever consumer re-sends an event, so (source, id) identifies it.
+CE_EXTENSION_CONSUMER = "ocrconsumer"
+
+# W3C Trace Context, carried as plain Kafka headers (OpenTelemetry's Kafka convention): a
+# request's are copied onto every output of its task and its dead letter.
+TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
+_TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+MAX_TRACESTATE = 512  # the W3C limit a vendor may keep to
+
+
+def trace_context(headers: Iterable[tuple[str, bytes]]) -> Headers:
+    """The request's trace headers worth passing on: a valid version-00 `traceparent` and,
+    only with one, its `tracestate`. A malformed traceparent is dropped (W3C: restart the
+    trace), never an error: tracing must not fail a request."""
+    wanted = (TRACEPARENT, TRACESTATE)
+    found = {key.lower(): value for key, value in headers if key.lower() in wanted}
+    parent = found.get(TRACEPARENT)
+    if parent is None or _TRACEPARENT.fullmatch(parent.decode("ascii", "replace")) is None:
+        return []
+    out: Headers = [(TRACEPARENT, parent)]
+    state = found.get(TRACESTATE)
+    if state is not None and len(state) <= MAX_TRACESTATE and state.isascii():
+        out.append((TRACESTATE, state))
+    return out
+
 
 @dataclass(frozen=True, slots=True)
 class CloudEvent:
@@ -31,9 +63,10 @@ class CloudEvent:
 
 def ce_headers(
     *, event_id: str, event_type: str, source: str, subject: str | None = None,
-    time: datetime | None = None,
+    time: datetime | None = None, extensions: Mapping[str, str] | None = None,
 ) -> Headers:
-    """Kafka headers for one event; `event_id` should be deterministic for idempotency."""
+    """Kafka headers for one event; `event_id` should be deterministic for idempotency.
+    `extensions` are CloudEvents extension attributes (names checked against the spec)."""
     when = (time or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
     headers: Headers = [
         ("ce_specversion", CE_SPECVERSION.encode()),
@@ -45,6 +78,12 @@ def ce_headers(
     ]
     if subject is not None:
         headers.append(("ce_subject", subject.encode()))
+    for name, value in (extensions or {}).items():
+        if EXTENSION_NAME.fullmatch(name) is None:
+            raise ValueError(
+                f"CloudEvents extension name {name!r}: use 1-20 lower-case letters or digits"
+            )
+        headers.append((f"ce_{name}", value.encode()))
     return headers
 
 

@@ -518,3 +518,42 @@ def test_asyncapi_lists_the_cancel_record_on_the_requests_channel() -> None:
     cancel = document["components"]["messages"]["Cancel"]
     assert cancel["payload"] == {"$ref": "./json/cancel.schema.json"}
     assert cancel["title"] == "CancelRequest"
+
+
+# -- CloudEvents extension and trace context (issue 15, item 6: the contract's side) -------
+
+PARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def test_the_consumer_extension_is_a_valid_cloudevents_attribute_name() -> None:
+    from schemas.cloudevents import CE_EXTENSION_CONSUMER, EXTENSION_NAME
+
+    assert EXTENSION_NAME.fullmatch(CE_EXTENSION_CONSUMER)
+    headers = ce_headers(event_id="t/1/0", event_type=CE_TYPE_RESULT, source="ocr-stream/prod",
+                         extensions={CE_EXTENSION_CONSUMER: "host-7"})
+    assert ("ce_ocrconsumer", b"host-7") in headers
+    for bad in ("consumer_id", "Consumer", "a" * 21, ""):
+        with pytest.raises(ValueError, match="lower-case letters or digits"):
+            ce_headers(event_id="i", event_type="t", source="s", extensions={bad: "x"})
+
+
+@pytest.mark.parametrize(
+    ("headers", "kept"),
+    [
+        ([("traceparent", PARENT), ("tracestate", b"vendor=abc"), ("x", b"y")],
+         [("traceparent", PARENT), ("tracestate", b"vendor=abc")]),
+        ([("TraceParent", PARENT)], [("traceparent", PARENT)]),
+        ([("tracestate", b"vendor=abc")], []),  # no parent: nothing to continue
+        ([("traceparent", PARENT.upper())], []),  # W3C: lower-case hex only
+        ([("traceparent", b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01")], []),  # invalid id
+        ([("traceparent", b"\xff\xfe")], []),
+        ([("traceparent", PARENT), ("tracestate", b"k=" + b"v" * 600)], [("traceparent", PARENT)]),
+        ([], []),
+    ],
+)
+def test_trace_context_passes_on_only_valid_w3c_headers(
+    headers: list[tuple[str, bytes]], kept: list[tuple[str, bytes]]
+) -> None:
+    from schemas.cloudevents import trace_context
+
+    assert trace_context(headers) == kept
