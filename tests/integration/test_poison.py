@@ -144,7 +144,10 @@ def build_plan(root: Path, outside: Path, trap: HttpTrap) -> Plan:
     # Records that are not a usable request at all: DLQ.
     plan.poison_bytes("p-not-json", b"this is not json {", ErrorCode.REQUEST_NOT_JSON)
     plan.poison_bytes("p-not-utf8", b'{"task_id": "\xff\xfe"}', ErrorCode.REQUEST_NOT_UTF8)
-    plan.poison_bytes("p-binary", bytes(range(256)) * 4, ErrorCode.REQUEST_NOT_UTF8)
+    # Not starting with a zero byte, which would read as Schema Registry framing.
+    plan.poison_bytes("p-binary", bytes(range(255, -1, -1)) * 4, ErrorCode.REQUEST_NOT_UTF8)
+    plan.poison_bytes("p-registry-framed", b"\x00\x00\x00\x00\x07" + b'{"task_id": "x"}',
+                      ErrorCode.REQUEST_SCHEMA_REGISTRY_FRAMED)
     plan.poison_bytes("p-tombstone", None, ErrorCode.REQUEST_INVALID)
     plan.poison_json("p-array", [1, 2, 3], ErrorCode.REQUEST_INVALID)
     plan.poison_json("p-string", "a string", ErrorCode.REQUEST_INVALID)
