@@ -42,12 +42,15 @@ class Artifact(ContractModel):
 
     uri: str = Field(
         min_length=1, max_length=MAX_ARTIFACT_URI,
+        description="Where the file is: s3://bucket/key or file:///path in the store.",
         examples=["s3://ocr-artifacts/figures/invoice-2026-0042/page-2-fig-1.png"],
     )
-    media_type: str = Field(max_length=128, examples=["image/png"])
+    media_type: str = Field(
+        max_length=128, description="The file's media type.", examples=["image/png"]
+    )
     bytes: int = Field(ge=0, description="Size of the stored file.")
-    width_px: int = Field(ge=0)
-    height_px: int = Field(ge=0)
+    width_px: int = Field(ge=0, description="Image width in pixels.")
+    height_px: int = Field(ge=0, description="Image height in pixels.")
 
 
 class Block(ContractModel):
