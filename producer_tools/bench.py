@@ -4,6 +4,7 @@
     ocr-bench pipeline [...]                                     Kafka -> consumer -> results
     ocr-bench all      [...]                                     both, on one started engine
     ocr-bench decoding [--passes ...] [--with-pipeline]          decoding options compared
+    ocr-bench steady   [--lengths 300,1000] [--pipeline-lengths ...]  the steady state
 
 `engine` feeds N rendered pages (synthetic 1240x1754 text pages, or the pages of --pdf
 rendered by the consumer's own renderer) to `Engine.infer` all at once after a short
@@ -16,6 +17,9 @@ to let pages end on their own). Every OCR_* setting is a flag too (`--max-num-se
 `decoding` (vLLM only, producer_tools/bench_decoding.py) runs the engine benchmark once
 per decoding pass on one engine: n-gram rule per-request / batched / off, detokenization
 incremental / final; `--with-pipeline` then runs the pipeline with the configured ones.
+
+`steady` (bench/steady.py, run from a checkout) keeps N pages in flight in a closed loop and
+times 1,024 pages after a warm-up, for the engine and through the pipeline.
 
 Results go to bench/results/<date>-<device>.json (see --out-dir). The engine is started
 once and handed to each benchmark, so `all` pays the minutes of a vLLM start only once.
@@ -339,6 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("engine", parents=[common], help="pages straight into the engine")
     commands.add_parser("pipeline", parents=[common], help="the whole consumer pipeline")
     commands.add_parser("all", parents=[common], help="engine, then pipeline, one engine")
+    commands.add_parser(
+        "steady", add_help=False, help="steady state, closed loop (ocr-bench steady --help)"
+    )
     decoding = commands.add_parser(
         "decoding", parents=[common], help="decoding options compared on one vLLM engine"
     )
@@ -349,7 +356,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _steady(argv: list[str]) -> int:
+    """`ocr-bench steady`: bench/steady.py, which lives in a checkout, not in the package.
+    Its folder goes first on the path: run by path, this file's own folder is there, where
+    `bench` names this module."""
+    root = Path(__file__).resolve().parent.parent
+    if not (root / "bench" / "steady.py").is_file():
+        print(
+            f"error: ocr-bench steady runs from a checkout ({root} has no bench/)", file=sys.stderr
+        )
+        return 2
+    sys.path.insert(0, str(root))
+    from bench.steady import main as steady_main
+
+    return steady_main(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["steady"]:
+        return _steady(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         settings = bench_settings(args)

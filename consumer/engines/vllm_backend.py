@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections import deque
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from PIL import Image
@@ -19,6 +21,24 @@ from PIL import Image
 from consumer.engines import deepseek_modes
 
 MP_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
+FINISHED_KEPT = 4096  # finished pages' timings kept for benchmarks (a bounded history)
+
+
+@dataclass(frozen=True, slots=True)
+class FinishedTimes:
+    """Where one finished request spent its time inside vLLM, in seconds, as vLLM's own
+    `FinishedRequestStats` says: `e2e` from its arrival in the frontend to the frontend
+    seeing its last token; `queued` waiting for the scheduler; `prefill` from scheduling to
+    the first token (the vision encoder and the prompt's prefill chunks); `decode` from the
+    first token to the last."""
+
+    request_id: str
+    e2e: float
+    queued: float
+    prefill: float
+    decode: float
+    prompt_tokens: int
+    output_tokens: int
 
 
 class StatsSink:
@@ -35,6 +55,8 @@ class StatsSink:
         # and how full it was (the decoding benchmark's timeline).
         self.steps_total = 0
         self.generation_tokens_total = 0
+        # The latest finished requests' timings, newest last (benchmarks read them).
+        self.finished: deque[FinishedTimes] = deque(maxlen=FINISHED_KEPT)
 
     def record(
         self, *, running: int, waiting: int, kv_cache_usage: float, preempted: int = 0
@@ -48,6 +70,9 @@ class StatsSink:
     def record_step(self, generation_tokens: int) -> None:
         self.steps_total += 1
         self.generation_tokens_total += generation_tokens
+
+    def record_finished(self, times: FinishedTimes) -> None:
+        self.finished.append(times)
 
 
 class AsyncEngineLike(Protocol):
@@ -123,6 +148,8 @@ class RealVllm:
             ) -> None:
                 if iteration_stats is not None:
                     sink.record_step(int(iteration_stats.num_generation_tokens))
+                    for done in getattr(iteration_stats, "finished_requests", ()):
+                        sink.record_finished(finished_times(done))
                 if scheduler_stats is None:
                     return
                 preempted = getattr(iteration_stats, "num_preempted_reqs", 0) or 0
@@ -167,6 +194,23 @@ class RealVllm:
 
     def release_mode(self, mode: str) -> None:
         deepseek_modes.release(mode)
+
+
+def finished_times(stats: Any) -> FinishedTimes:
+    """`FinishedTimes` from vLLM 0.26's `FinishedRequestStats` (missing fields read 0)."""
+
+    def seconds(name: str) -> float:
+        return float(getattr(stats, name, 0.0) or 0.0)
+
+    return FinishedTimes(
+        request_id=str(getattr(stats, "request_id", "") or ""),
+        e2e=seconds("e2e_latency"),
+        queued=seconds("queued_time"),
+        prefill=seconds("prefill_time"),
+        decode=seconds("decode_time"),
+        prompt_tokens=int(getattr(stats, "num_prompt_tokens", 0) or 0),
+        output_tokens=int(getattr(stats, "num_generation_tokens", 0) or 0),
+    )
 
 
 def fork_poisoned() -> bool:

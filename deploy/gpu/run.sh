@@ -1,7 +1,12 @@
 #!/bin/bash
 # On the GPU host: assemble vLLM once, then run the engine benchmark and/or tests/gpu.
-# Usage: bash deploy/gpu/run.sh bench|decoding|passes|pipeline|scaleout|tests|all [arguments...]
+# Usage: bash deploy/gpu/run.sh bench|steady|decoding|passes|pipeline|scaleout|tests|all [args...]
 #   bench     ocr-bench engine (pages straight into the engine)
+#   steady    bench/steady.py [its arguments]: closed-loop steady state, the engine at each
+#             length and (--pipeline-lengths) the pipeline; py-spy of both processes when
+#             /tmp/pyspy/py-spy exists; with --torch-profile a torch trace of the engine
+#             core, its kernels filed by stage (bench/gpu_trace.py). Result, log, profiles
+#             to $OUT
 #   decoding  ocr-bench decoding --with-pipeline: the engine run once per decoding pass
 #             (n-gram rule per-request/batched/off, detokenization incremental/final) on
 #             one engine, then the pipeline; py-spy profiles when /tmp/pyspy/py-spy exists
@@ -33,7 +38,7 @@ python3 -c "import vllm, consumer.engines.vllm; print('vllm', vllm.__version__)"
 rc=0
 command=engine
 [[ $what == passes ]] && command=decoding
-if [[ $what == pipeline || $what == all || $what == scaleout || $what == decoding ]]; then
+if [[ $what == pipeline || $what == all || $what == scaleout || $what == decoding || $what == steady ]]; then
   command=all
   [[ $what == decoding ]] && command=decoding
   bash deploy/gpu/services.sh start || exit 1
@@ -55,6 +60,21 @@ if [[ $what == scaleout ]]; then
   python3 bench/scaleout.py --out "$OUT/scaleout.json" "$@" 2>&1 | tee "$OUT/scaleout.log"
   rc=$?
   echo "scaleout exit $rc after $(($(date +%s) - began)) s"
+  bash deploy/gpu/services.sh stop
+  exit $rc
+fi
+if [[ $what == steady ]]; then
+  extra=(--profile-dir "$OUT/profiles")
+  [ -x /tmp/pyspy/py-spy ] && extra+=(--pyspy /tmp/pyspy/py-spy)
+  if [[ " $* " == *" --torch-profile "* ]]; then
+    # Names for the vision encoder and the n-gram rule in the trace (bench/gpu_scopes.py):
+    # the plugin installs them in a spawned engine core (a forked one would inherit a
+    # parent that loaded plugins before the scopes could be installed).
+    export OCR_BENCH_SCOPES=1 VLLM_WORKER_MULTIPROC_METHOD=spawn
+  fi
+  python3 bench/steady.py --out-dir "$OUT" "${extra[@]}" "$@" 2>&1 | tee "$OUT/steady.log"
+  rc=$?
+  echo "steady exit $rc after $(($(date +%s) - began)) s"
   bash deploy/gpu/services.sh stop
   exit $rc
 fi

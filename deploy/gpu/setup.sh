@@ -19,7 +19,9 @@ fi
 dist=/tmp/ocrdeps/ocr_stream_gpu_plugin-0.1.0.dist-info
 mkdir -p "$dist"
 printf 'Metadata-Version: 2.1\nName: ocr-stream-gpu-plugin\nVersion: 0.1.0\n' >"$dist/METADATA"
-printf '[vllm.general_plugins]\nocr_stream_resolution = consumer.engines.deepseek_modes:vllm_general_plugin\n' \
+# The second names the vision encoder and n-gram rule in torch traces, only with
+# OCR_BENCH_SCOPES=1 (bench/gpu_scopes.py); the benchmarks run from this checkout.
+printf '[vllm.general_plugins]\nocr_stream_resolution = consumer.engines.deepseek_modes:vllm_general_plugin\nocr_bench_scopes = bench.gpu_scopes:vllm_general_plugin\n' \
   >"$dist/entry_points.txt"
 [ -f /tmp/ocr-model/config.json ] || python3 "$REPO/deploy/gpu/make_model.py" /tmp/ocr-model
 ls -la /tmp/ocr-model
