@@ -138,8 +138,8 @@ class ClosedLoop:
     window closes (see the module docstring). `opened` and `closed` are set as the window
     opens and closes, so samplers and profilers can wait for them; `after_window`, when
     given, runs once the window has closed while the lanes keep the load on (a profile of
-    the steady state that must not disturb the measured window), and its result is kept in
-    `after_window_result`."""
+    the steady state that must not disturb the measured window), within the same deadline,
+    and its result is kept in `after_window_result`."""
 
     def __init__(
         self,
@@ -202,15 +202,20 @@ class ClosedLoop:
 
     async def run(self) -> SteadyWindow:
         lanes = [asyncio.create_task(self._lane(lane)) for lane in range(self.in_flight)]
+        began = time.monotonic()
         try:
             try:
                 async with asyncio.timeout(self._deadline_s):
                     await self.closed.wait()
+                    if self._after_window is not None:
+                        self.after_window_result = await self._after_window()
             except TimeoutError:
-                self.deadline_hit = True
-            else:
-                if self._after_window is not None:
-                    self.after_window_result = await self._after_window()
+                if not self.window.is_closed:
+                    self.deadline_hit = True
+                else:
+                    self.after_window_result = {
+                        "error": f"cut at the deadline, {time.monotonic() - began:.0f} s in"
+                    }
         finally:
             self._stop_submitting = True
             for task in lanes:

@@ -232,7 +232,10 @@ async def engine_phase(
             if c.ok and c.key in outputs
         ]  # fmt: skip
         figures["stages"] = stage_table(row for row in rows if row is not None)
-    if profile_task is not None:
+    if profile_task is not None and not loop.opened.is_set():
+        profile_task.cancel()
+        figures["pyspy"] = {"error": "the window never opened"}
+    elif profile_task is not None:
         try:
             figures["pyspy"] = await asyncio.wait_for(profile_task, PYSPY_SECONDS + 30)
         except Exception as exc:  # a profile is a bonus: never lose the phase to it

@@ -290,3 +290,18 @@ async def test_engine_phase_times_the_window_and_accounts_every_page() -> None:
     assert figures["stages"]["pages"] == 24
     assert figures["stages"]["stages"]["decode"]["mean_ms"] == pytest.approx(9.0, abs=0.5)
     await engine.close()
+
+
+async def test_after_window_is_cut_at_the_deadline_too() -> None:
+    async def submit(index: int) -> Completion:
+        await asyncio.sleep(0.001)
+        return Completion(str(index), 0.0, float(index))
+
+    async def hook() -> str:
+        await asyncio.sleep(3600)
+        return "never"
+
+    loop = ClosedLoop(submit, in_flight=2, warmup=1, measure=3, deadline_s=0.2, after_window=hook)
+    window = await loop.run()
+    assert window.is_closed and not loop.deadline_hit
+    assert "cut at the deadline" in loop.after_window_result["error"]
