@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import random
+import time
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -147,3 +149,14 @@ def test_lines_page_text_boxes_fit_the_image(lines: list[Line]) -> None:
         px1, py1, px2, py2 = block.bbox_pdf
         assert 0 <= px1 <= px2 <= 500 and 0 <= py1 <= py2 <= 500
         assert block.confidence is not None and 0 <= block.confidence <= 1
+
+
+@pytest.mark.parametrize("line", ["[" * 30_000, "**a " * 10_000, "~~a " * 10_000, "![" * 10_000])
+def test_unclosed_openers_cost_linear_time(line: str) -> None:
+    # A looping page can emit a line of openers with no closer. Each opener used to scan to
+    # the end of the line for its closer: quadratic, 3.6-16 s for these on the 2-CPU VM
+    # with the GIL held; bounded spans take well under a second.
+    began = time.perf_counter()
+    text = markdown_to_text(line)
+    assert time.perf_counter() - began < 3.0
+    assert text  # the openers stay as text
