@@ -7,7 +7,7 @@ A closed loop (bench/closed_loop.py) keeps N pages in flight over a stream of mi
 synthetic pages (bench/mixed_pages.py): each finished page submits the next. After a
 warm-up of N pages the next `--measure` completions are timed: pages/s, output tokens/s,
 p50/p95 page latency, and over the same window the engine's KV cache use, batch size,
-decode steps/s and the GPU's busy share (NVML), plus where each page's time went across
+generated tokens/s and the GPU's busy share (NVML), plus where each page's time went across
 the frontend and the engine core (bench/vllm_probe.py).
 
 The engine's first N pages decode staggered lengths (page i of N: (i+1)/N of the length),
@@ -232,6 +232,11 @@ async def engine_phase(
             if c.ok and c.key in outputs
         ]  # fmt: skip
         figures["stages"] = stage_table(row for row in rows if row is not None)
+        decode = figures["stages"].get("stages", {}).get("decode")
+        if decode and figures.get("output_tokens_per_page", 0) > 1:
+            # A decoding page gets one token a step: this is the step time it saw.
+            per_token = decode["mean_ms"] / (figures["output_tokens_per_page"] - 1)
+            figures["decode_ms_per_token"] = round(per_token, 2)
     if profile_task is not None and not loop.opened.is_set():
         profile_task.cancel()
         figures["pyspy"] = {"error": "the window never opened"}
@@ -379,7 +384,7 @@ async def run(
 def _line(figures: dict[str, Any]) -> str:
     keys = ("kind", "max_tokens", "in_flight", "pages_per_s", "output_tokens_per_s",
             "latency_p50_s", "latency_p95_s", "kv_cache_usage_mean", "gpu_busy_nvml_mean",
-            "step_ms", "measured_pages", "partial", "pipeline_over_engine")  # fmt: skip
+            "decode_ms_per_token", "measured_pages", "partial", "pipeline_over_engine")  # fmt: skip
     return "steady " + " ".join(f"{key}={figures[key]}" for key in keys if key in figures)
 
 

@@ -289,6 +289,8 @@ async def test_engine_phase_times_the_window_and_accounts_every_page() -> None:
     assert set(llm.tokens[4:]) == {1000}
     assert figures["stages"]["pages"] == 24
     assert figures["stages"]["stages"]["decode"]["mean_ms"] == pytest.approx(9.0, abs=0.5)
+    # The fake decodes 40 tokens a page: 9 ms over 39 steps after the first token.
+    assert figures["decode_ms_per_token"] == pytest.approx(9.0 / 39, abs=0.02)
     await engine.close()
 
 
