@@ -17,19 +17,30 @@ from consumer.engines.base import Engine
 SAMPLE_INTERVAL_S = 0.5
 
 
-def nvml_utilization() -> Callable[[], float | None] | None:
-    """The GPU's busy share (NVML: share of time some kernel ran), or None without NVML."""
+def _nvml() -> Any | None:
+    """NVML (nvidia-ml-py, in the GPU image), initialised, or None where there is none."""
     try:
-        import pynvml  # nvidia-ml-py, in the GPU image
+        import pynvml  # type: ignore[import-not-found]
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(0)
     except Exception:
+        return None
+    return pynvml
+
+
+def nvml_utilization() -> Callable[[], float | None] | None:
+    """The GPU's busy share (NVML: share of time some kernel ran), or None without NVML."""
+    nvml = _nvml()
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(0) if nvml is not None else None
+    except Exception:
+        handle = None
+    if nvml is None or handle is None:
         return None
 
     def read() -> float | None:
         try:
-            return float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu) / 100
+            return float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu) / 100
         except Exception:
             return None
 
@@ -37,12 +48,12 @@ def nvml_utilization() -> Callable[[], float | None] | None:
 
 
 def nvml_device_name() -> str | None:
+    nvml = _nvml()
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        name = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+        name = nvml.nvmlDeviceGetName(nvml.nvmlDeviceGetHandleByIndex(0)) if nvml else None
     except Exception:
+        return None
+    if name is None:
         return None
     return name.decode() if isinstance(name, bytes) else str(name)
 
