@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
-from consumer.engines.base import PageImage
+from consumer.page_image import PageImage
 from producer_tools.bench_pages import _WORDS, _font, synthetic_page
 
 PAGE_DPI = 150

@@ -56,9 +56,10 @@ from bench.pyspy_summary import CORE_STAGES, FRONTEND_STAGES, classify, parse_co
 from bench.samplers import Sampler, nvml_device_name, nvml_utilization
 from bench.vllm_probe import ProbedVllm, page_stages, stage_table
 from consumer.config import Settings, add_settings_arguments
-from consumer.engines.base import Engine, EngineOutput, PageImage, PageRequest
+from consumer.engines.base import Engine, EngineOutput, PageRequest
 from consumer.errors import OcrError
 from consumer.log import configure_logging
+from consumer.page_image import PageImage
 from producer_tools.bench import ENGINE_SETTINGS, bench_settings, device_name, result_path
 from producer_tools.bench_engine import engine_core_pids, first_page
 
