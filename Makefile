@@ -58,8 +58,10 @@ unit: $(VENV)
 integration: $(VENV) test-deps
 	$(VENV)/bin/pytest -q -m "not gpu" tests/integration
 
+# Commit subjects of at most 72 characters, for commits after the check began.
 lint: $(VENV)
 	$(VENV)/bin/ruff check
+	$(VENV)/bin/python .ci/commit_subjects.py
 
 typecheck: $(VENV)
 	$(VENV)/bin/mypy
