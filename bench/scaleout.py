@@ -54,10 +54,10 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
-from consumer.publisher import task_partition
 from consumer.topics import default_topic_specs, ensure_topics
 from producer_tools.bench_pages import synthetic_pages
 from producer_tools.bench_pipeline import write_documents
+from schemas.keys import task_partition
 from schemas.progress import ProgressEvent
 from schemas.request import OcrRequest, Source
 from schemas.result import PageResult

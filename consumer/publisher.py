@@ -1,16 +1,13 @@
 """Publishing results, progress, timing and dead letters, with keys and CloudEvents headers.
 
-Every record about a task lands on the partition of its task id: page results are keyed
-`task_id/page` (so a compacted results topic keeps the latest result of each page), and the
-partitioner hashes only the part before the '/', so they sit beside the task's progress and
-timing records and stay in order with them.
+The wire rules (keys and the partitioner, event ids, header names) are the contract's, in
+schemas/keys.py, schemas/event_ids.py and schemas/headers.py; this module sends by them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -20,13 +17,13 @@ from aiokafka.errors import (
     NotLeaderForPartitionError,
     RequestTimedOutError,
 )
-from aiokafka.partitioner import murmur2
 from pydantic import BaseModel
 
 from consumer.config import Settings
 from consumer.kafka_clients import producer_kwargs
 from consumer.log import get_logger
 from consumer.records import RequestRecord
+from schemas import headers as header_names
 from schemas.cloudevents import (
     CE_TYPE_DLQ,
     CE_TYPE_PROGRESS,
@@ -36,54 +33,20 @@ from schemas.cloudevents import (
     ce_headers,
 )
 from schemas.common import MAX_TASK_ID_LENGTH, ErrorCode
-from schemas.dlq import (
-    DLQ_HEADER_CODE,
-    DLQ_HEADER_MESSAGE,
-    DLQ_HEADER_OFFSET,
-    DLQ_HEADER_PARTITION,
-    DLQ_HEADER_TOPIC,
-    DlqEnvelope,
+from schemas.dlq import DlqEnvelope
+from schemas.event_ids import (
+    dead_letter_event_id,
+    progress_event_id,
+    result_event_id,
+    timing_event_id,
 )
+from schemas.keys import TaskPartitioner, result_key
 from schemas.progress import ProgressEvent
 from schemas.request import MAX_REQUEST_RECORD_BYTES
 from schemas.result import PageResult
 from schemas.timing import TimingEvent
 
 log = get_logger(__name__)
-
-
-def task_partition(key: bytes, partition_count: int) -> int:
-    """Kafka's default murmur2 partitioning, applied to the task id part of the key."""
-    task_id = key.split(b"/", 1)[0]
-    hashed: int = murmur2(task_id)
-    return (hashed & 0x7FFFFFFF) % partition_count
-
-
-class TaskPartitioner:
-    """aiokafka partitioner hook: same partition for `task` and `task/page` keys."""
-
-    def __call__(
-        self, key: bytes | None, all_partitions: Sequence[int], available: Sequence[int]
-    ) -> int:
-        if key is None:
-            return (available or all_partitions)[0]
-        ordered = sorted(all_partitions)
-        return ordered[task_partition(key, len(ordered))]
-
-
-def result_key(task_id: str, page: int) -> str:
-    return f"{task_id}/{page}"
-
-
-def event_run_tag(force: bool, partition: int, offset: int) -> str:
-    """The part of a task's event ids that tells runs apart.
-
-    Event ids are deterministic, so that a record re-delivered after a crash republishes
-    the same ids and id-based de-duplication downstream works. Replays raise `attempt`,
-    which is in the id. A forced recomputation keeps the attempt but is new work: its ids
-    name the request record that asked for it.
-    """
-    return f"/forced@{partition}.{offset}" if force else ""
 
 
 _MAX_DLQ_MESSAGE = 4096
@@ -174,15 +137,16 @@ class EventPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
-    # `run_tag` (see event_run_tag) keeps the event ids of a forced recomputation apart from
-    # the first run's: consumers that drop CloudEvents by id would otherwise drop its results.
+    # `run_tag` (schemas.event_ids.event_run_tag) keeps the event ids of a forced
+    # recomputation apart from the first run's: consumers that drop CloudEvents by id would
+    # otherwise drop its results.
 
     async def result(self, result: PageResult, *, run_tag: str = "") -> None:
         await self._send(
             self._settings.topic_results,
             result_key(result.task_id, result.page),
             result,
-            f"{result.task_id}/{result.page}/{result.attempt}{run_tag}",
+            result_event_id(result, run_tag),
             CE_TYPE_RESULT,
             result.task_id,
         )
@@ -192,19 +156,17 @@ class EventPublisher:
             self._settings.topic_progress,
             event.task_id,
             event,
-            f"{event.task_id}/{event.attempt}/{event.status.value}/{event.pages_done}"
-            f"{'/replay' if event.replayed else ''}{run_tag}",
+            progress_event_id(event, run_tag),
             CE_TYPE_PROGRESS,
             event.task_id,
         )
 
     async def timing(self, event: TimingEvent, *, run_tag: str = "") -> None:
-        suffix = f"page/{event.page}" if event.page is not None else "task"
         await self._send(
             self._settings.topic_timing,
             event.task_id,
             event,
-            f"{event.task_id}/{event.attempt}/{suffix}{run_tag}",
+            timing_event_id(event, run_tag),
             CE_TYPE_TIMING,
             event.task_id,
         )
@@ -225,14 +187,14 @@ class EventPublisher:
             self._settings.topic_dlq,
             dlq_key,
             envelope,
-            f"{topic}/{partition}/{offset}",
+            dead_letter_event_id(topic, partition, offset),
             CE_TYPE_DLQ,
             task_id or dlq_key,
             extra_headers=[
-                (DLQ_HEADER_CODE, code.value.encode()),
-                (DLQ_HEADER_MESSAGE, message[:1024].encode("utf-8", "replace")),
-                (DLQ_HEADER_TOPIC, topic.encode()),
-                (DLQ_HEADER_PARTITION, str(partition).encode()),
-                (DLQ_HEADER_OFFSET, str(offset).encode()),
+                (header_names.DLQ_ERROR_CODE, code.value.encode()),
+                (header_names.DLQ_ERROR_MESSAGE, message[:1024].encode("utf-8", "replace")),
+                (header_names.DLQ_ORIGINAL_TOPIC, topic.encode()),
+                (header_names.DLQ_ORIGINAL_PARTITION, str(partition).encode()),
+                (header_names.DLQ_ORIGINAL_OFFSET, str(offset).encode()),
             ],
         )

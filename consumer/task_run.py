@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from consumer.engines.base import EngineOutput
-from consumer.publisher import event_run_tag
 from consumer.records import RequestRecord
 from consumer.stages import StageRecorder, StageTimes
 from schemas.common import ErrorInfo
+from schemas.event_ids import event_run_tag
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
 from schemas.result import (

@@ -34,10 +34,10 @@ from pydantic import ValidationError
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
-from consumer.publisher import task_partition
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, ToolError
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.dlq import DlqEnvelope
+from schemas.keys import task_partition
 from schemas.progress import ProgressEvent, TaskStatus
 
 log = get_logger(__name__)

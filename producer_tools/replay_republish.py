@@ -28,11 +28,11 @@ from producer_tools.replay_common import ReplayError, TopicRecord, read_range
 from schemas.cloudevents import CE_TYPE_REQUEST, Headers, ce_headers
 from schemas.decode import RequestDecodeError, decode_request
 from schemas.dlq import DlqEnvelope
+from schemas.event_ids import replayed_request_event_id
+from schemas.headers import REPLAY_OF
 from schemas.request import OcrRequest
 
 REPLAY_SOURCE = "ocr-replay"
-# Header naming the record a republished request came from, for audits and loop detection.
-HEADER_REPLAY_OF = "ocr_replay_of"
 # The requests topic accepts 2 MiB records (consumer.topics.REQUEST_RECORD_BYTES).
 MAX_SEND_BYTES = 2 * 1024 * 1024
 
@@ -162,10 +162,10 @@ def rebuilt(request: OcrRequest, *, force: bool) -> OcrRequest:
 
 def _request_headers(request: OcrRequest, origin: str) -> Headers:
     headers = ce_headers(
-        event_id=f"{request.task_id}/{request.attempt}/replay", event_type=CE_TYPE_REQUEST,
+        event_id=replayed_request_event_id(request), event_type=CE_TYPE_REQUEST,
         source=REPLAY_SOURCE, subject=request.task_id,
     )
-    headers.append((HEADER_REPLAY_OF, origin.encode()))
+    headers.append((REPLAY_OF, origin.encode()))
     return headers
 
 
@@ -282,8 +282,8 @@ async def side_by_side(
             for candidate in outgoing:
                 # The bytes are copied as they are (same attempt, same force): the comparison
                 # group has its own Redis prefix, so every task is new to it anyway.
-                headers = [(k, v) for k, v in candidate.headers if k != HEADER_REPLAY_OF]
-                headers.append((HEADER_REPLAY_OF, candidate.origin.encode()))
+                headers = [(k, v) for k, v in candidate.headers if k != REPLAY_OF]
+                headers.append((REPLAY_OF, candidate.origin.encode()))
                 await producer.send_and_wait(
                     side.topic_requests, value=candidate.raw,
                     key=candidate.key or candidate.request.task_id.encode(), headers=headers,

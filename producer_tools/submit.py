@@ -64,6 +64,7 @@ from producer_tools.task_files import (
 )
 from schemas.cloudevents import CE_TYPE_REQUEST, ce_headers
 from schemas.common import ErrorCode
+from schemas.event_ids import request_event_id
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import (
     PromptKind,
@@ -114,7 +115,7 @@ async def produce_requests(settings: Settings, submissions: Sequence[Submission]
         for submission in submissions:
             request = submission.request
             headers = ce_headers(
-                event_id=f"{request.task_id}/{uuid.uuid4().hex}",
+                event_id=request_event_id(request, uuid.uuid4().hex),
                 event_type=CE_TYPE_REQUEST,
                 source=source,
                 subject=request.task_id,

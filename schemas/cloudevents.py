@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from schemas import headers as names
+
 CE_SPECVERSION = "1.0"
 CONTENT_TYPE = "application/json"
 
@@ -29,8 +31,8 @@ CE_EXTENSION_CONSUMER = "ocrconsumer"
 
 # W3C Trace Context, carried as plain Kafka headers (OpenTelemetry's Kafka convention): a
 # request's are copied onto every output of its task and its dead letter.
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
+TRACEPARENT = names.TRACEPARENT
+TRACESTATE = names.TRACESTATE
 _TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 MAX_TRACESTATE = 512  # the W3C limit a vendor may keep to
 
@@ -69,15 +71,15 @@ def ce_headers(
     `extensions` are CloudEvents extension attributes (names checked against the spec)."""
     when = (time or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
     headers: Headers = [
-        ("ce_specversion", CE_SPECVERSION.encode()),
-        ("ce_id", event_id.encode()),
-        ("ce_type", event_type.encode()),
-        ("ce_source", source.encode()),
-        ("ce_time", when.encode()),
-        ("content-type", CONTENT_TYPE.encode()),
+        (names.CE_SPECVERSION, CE_SPECVERSION.encode()),
+        (names.CE_ID, event_id.encode()),
+        (names.CE_TYPE, event_type.encode()),
+        (names.CE_SOURCE, source.encode()),
+        (names.CE_TIME, when.encode()),
+        (names.CONTENT_TYPE, CONTENT_TYPE.encode()),
     ]
     if subject is not None:
-        headers.append(("ce_subject", subject.encode()))
+        headers.append((names.CE_SUBJECT, subject.encode()))
     for name, value in (extensions or {}).items():
         if EXTENSION_NAME.fullmatch(name) is None:
             raise ValueError(
@@ -96,23 +98,23 @@ def parse_ce_headers(
 ) -> CloudEvent:
     """Read the CloudEvents attributes back; raises CloudEventHeaderError naming what is wrong."""
     found = {key: value.decode("utf-8", "replace") for key, value in headers}
-    required = ("ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time")
+    required = (names.CE_SPECVERSION, names.CE_ID, names.CE_TYPE, names.CE_SOURCE, names.CE_TIME)
     missing = [k for k in required if k not in found]
     if missing:
         raise CloudEventHeaderError(f"missing CloudEvents headers: {', '.join(missing)}")
-    if found["ce_specversion"] != CE_SPECVERSION:
+    if found[names.CE_SPECVERSION] != CE_SPECVERSION:
         raise CloudEventHeaderError(
-            f"ce_specversion {found['ce_specversion']!r} is not {CE_SPECVERSION!r}"
+            f"ce_specversion {found[names.CE_SPECVERSION]!r} is not {CE_SPECVERSION!r}"
         )
     try:
-        when = datetime.fromisoformat(found["ce_time"].replace("Z", "+00:00"))
+        when = datetime.fromisoformat(found[names.CE_TIME].replace("Z", "+00:00"))
     except ValueError as exc:
-        raise CloudEventHeaderError(f"ce_time {found['ce_time']!r} is not RFC 3339") from exc
+        raise CloudEventHeaderError(f"ce_time {found[names.CE_TIME]!r} is not RFC 3339") from exc
     return CloudEvent(
-        id=found["ce_id"],
-        type=found["ce_type"],
-        source=found["ce_source"],
+        id=found[names.CE_ID],
+        type=found[names.CE_TYPE],
+        source=found[names.CE_SOURCE],
         time=when,
-        subject=found.get("ce_subject"),
-        content_type=found.get("content-type", CONTENT_TYPE),
+        subject=found.get(names.CE_SUBJECT),
+        content_type=found.get(names.CONTENT_TYPE, CONTENT_TYPE),
     )

@@ -1,4 +1,6 @@
-"""Dead-letter envelope on `ocr.requests.dlq`: the unusable request and why."""
+"""Dead-letter envelope on `ocr.requests.dlq`: the unusable request and why.
+
+Its headers (`ocr_error_code`, ...) are named in schemas/headers.py."""
 
 from __future__ import annotations
 
@@ -8,13 +10,6 @@ from pydantic import Field
 
 from schemas.common import MAX_TASK_ID_LENGTH, ErrorCode, VersionedModel
 from schemas.request import MAX_REQUEST_RECORD_BYTES
-
-# Headers set on every DLQ record, so tools can filter without parsing the value.
-DLQ_HEADER_CODE = "ocr_error_code"
-DLQ_HEADER_MESSAGE = "ocr_error_message"
-DLQ_HEADER_TOPIC = "ocr_original_topic"
-DLQ_HEADER_PARTITION = "ocr_original_partition"
-DLQ_HEADER_OFFSET = "ocr_original_offset"
 
 # A dead letter holds at most one request record's key and value, base64-encoded: four
 # characters for every three bytes, padded.

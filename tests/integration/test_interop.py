@@ -25,9 +25,9 @@ import pytest
 from confluent_kafka import Producer
 
 from consumer.config import Settings
-from consumer.publisher import task_partition
 from schemas.common import ErrorCode
-from schemas.dlq import DLQ_HEADER_CODE
+from schemas.headers import DLQ_ERROR_CODE
+from schemas.keys import task_partition
 from tests.support import java as java_support
 from tests.support.apps import running_app
 from tests.support.documents import make_png
@@ -146,7 +146,7 @@ async def test_foreign_producers_every_codec_and_a_java_reader(
     assert {t: [(e.status.value, e.pages_total) for e in events] for t, events in finals.items()} \
         == {t: [("completed", 1)] for t in task_ids}
     # The one dead letter is the registry-framed value, with its own code.
-    assert [(r.key, r.headers[DLQ_HEADER_CODE].decode()) for r in dead] == [
+    assert [(r.key, r.headers[DLQ_ERROR_CODE].decode()) for r in dead] == [
         ("framed", ErrorCode.REQUEST_SCHEMA_REGISTRY_FRAMED.value)
     ]
     # Java's default partitioner is the contract's murmur2; librdkafka's default is not, and

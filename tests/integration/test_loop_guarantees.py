@@ -10,8 +10,8 @@ import pytest
 
 from consumer.app import EXIT_ENGINE_DEAD, App
 from consumer.config import Settings
-from consumer.publisher import task_partition
 from schemas.cloudevents import parse_ce_headers
+from schemas.keys import task_partition
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest, Source
 from schemas.result import PageStatus

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from consumer import __version__
 from consumer.config import Settings
 from consumer.metrics import ConsumerMetrics
-from consumer.publisher import task_partition
+from schemas.keys import task_partition
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest, Source
 from tests.support.apps import running_app

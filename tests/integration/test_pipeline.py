@@ -10,10 +10,10 @@ import pytest
 
 from consumer.config import Settings
 from consumer.engines.rapidocr import RapidOcrEngine
-from consumer.publisher import task_partition
 from schemas.cloudevents import CE_TYPE_RESULT, parse_ce_headers
 from schemas.common import ErrorCode
-from schemas.dlq import DLQ_HEADER_CODE
+from schemas.headers import DLQ_ERROR_CODE
+from schemas.keys import task_partition
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest, PageRange, Source
 from schemas.result import PageStatus
@@ -186,7 +186,7 @@ async def test_task_id_conflict_goes_to_dlq(settings: Settings, tmp_path: Path) 
             await produce_requests(settings, [_file_request("same-id", second)])
             await reader.wait_for(lambda r: bool(r.on(settings.topic_dlq)))
     [dead] = reader.on(settings.topic_dlq)
-    assert dead.headers[DLQ_HEADER_CODE] == ErrorCode.TASK_ID_CONFLICT.value.encode()
+    assert dead.headers[DLQ_ERROR_CODE] == ErrorCode.TASK_ID_CONFLICT.value.encode()
 
 
 async def test_bad_requests_go_to_dlq_and_consumer_keeps_serving(
@@ -203,7 +203,7 @@ async def test_bad_requests_go_to_dlq_and_consumer_keeps_serving(
                 lambda r: len(r.on(settings.topic_dlq)) == 3
                 and bool(r.final(settings, "after-poison"))
             )
-    codes = sorted(r.headers[DLQ_HEADER_CODE].decode() for r in reader.on(settings.topic_dlq))
+    codes = sorted(r.headers[DLQ_ERROR_CODE].decode() for r in reader.on(settings.topic_dlq))
     assert codes == sorted(
         ["REQUEST_NOT_JSON", "REQUEST_NOT_UTF8", "REQUEST_UNSUPPORTED_VERSION"]
     )

@@ -31,7 +31,8 @@ from PIL import Image
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
 from schemas.common import ErrorCode
-from schemas.dlq import DLQ_HEADER_CODE, DlqEnvelope
+from schemas.dlq import DlqEnvelope
+from schemas.headers import DLQ_ERROR_CODE
 from schemas.progress import TaskStatus
 from schemas.result import PageStatus
 from tests.support.apps import running_app
@@ -259,7 +260,7 @@ def dlq_by_key(reader: TopicReader, settings: Settings) -> dict[str, list[str]]:
     for record in reader.on(settings.topic_dlq):
         assert record.value is not None
         envelope = DlqEnvelope.model_validate_json(record.value)
-        header = record.headers[DLQ_HEADER_CODE].decode()
+        header = record.headers[DLQ_ERROR_CODE].decode()
         assert header == envelope.error_code.value
         key = (base64.b64decode(envelope.original_key_base64).decode()
                if envelope.original_key_base64 else "")

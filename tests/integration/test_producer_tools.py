@@ -30,7 +30,6 @@ from consumer.artifacts.store import open_artifact_store
 from consumer.config import S3AddressingStyle, Settings
 from consumer.documents import s3fetch
 from consumer.kafka_clients import client_kwargs
-from consumer.publisher import TaskPartitioner, task_partition
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, cancel, collect, submit, watch
 from producer_tools.follow_progress import ProgressFollower
 from producer_tools.submit_requests import RequestOptions, build_submissions
@@ -44,6 +43,7 @@ from schemas.cloudevents import (
 )
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.dlq import DlqEnvelope
+from schemas.keys import TaskPartitioner, task_partition
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
 from schemas.result import (

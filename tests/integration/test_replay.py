@@ -16,10 +16,10 @@ from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
 from consumer.topics import delete_topics
 from producer_tools import replay
-from producer_tools.replay_republish import HEADER_REPLAY_OF
 from schemas.cloudevents import CE_TYPE_REQUEST, parse_ce_headers
 from schemas.common import ErrorCode
 from schemas.dlq import DlqEnvelope
+from schemas.headers import REPLAY_OF
 from schemas.request import OcrRequest, Source
 from tests.support.apps import running_app
 from tests.support.engines import ScriptedEngine
@@ -282,7 +282,7 @@ async def test_republish_from_dlq_with_attempt_plus_one_and_force(
     assert sent.metadata == {"who": "ops"} and sent.source == good.source
     assert record.key == "dlq-good"
     assert parse_ce_headers(list(record.headers.items())).type == CE_TYPE_REQUEST
-    assert record.headers[HEADER_REPLAY_OF].startswith(settings.topic_dlq.encode())
+    assert record.headers[REPLAY_OF].startswith(settings.topic_dlq.encode())
 
     # Without --force the flag stays as it was; --code filters envelopes.
     rc = await replay.run(["republish", "--from-dlq", "--code", "TASK_ID_CONFLICT",
@@ -315,7 +315,7 @@ async def test_republish_time_range_of_the_requests_topic(
     assert "1 older copies superseded" in out and "REQUEST_NOT_UTF8" in out
     records = await read_all(settings, settings.topic_requests, len(items) + 2)
     sent = [OcrRequest.model_validate_json(r.value or b"") for r in records
-            if HEADER_REPLAY_OF in r.headers]
+            if REPLAY_OF in r.headers]
     assert sorted((r.task_id, r.attempt) for r in sent) == [("in-1", 2), ("in-2", 5)]
     assert all(r.force is False for r in sent)
 
