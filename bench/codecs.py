@@ -45,10 +45,10 @@ from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBat
 from PIL import Image
 
 from consumer.config import CompressionType, Settings
-from consumer.kafka_clients import client_kwargs
 from consumer.page_image import PageImage
 from consumer.postprocess.page import PageText, deepseek_page_text, lines_page_text
 from consumer.publisher import EventPublisher
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import TopicSpec, delete_topics, ensure_topics
 from schemas.result import (
     EngineIdentity,

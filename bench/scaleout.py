@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import default_topic_specs, ensure_topics
 from producer_tools.bench_pages import synthetic_pages
 from producer_tools.bench_pipeline import write_documents

@@ -37,7 +37,7 @@ from bench.samplers import Sampler
 from consumer.app import App, page_budget
 from consumer.config import Settings
 from consumer.engines.base import Engine
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import default_topic_specs, ensure_topics
 from schemas.request import OcrRequest, Source
 from schemas.result import PageResult, PageStatus, PageTimings

@@ -29,12 +29,12 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
 from consumer.lag import LagReporter
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
+from consumer.settings.kafka import client_kwargs
 from consumer.tasks import TaskInterrupted
 from consumer.workbook import Decision, Request, Start, Work, WorkBook, WorkKind
 from schemas.common import ErrorCode

@@ -20,9 +20,9 @@ from aiokafka.errors import (
 from pydantic import BaseModel
 
 from consumer.config import Settings
-from consumer.kafka_clients import producer_kwargs
 from consumer.log import get_logger
 from consumer.records import RequestRecord
+from consumer.settings.kafka import producer_kwargs
 from schemas import headers as header_names
 from schemas.cloudevents import (
     CE_TYPE_DLQ,

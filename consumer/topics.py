@@ -23,7 +23,7 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
 from consumer.config import Settings, add_settings_arguments, settings_from_args
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from schemas.request import MAX_REQUEST_RECORD_BYTES
 
 DAY_MS = 24 * 3600 * 1000

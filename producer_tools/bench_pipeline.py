@@ -24,7 +24,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from consumer.app import App
 from consumer.config import Settings
 from consumer.engines.base import Engine, PageImage
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import default_topic_specs, ensure_topics
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, Source

@@ -26,7 +26,7 @@ from typing import TextIO
 from aiokafka import AIOKafkaProducer
 
 from consumer.config import Settings, add_settings_arguments, settings_from_args
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, ToolError, run_cli
 from producer_tools.follow_progress import (
     ProgressFollower,

@@ -54,8 +54,8 @@ from pydantic import ValidationError
 
 from consumer.artifacts.store import open_artifact_store
 from consumer.config import Settings, add_settings_arguments, settings_from_args
-from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
+from consumer.settings.kafka import client_kwargs
 from producer_tools import EXIT_OK, ToolError, run_cli
 from producer_tools.follow_progress import task_partitions, topic_partitions
 from producer_tools.task_files import (

@@ -32,8 +32,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
+from consumer.settings.kafka import client_kwargs
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, ToolError
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.dlq import DlqEnvelope

@@ -12,7 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 
 # Kafka 4 answers DescribeGroups for an unknown group with GROUP_ID_NOT_FOUND where older
 # brokers said state "Dead"; both mean "no members, nothing to protect".

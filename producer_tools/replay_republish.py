@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from consumer.config import ResolutionMode, Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import default_topic_specs, ensure_topics
 from producer_tools.replay_common import ReplayError, TopicRecord, read_range
 from schemas.cloudevents import CE_TYPE_REQUEST, Headers, ce_headers

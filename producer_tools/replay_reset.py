@@ -25,7 +25,7 @@ from aiokafka.errors import (
 )
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from producer_tools.replay_common import (
     GroupInfo,
     ReplayError,

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaProducer
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import default_topic_specs, ensure_topics
 from schemas.common import ErrorCode
 from schemas.progress import ProgressEvent, TaskStatus

@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from schemas.common import ErrorCode
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.result import PageResult, PageStatus

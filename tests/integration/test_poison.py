@@ -29,7 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from schemas.common import ErrorCode
 from schemas.dlq import DlqEnvelope
 from schemas.headers import DLQ_ERROR_CODE

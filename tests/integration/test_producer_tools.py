@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from consumer.artifacts.store import open_artifact_store
 from consumer.config import S3AddressingStyle, Settings
 from consumer.documents import s3fetch
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, cancel, collect, submit, watch
 from producer_tools.follow_progress import ProgressFollower
 from producer_tools.submit_requests import RequestOptions, build_submissions

@@ -13,7 +13,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import delete_topics
 from producer_tools import replay
 from schemas.cloudevents import CE_TYPE_REQUEST, parse_ce_headers

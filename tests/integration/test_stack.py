@@ -21,7 +21,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings.kafka import client_kwargs
 from consumer.topics import (
     MismatchKind,
     TopicMismatch,

@@ -14,7 +14,7 @@ from aiokafka.producer import AIOKafkaProducer
 from aiokafka.record.default_records import DefaultRecordBatch, DefaultRecordBatchBuilder
 
 from consumer.config import CompressionType, Settings
-from consumer.kafka_clients import producer_kwargs
+from consumer.settings.kafka import producer_kwargs
 
 # aiokafka's attribute bits for each codec in a v2 record batch.
 ATTRIBUTES = {

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from consumer import app
 from consumer.config import KafkaSecurityProtocol, SaslMechanism, Settings
-from consumer.kafka_clients import KafkaTlsError, client_kwargs
+from consumer.settings.kafka import KafkaTlsError, client_kwargs
 from tests.support.tls import TlsFiles
 
 PASSWORD = "hunter2-Kafka-secret"

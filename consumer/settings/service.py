@@ -1,0 +1,79 @@
+"""The consumer as a group member and a process: group, intake, scheduling, identity,
+metrics and logs."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field
+
+from consumer.settings.base import SettingsPart
+
+
+class GroupMembership(SettingsPart):
+    """What any member of a consumer group (the consumer, ocr-collect) is judged by."""
+
+    part_title = "Group membership"
+
+    session_timeout_ms: int = Field(30_000, ge=6_000, description="Kafka group session timeout.")
+    max_poll_interval_ms: int = Field(
+        300_000, ge=10_000, description="Max time between polls before the group evicts us."
+    )
+
+
+class ConsumerGroup(GroupMembership):
+    part_title = "Consumer group"
+
+    group_id: str = Field("ocr-stream", description="Consumer group id.")
+    group_instance_id: str | None = Field(
+        None, description="Static membership id: a quick restart causes no rebalance."
+    )
+    commit_interval_s: float = Field(1.0, gt=0, description="How often finished offsets commit.")
+
+
+class RequestLimits(SettingsPart):
+    part_title = "Request limits"
+
+    max_request_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Largest request record accepted; bigger go to DLQ."
+    )
+
+
+class Scheduling(SettingsPart):
+    part_title = "Scheduling"
+
+    max_inflight_pages: int = Field(
+        0, ge=0,
+        description="Pages rendered or in the engine at once (the in-flight budget); "
+        "0 sizes it from the engine (vLLM: max_num_seqs + 25%).",
+    )
+    max_inflight_tasks: int = Field(
+        64, ge=1, description="Tasks open at once; partitions pause beyond it."
+    )
+    shutdown_grace_s: float = Field(
+        20.0, ge=0, description="On SIGTERM, time for in-flight pages to finish."
+    )
+    task_timeout_s: float = Field(3600.0, gt=0, description="One task's total time limit.")
+
+
+class Service(SettingsPart):
+    part_title = "Service"
+
+    consumer_id: str | None = Field(
+        None, description="Name in events and Redis ownership; default host-pid."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Metrics/health HTTP bind address.")
+    metrics_port: int = Field(9400, ge=0, le=65535, description="Metrics/health port (0: off).")
+
+
+class LogFormat(StrEnum):
+    AUTO = "auto"  # console on a terminal, JSON otherwise
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class Logging(SettingsPart):
+    part_title = "Logging"
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    log_format: LogFormat = Field(LogFormat.AUTO, description="auto, json or console.")
