@@ -9,7 +9,7 @@ PYTHON ?= python3.11
 VENV := .venv
 STAMP := $(VENV)/.installed
 STACK := bash deploy/local/stack.sh
-# The stack scripts and test fixtures run `python -m consumer.topics` with this interpreter.
+# The stack scripts and test fixtures run `python -m producer_tools.topics` with this interpreter.
 export OCR_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 .PHONY: install deps test-deps up up-stack down status test unit integration lint typecheck \

@@ -49,7 +49,7 @@ from consumer.page_image import PageImage
 from consumer.postprocess.page import PageText, deepseek_page_text, lines_page_text
 from consumer.publisher import EventPublisher
 from consumer.settings.kafka import client_kwargs
-from consumer.topics import TopicSpec, delete_topics, ensure_topics
+from producer_tools.topic_admin import delete_topics, ensure_topics
 from schemas.result import (
     EngineIdentity,
     FinishReason,
@@ -59,6 +59,7 @@ from schemas.result import (
     PageTimings,
     TokenCounts,
 )
+from schemas.topics import TopicSpec
 
 REPO = Path(__file__).resolve().parent.parent
 SOURCES = ["README.md", "ARCHITECTURE.md", "docs/operations.md", "bench/README.md",

@@ -35,8 +35,9 @@ from consumer.documents.fetch import fetch_document
 from consumer.documents.render import open_document
 from consumer.engines.base import PageRequest
 from consumer.engines.rapidocr import RapidOcrEngine
-from consumer.topics import default_topic_specs, ensure_topics
+from producer_tools.topic_admin import ensure_topics
 from schemas.request import OcrRequest, Source
+from schemas.topics import TopicNames
 from tests.support.apps import running_app
 from tests.support.documents import make_pdf
 from tests.support.kafka import TopicReader, produce_requests
@@ -68,17 +69,12 @@ async def main() -> None:
     run = uuid.uuid4().hex[:8]
     workdir = Path(tempfile.mkdtemp(prefix="ocr-bench-"))
     settings = Settings(
-        topic_requests=f"bench-{run}.ocr.requests",
-        topic_results=f"bench-{run}.ocr.results",
-        topic_progress=f"bench-{run}.ocr.progress",
-        topic_timing=f"bench-{run}.ocr.timing",
-        topic_dlq=f"bench-{run}.ocr.requests.dlq",
         group_id=f"bench-{run}",
         redis_key_prefix=f"bench-{run}:",
         file_roots=[workdir],
         metrics_port=0,
-    )
-    await ensure_topics(settings, default_topic_specs(settings))
+    ).with_topic_names(TopicNames().with_prefix(f"bench-{run}"))
+    await ensure_topics(settings, settings.topic_specs())
     pdfs = [make_pdf(workdir / f"doc-{i}.pdf", pages=args.pages) for i in range(args.documents)]
     engine = RapidOcrEngine()
     await engine.start()

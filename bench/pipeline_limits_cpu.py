@@ -37,8 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.slot_engine import SlotEngine
 from consumer.config import Settings
-from consumer.topics import default_topic_specs, ensure_topics
+from consumer.settings import topic_fields
+from producer_tools.topic_admin import ensure_topics
 from schemas.request import OcrRequest, Source
+from schemas.topics import TopicNames
 from tests.support.apps import running_app
 from tests.support.documents import make_pdf
 from tests.support.kafka import TopicReader, produce_requests, wait_until
@@ -70,11 +72,7 @@ def bench_settings(folder: Path, **overrides: Any) -> Settings:
     run = uuid.uuid4().hex[:8]
     base = f"limits-{run}"
     values: dict[str, Any] = {
-        "topic_requests": f"{base}.ocr.requests",
-        "topic_results": f"{base}.ocr.results",
-        "topic_progress": f"{base}.ocr.progress",
-        "topic_timing": f"{base}.ocr.timing",
-        "topic_dlq": f"{base}.ocr.requests.dlq",
+        **topic_fields(TopicNames().with_prefix(base)),
         "group_id": base,
         "redis_key_prefix": f"{base}:",
         "file_roots": [folder],
@@ -96,7 +94,7 @@ async def one_page_latency(settings: Settings, reader: TopicReader, pdf: Path, t
 
 async def fairness(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     settings = bench_settings(folder, render_workers=args.render_workers)
-    await ensure_topics(settings, default_topic_specs(settings))
+    await ensure_topics(settings, settings.topic_specs())
     small = make_pdf(folder / "small.pdf", pages=1)
     big = make_pdf(folder / "big.pdf", pages=args.big_pages)
     engine = SlotEngine(args.slots, args.latency_s)
@@ -133,7 +131,7 @@ async def fairness(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
 async def memory(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     settings = bench_settings(folder, render_workers=args.render_workers)
-    await ensure_topics(settings, default_topic_specs(settings))
+    await ensure_topics(settings, settings.topic_specs())
     pdf = make_pdf(folder / "big.pdf", pages=args.pages)
     engine = SlotEngine(args.slots, args.latency_s)
     await engine.start()

@@ -53,14 +53,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from consumer.config import Settings
-from consumer.settings.kafka import client_kwargs
-from consumer.topics import default_topic_specs, ensure_topics
+from consumer.settings import Topics, client_kwargs, env_name
 from producer_tools.bench_pages import synthetic_pages
 from producer_tools.bench_pipeline import write_documents
+from producer_tools.topic_admin import ensure_topics
 from schemas.keys import task_partition
 from schemas.progress import ProgressEvent
 from schemas.request import OcrRequest, Source
 from schemas.result import PageResult
+from schemas.topics import TopicNames
 
 PHASE_TIMEOUT_S = 1800.0
 
@@ -262,21 +263,16 @@ async def main() -> None:
 
     base = f"scale-{uuid.uuid4().hex[:6]}"
     folder = Path(tempfile.mkdtemp(prefix=f"{base}-"))
-    topics = {
-        "topic_requests": f"{base}.ocr.requests", "topic_results": f"{base}.ocr.results",
-        "topic_progress": f"{base}.ocr.progress", "topic_timing": f"{base}.ocr.timing",
-        "topic_dlq": f"{base}.ocr.requests.dlq",
-    }
-    settings = Settings().model_copy(
-        update={**topics, "topic_partitions": args.partitions, "group_id": base,
+    settings = Settings().with_topic_names(TopicNames().with_prefix(base)).model_copy(
+        update={"topic_partitions": args.partitions, "group_id": base,
                 "redis_key_prefix": f"{base}:"}
     )
-    for name, value in topics.items():
-        os.environ[f"OCR_{name.upper()}"] = value
+    for name in Topics.model_fields:
+        os.environ[env_name(name)] = getattr(settings, name)
     os.environ.update(
         {"OCR_GROUP_ID": base, "OCR_REDIS_KEY_PREFIX": f"{base}:", "OCR_FILE_ROOTS": str(folder)}
     )
-    await ensure_topics(settings, default_topic_specs(settings))
+    await ensure_topics(settings, settings.topic_specs())
     run = Run(args, settings, folder)
     consumers = Consumers(args, args.out.parent)
     phases: dict[str, dict[str, Any]] = {}

@@ -38,9 +38,10 @@ from consumer.app import App, page_budget
 from consumer.config import Settings
 from consumer.engines.base import Engine
 from consumer.settings.kafka import client_kwargs
-from consumer.topics import default_topic_specs, ensure_topics
+from producer_tools.topic_admin import ensure_topics
 from schemas.request import OcrRequest, Source
 from schemas.result import PageResult, PageStatus, PageTimings
+from schemas.topics import TopicNames
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 120.0
@@ -115,13 +116,8 @@ async def pipeline_phase(
     folder = Path(tempfile.mkdtemp(prefix=f"ocr-steady-{run}-"))
     pool = await asyncio.to_thread(write_pool, images, folder, dpi)
     base = f"steady-{run}"
-    bench = settings.model_copy(
+    bench = settings.with_topic_names(TopicNames().with_prefix(base)).model_copy(
         update={
-            "topic_requests": f"{base}.ocr.requests",
-            "topic_results": f"{base}.ocr.results",
-            "topic_progress": f"{base}.ocr.progress",
-            "topic_timing": f"{base}.ocr.timing",
-            "topic_dlq": f"{base}.ocr.requests.dlq",
             "group_id": base,
             "redis_key_prefix": f"{base}:",
             "consumer_id": f"{base}-consumer",
@@ -130,7 +126,7 @@ async def pipeline_phase(
             "shutdown_grace_s": 0.0,  # pages still decoding when the window closes are dropped
         }
     )
-    await ensure_topics(bench, default_topic_specs(bench))
+    await ensure_topics(bench, bench.topic_specs())
     budget = page_budget(bench, engine)
     target = budget + max(DOCUMENT_SIZES)
     window = SteadyWindow(warmup or budget, measure)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 
 from consumer.settings import base
-from consumer.settings.artifacts import Artifacts, artifact_store_uri
+from consumer.settings.artifacts import ArtifactOutput, ArtifactStoreSettings, artifact_store_uri
 from consumer.settings.documents import (
     Documents,
     HandOver,
@@ -24,12 +24,7 @@ from consumer.settings.engine import (
     NgramProcessor,
     ResolutionMode,
 )
-from consumer.settings.kafka import (
-    CompressionType,
-    KafkaConnection,
-    KafkaSecurityProtocol,
-    SaslMechanism,
-)
+from consumer.settings.kafka import CompressionType, KafkaSecurityProtocol, SaslMechanism
 from consumer.settings.redis import RedisConnection, TaskState
 from consumer.settings.service import (
     ConsumerGroup,
@@ -39,7 +34,7 @@ from consumer.settings.service import (
     Scheduling,
     Service,
 )
-from consumer.settings.topics import TopicLayout
+from consumer.settings.topics import TopicClient, TopicLayout
 
 env_name = base.env_name
 flag_name = base.flag_name
@@ -66,16 +61,19 @@ __all__ = [
 
 
 class Settings(
-    KafkaConnection, ConsumerGroup, RequestLimits, TopicLayout, RedisConnection, TaskState,
-    Scheduling, Documents, HandOver, EngineSettings, Artifacts, Service, Logging,
+    TopicClient, ConsumerGroup, RequestLimits, TopicLayout, RedisConnection, TaskState,
+    Scheduling, Documents, ArtifactStoreSettings, HandOver, EngineSettings, ArtifactOutput,
+    Service, Logging,
 ):
-    """Everything ocr-consumer reads (and, for the tests and the stack, every other part)."""
+    """Everything ocr-consumer reads (and, for the tests and the stack, every other part).
+    It derives from every composite of consumer.settings too (TopicClient,
+    ArtifactStoreSettings), so it goes wherever one of those is asked for."""
 
 
 def add_settings_arguments(
     parser: argparse.ArgumentParser, settings_type: type[base.SettingsPart] = Settings
 ) -> None:
-    base.add_settings_arguments(parser, settings_type)
+    base.add_settings_arguments(parser, settings_type, by_part=True)
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:

@@ -25,10 +25,11 @@ from consumer.app import App
 from consumer.config import Settings
 from consumer.engines.base import Engine, PageImage
 from consumer.settings.kafka import client_kwargs
-from consumer.topics import default_topic_specs, ensure_topics
+from producer_tools.topic_admin import ensure_topics
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, Source
 from schemas.result import PageResult
+from schemas.topics import TopicNames
 
 READY_TIMEOUT_S = 180.0
 
@@ -79,13 +80,8 @@ async def run_pipeline_bench(
         write_documents, pages, folder, pages_per_document=pages_per_document, dpi=dpi
     )
     base = f"bench-{run}"
-    bench = settings.model_copy(
+    bench = settings.with_topic_names(TopicNames().with_prefix(base)).model_copy(
         update={
-            "topic_requests": f"{base}.ocr.requests",
-            "topic_results": f"{base}.ocr.results",
-            "topic_progress": f"{base}.ocr.progress",
-            "topic_timing": f"{base}.ocr.timing",
-            "topic_dlq": f"{base}.ocr.requests.dlq",
             "group_id": base,
             "redis_key_prefix": f"{base}:",
             "consumer_id": f"{base}-consumer",
@@ -93,7 +89,7 @@ async def run_pipeline_bench(
             "metrics_port": 0,
         }
     )
-    await ensure_topics(bench, default_topic_specs(bench))
+    await ensure_topics(bench, bench.topic_specs())
     requests = [
         OcrRequest(task_id=f"{base}-{index}", source=Source(uri=path.as_uri()), dpi=dpi)
         for index, path in enumerate(documents)

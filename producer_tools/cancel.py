@@ -11,7 +11,8 @@ the pages already published; a later request for the task starts again only with
 --wait follows the tasks' progress (and the dead-letter topic) from the end offsets read
 *before* publishing, until each task is final. Exit codes: 0 every task is final (cancelled,
 or it had already ended: that is said), 1 a cancel was refused (dead-lettered: a consumer
-that predates cancel records refuses them as REQUEST_INVALID), 2 --timeout passed first.
+that predates cancel records refuses them as REQUEST_INVALID), 2 usage or settings,
+3 --timeout passed first, 4 Kafka unreachable.
 """
 
 from __future__ import annotations
@@ -25,9 +26,8 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaProducer
 
-from consumer.config import Settings, add_settings_arguments, settings_from_args
-from consumer.settings.kafka import client_kwargs
-from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, ToolError, run_cli
+from consumer.settings import Logging, TopicClient, add_settings_arguments, producer_kwargs
+from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, UsageError, run_cli
 from producer_tools.follow_progress import (
     ProgressFollower,
     is_dead_letter,
@@ -39,7 +39,12 @@ from producer_tools.follow_progress import (
 from producer_tools.watch import _valid_task_id
 from schemas.cloudevents import CE_TYPE_CANCEL, ce_headers
 from schemas.control import MAX_CANCEL_REASON, CancelRequest, ControlAction
+from schemas.event_ids import cancel_event_id
 from schemas.progress import ProgressEvent, TaskStatus
+
+
+class CancelSettings(TopicClient, Logging):
+    """What ocr-cancel reads."""
 
 
 def cancel_records(task_ids: Sequence[str], reason: str) -> list[CancelRequest]:
@@ -49,11 +54,12 @@ def cancel_records(task_ids: Sequence[str], reason: str) -> list[CancelRequest]:
     ]
 
 
-async def publish_cancels(settings: Settings, cancels: Sequence[CancelRequest]) -> None:
+async def publish_cancels(settings: CancelSettings, cancels: Sequence[CancelRequest]) -> None:
     """Publish the cancel records keyed by task id, idempotently, waiting for every ack."""
     await topic_partitions(settings, [settings.topic_requests])
     producer = AIOKafkaProducer(
-        **client_kwargs(settings), client_id="ocr-cancel", acks="all", enable_idempotence=True
+        **producer_kwargs(settings), client_id="ocr-cancel", acks="all",
+        enable_idempotence=settings.kafka_idempotence,
     )
     await producer.start()
     source = f"ocr-cancel/{socket.gethostname()}"
@@ -64,7 +70,7 @@ async def publish_cancels(settings: Settings, cancels: Sequence[CancelRequest]) 
                 value=cancel.model_dump_json().encode(),
                 key=cancel.task_id.encode(),
                 headers=ce_headers(
-                    event_id=f"{cancel.task_id}/cancel/{uuid.uuid4().hex}",
+                    event_id=cancel_event_id(cancel.task_id, uuid.uuid4().hex),
                     event_type=CE_TYPE_CANCEL, source=source, subject=cancel.task_id,
                 ),
             )
@@ -77,7 +83,7 @@ async def publish_cancels(settings: Settings, cancels: Sequence[CancelRequest]) 
 
 
 def outcome_code(latest: Mapping[str, ProgressEvent | None]) -> int:
-    """1 when a cancel was refused, else 2 when a task is not final yet, else 0."""
+    """1 when a cancel was refused, else 3 when a task is not final yet, else 0."""
     if any(event is not None and is_dead_letter(event) for event in latest.values()):
         return EXIT_FAILED
     if not all(is_final(event) for event in latest.values()):
@@ -120,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ocr-cancel",
         description="Cancel OCR tasks: publish a cancel record per task id on the requests "
         "topic. The task ends 'cancelled'; its published pages are kept; a later request "
-        "restarts it only with force. Exit: 0 done, 1 refused, 2 timeout.",
+        "restarts it only with force. Exit: 0 done, 1 refused, 3 timeout.",
         allow_abbrev=False,
     )
     parser.add_argument("task_ids", nargs="+", metavar="TASK_ID", type=_valid_task_id)
@@ -134,18 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=None, metavar="S",
-        help="with --wait: give up after S seconds (exit 2); default: no limit",
+        help="with --wait: give up after S seconds (exit 3); default: no limit",
     )
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, CancelSettings)
     return parser
 
 
-async def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+async def run(args: argparse.Namespace, settings: CancelSettings) -> int:
     if len(args.reason) > MAX_CANCEL_REASON:
-        raise ToolError(f"--reason is {len(args.reason)} characters; at most {MAX_CANCEL_REASON}")
+        raise UsageError(f"--reason is {len(args.reason)} characters; at most {MAX_CANCEL_REASON}")
     if args.timeout is not None and args.timeout <= 0:
-        raise ToolError("--timeout must be a positive number of seconds")
+        raise UsageError("--timeout must be a positive number of seconds")
     cancels = cancel_records(args.task_ids, args.reason)
     labels = {cancel.task_id: cancel.task_id for cancel in cancels}
     follower = (
@@ -172,7 +177,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(), run, argv, CancelSettings)
 
 
 if __name__ == "__main__":

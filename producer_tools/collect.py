@@ -53,9 +53,15 @@ from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
 from consumer.artifacts.store import open_artifact_store
-from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.log import get_logger
-from consumer.settings.kafka import client_kwargs
+from consumer.settings import (
+    ArtifactStoreSettings,
+    GroupMembership,
+    Logging,
+    TopicClient,
+    add_settings_arguments,
+    client_kwargs,
+)
 from producer_tools import EXIT_OK, ToolError, run_cli
 from producer_tools.follow_progress import task_partitions, topic_partitions
 from producer_tools.task_files import (
@@ -70,6 +76,10 @@ from schemas.result import PageResult
 
 log = get_logger(__name__)
 
+
+class CollectSettings(TopicClient, GroupMembership, ArtifactStoreSettings, Logging):
+    """What ocr-collect reads (its group is --group, not the consumer's OCR_GROUP_ID)."""
+
 POLL_MS = 500
 ASSIGNMENT_TIMEOUT_S = 60.0
 
@@ -78,7 +88,7 @@ ASSIGNMENT_TIMEOUT_S = 60.0
 
 
 async def _scan_results(
-    settings: Settings, partitions: Iterable[Any], latest: Mapping[str, LatestPages]
+    settings: TopicClient, partitions: Iterable[Any], latest: Mapping[str, LatestPages]
 ) -> None:
     """Read `partitions` of the results topic from the beginning to their current end."""
     assigned = sorted(partitions)
@@ -125,7 +135,7 @@ async def _scan_results(
 
 
 async def read_task_results(
-    settings: Settings, expected_pages: Mapping[str, int | None]
+    settings: TopicClient, expected_pages: Mapping[str, int | None]
 ) -> dict[str, list[PageResult]]:
     """The latest result of every page of the given tasks, read from the results topic.
 
@@ -183,7 +193,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 class Collector:
     def __init__(
         self,
-        settings: Settings,
+        settings: CollectSettings,
         out_dir: Path,
         *,
         group: str,
@@ -421,12 +431,11 @@ def build_parser() -> argparse.ArgumentParser:
         "result.md (<!-- page:N --> markers, pages joined by ---), raw.json, images/ and "
         "result.zip, as the DeepSeek-OCR app writes them",
     )
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, CollectSettings)
     return parser
 
 
-async def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+async def run(args: argparse.Namespace, settings: CollectSettings) -> int:
     collector = Collector(
         settings, args.out, group=args.group, once=args.once, tasks=args.task,
         layout=Layout(args.layout),
@@ -435,7 +444,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(), run, argv, CollectSettings)
 
 
 if __name__ == "__main__":

@@ -31,9 +31,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
-from consumer.config import Settings
 from consumer.log import get_logger
-from consumer.settings.kafka import client_kwargs
+from consumer.settings import KafkaConnection, TopicClient, client_kwargs
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, ToolError
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.dlq import DlqEnvelope
@@ -50,7 +49,9 @@ MIN_REDRAW_S = 0.1
 # --- topics and partitions -----------------------------------------------------------------
 
 
-async def topic_partitions(settings: Settings, topics: Sequence[str]) -> dict[str, list[int]]:
+async def topic_partitions(
+    settings: KafkaConnection, topics: Sequence[str]
+) -> dict[str, list[int]]:
     """Partition ids of each topic; raises ToolError naming a topic that does not exist."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="ocr-tools-metadata")
     await admin.start()
@@ -67,7 +68,7 @@ async def topic_partitions(settings: Settings, topics: Sequence[str]) -> dict[st
         if info is None or info["error_code"] != 0 or not info["partitions"]:
             raise ToolError(
                 f"topic {topic!r} does not exist on {settings.kafka_bootstrap}; create the "
-                "topics with `ocr-topics` (or `python -m consumer.topics ensure`), or check "
+                "topics with `ocr-topics create`, or check "
                 "the --topic-* flags / OCR_TOPIC_* variables"
             )
         found[topic] = sorted(p["partition"] for p in info["partitions"])
@@ -306,7 +307,7 @@ class ProgressFollower:
 
     def __init__(
         self,
-        settings: Settings,
+        settings: TopicClient,
         labels: Mapping[str, str],
         display: ProgressDisplay | None = None,
         *,

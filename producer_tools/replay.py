@@ -8,29 +8,25 @@
     ocr-replay side-by-side --target-prefix P [--since ISO] [--until ISO] [--task ID ...]
                             [--target-model M] [--target-resolution-mode MODE] [--execute]
 
-Exit codes: 0 done (or planned), 1 refused (live group, bad arguments, nothing valid),
-2 Kafka unreachable or failing. docs/operations.md walks through each command.
+Exit codes: 0 done (or planned), 1 refused (a live group, a missing topic), 2 usage or
+settings, 4 Kafka unreachable or failing. docs/operations.md walks through each command.
 The commands live in replay_reset.py and replay_republish.py; this module is the CLI.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import sys
 
-from aiokafka.errors import KafkaError
-
-from consumer.config import Settings, add_settings_arguments, settings_from_args
-from producer_tools.replay_common import ReplayError, parse_time, to_ms
+from consumer.settings import add_settings_arguments
+from producer_tools import UsageError, run_cli, run_cli_async
+from producer_tools.replay_common import ReplaySettings, parse_time, to_ms
 from producer_tools.replay_republish import (
     print_selection,
     republish,
     select_from_dlq,
     select_from_requests,
     side_by_side,
-    side_settings,
+    side_pipeline,
 )
 from producer_tools.replay_reset import ResetTarget, TargetKind, reset
 
@@ -104,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (p_reset, p_repub, p_side):
         sub.add_argument("--execute", action="store_true",
                          help="really commit/send; without it nothing changes")
-        add_settings_arguments(sub)
+        add_settings_arguments(sub, ReplaySettings)
     return parser
 
 
@@ -122,7 +118,7 @@ def _reset_target(args: argparse.Namespace) -> ResetTarget:
         return ResetTarget(TargetKind.LATEST)
     if args.to_offset is not None:
         if args.to_offset < 0:
-            raise ReplayError("--to-offset must be 0 or more")
+            raise UsageError("--to-offset must be 0 or more")
         return ResetTarget(TargetKind.OFFSET, args.to_offset)
     if args.to_datetime is not None:
         return ResetTarget(TargetKind.DATETIME, to_ms(parse_time(args.to_datetime)))
@@ -133,7 +129,7 @@ def _ms(text: str | None) -> int | None:
     return to_ms(parse_time(text)) if text is not None else None
 
 
-async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+async def _dispatch(args: argparse.Namespace, settings: ReplaySettings) -> int:
     if args.command == "reset":
         topics = args.topic or [settings.topic_requests]
         return await reset(settings, args.group, topics, _reset_target(args),
@@ -141,7 +137,7 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
     since_ms, until_ms = _ms(args.since), _ms(args.until)
     if since_ms is not None and until_ms is not None and until_ms <= since_ms:
-        raise ReplayError("--until must be later than --since")
+        raise UsageError("--until must be later than --since")
     if args.command == "republish":
         if args.from_dlq:
             selection = await select_from_dlq(settings, since_ms=since_ms, until_ms=until_ms,
@@ -149,17 +145,17 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             print_selection(selection, settings.topic_dlq)
         else:
             if since_ms is None:
-                raise ReplayError("republish needs --from-dlq or --since: republishing the "
+                raise UsageError("republish needs --from-dlq or --since: republishing the "
                                   "whole requests topic by accident would redo everything")
             if args.code:
-                raise ReplayError("--code applies to --from-dlq only")
+                raise UsageError("--code applies to --from-dlq only")
             selection = await select_from_requests(settings, since_ms=since_ms,
                                                    until_ms=until_ms, tasks=args.task)
             print_selection(selection, settings.topic_requests)
         await republish(settings, selection, force=args.force, execute=args.execute)
         return 0
 
-    side = side_settings(settings, args.target_prefix, model=args.target_model,
+    side = side_pipeline(settings, args.target_prefix, model=args.target_model,
                          resolution_mode=args.target_resolution_mode, group_id=args.target_group)
     selection = await select_from_requests(settings, since_ms=since_ms, until_ms=until_ms,
                                            tasks=args.task)
@@ -170,27 +166,11 @@ async def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 async def run(argv: list[str] | None = None) -> int:
     """The CLI as a coroutine (tests await it inside their own event loop)."""
-    args = build_parser().parse_args(argv)
-    try:
-        settings = settings_from_args(args)
-    except ValueError as exc:
-        print(f"error: invalid settings: {exc}", file=sys.stderr)
-        return 1
-    try:
-        return await _dispatch(args, settings)
-    except ReplayError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (KafkaError, TimeoutError, OSError) as exc:
-        print(f"error: Kafka at {settings.kafka_bootstrap}: {exc!r}", file=sys.stderr)
-        return 2
+    return await run_cli_async(build_parser(), _dispatch, argv, ReplaySettings)
 
 
 def main(argv: list[str] | None = None) -> int:
-    # aiokafka logs every failed connection attempt while it retries; the CLI reports the
-    # outcome itself (one "error:" line), so its own log lines would only bury that.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    return asyncio.run(run(argv))
+    return run_cli(build_parser(), _dispatch, argv, ReplaySettings)
 
 
 if __name__ == "__main__":

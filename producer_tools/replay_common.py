@@ -11,20 +11,35 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import for_code
 
-from consumer.config import Settings
-from consumer.settings.kafka import client_kwargs
+from consumer.settings import (
+    ConsumerGroup,
+    KafkaConnection,
+    Logging,
+    RequestLimits,
+    TaskState,
+    TopicLayout,
+    client_kwargs,
+)
+from producer_tools import ToolError, UsageError
 
 # Kafka 4 answers DescribeGroups for an unknown group with GROUP_ID_NOT_FOUND where older
 # brokers said state "Dead"; both mean "no members, nothing to protect".
 GROUP_ID_NOT_FOUND = 69
 IDLE_STATES = ("Empty", "Dead")
-# The requests topic accepts 2 MiB records (consumer.topics); fetch at least that much per
+# The requests topic accepts 2 MiB records (schemas/topics.py); fetch at least that much per
 # partition so one large inline request cannot stall a read.
 FETCH_BYTES = 4 * 1024 * 1024
 
 
-class ReplayError(Exception):
-    """An operator-facing refusal: the message says what is wrong and what to do."""
+class ReplaySettings(
+    KafkaConnection, TopicLayout, ConsumerGroup, RequestLimits, TaskState, Logging
+):
+    """What ocr-replay reads: the group and the Redis key prefix are the production
+    consumer's, from which side-by-side derives its own."""
+
+
+class ReplayError(ToolError):
+    """An operator-facing refusal (exit 1): the message says what is wrong and what to do."""
 
 
 def parse_time(text: str) -> datetime:
@@ -32,7 +47,7 @@ def parse_time(text: str) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError as exc:
-        raise ReplayError(
+        raise UsageError(
             f"{text!r} is not an ISO 8601 time; use e.g. 2026-11-24T09:30:00Z"
         ) from exc
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
@@ -62,7 +77,7 @@ class GroupInfo:
         return bool(self.members) or self.state not in IDLE_STATES
 
 
-async def describe_group(settings: Settings, group_id: str) -> GroupInfo:
+async def describe_group(settings: KafkaConnection, group_id: str) -> GroupInfo:
     admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="ocr-replay")
     await admin.start()
     try:
@@ -113,7 +128,7 @@ class TopicRecord:
         return f"{self.topic}/{self.partition}/{self.offset}"
 
 
-def offsets_consumer(settings: Settings) -> AIOKafkaConsumer:
+def offsets_consumer(settings: KafkaConnection) -> AIOKafkaConsumer:
     """A group-less consumer for offset look-ups and bounded reads; it commits nothing."""
     return AIOKafkaConsumer(
         **client_kwargs(settings),
@@ -126,7 +141,7 @@ def offsets_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
-async def topic_partitions(settings: Settings, topics: list[str]) -> list[TopicPartition]:
+async def topic_partitions(settings: KafkaConnection, topics: list[str]) -> list[TopicPartition]:
     """Every partition of `topics`; ReplayError naming any topic that does not exist."""
     admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="ocr-replay")
     await admin.start()
@@ -157,7 +172,7 @@ async def offsets_at(
 
 
 async def read_range(
-    settings: Settings,
+    settings: KafkaConnection,
     topic: str,
     *,
     since_ms: int | None = None,

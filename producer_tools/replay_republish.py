@@ -21,20 +21,21 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from consumer.config import ResolutionMode, Settings
-from consumer.settings.kafka import client_kwargs
-from consumer.topics import default_topic_specs, ensure_topics
-from producer_tools.replay_common import ReplayError, TopicRecord, read_range
+from consumer.settings import KafkaConnection, ResolutionMode, Topics, producer_kwargs
+from producer_tools import UsageError
+from producer_tools.replay_common import ReplaySettings, TopicRecord, read_range
+from producer_tools.topic_admin import ensure_topics
 from schemas.cloudevents import CE_TYPE_REQUEST, Headers, ce_headers
 from schemas.decode import RequestDecodeError, decode_request
 from schemas.dlq import DlqEnvelope
 from schemas.event_ids import replayed_request_event_id
 from schemas.headers import REPLAY_OF
 from schemas.request import OcrRequest
+from schemas.topics import REQUEST_RECORD_BYTES, TopicNames
 
 REPLAY_SOURCE = "ocr-replay"
-# The requests topic accepts 2 MiB records (consumer.topics.REQUEST_RECORD_BYTES).
-MAX_SEND_BYTES = 2 * 1024 * 1024
+# What the requests topic accepts (schemas/topics.py).
+MAX_SEND_BYTES = REQUEST_RECORD_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +69,7 @@ def _wanted(task_id: str | None, tasks: set[str]) -> bool:
 
 
 def _from_dlq_record(
-    record: TopicRecord, settings: Settings, tasks: set[str], codes: set[str],
+    record: TopicRecord, settings: ReplaySettings, tasks: set[str], codes: set[str],
     selection: Selection,
 ) -> None:
     if record.value is None:
@@ -108,7 +109,7 @@ def _from_dlq_record(
 
 
 def _from_request_record(
-    record: TopicRecord, settings: Settings, tasks: set[str], selection: Selection
+    record: TopicRecord, settings: ReplaySettings, tasks: set[str], selection: Selection
 ) -> None:
     try:
         request = decode_request(record.value, max_bytes=settings.max_request_bytes)
@@ -125,7 +126,7 @@ def _from_request_record(
 
 
 async def select_from_dlq(
-    settings: Settings, *, since_ms: int | None, until_ms: int | None,
+    settings: ReplaySettings, *, since_ms: int | None, until_ms: int | None,
     tasks: Iterable[str] = (), codes: Iterable[str] = (),
 ) -> Selection:
     selection = Selection()
@@ -138,7 +139,7 @@ async def select_from_dlq(
 
 
 async def select_from_requests(
-    settings: Settings, *, since_ms: int | None, until_ms: int | None,
+    settings: ReplaySettings, *, since_ms: int | None, until_ms: int | None,
     tasks: Iterable[str] = (),
 ) -> Selection:
     selection = Selection()
@@ -169,10 +170,11 @@ def _request_headers(request: OcrRequest, origin: str) -> Headers:
     return headers
 
 
-def _producer(settings: Settings) -> AIOKafkaProducer:
+def _producer(settings: KafkaConnection) -> AIOKafkaProducer:
     return AIOKafkaProducer(
-        **client_kwargs(settings), client_id=REPLAY_SOURCE, acks="all",
-        enable_idempotence=True, max_request_size=MAX_SEND_BYTES, linger_ms=5,
+        **producer_kwargs(settings), client_id=REPLAY_SOURCE, acks="all",
+        enable_idempotence=settings.kafka_idempotence, max_request_size=MAX_SEND_BYTES,
+        linger_ms=5,
     )
 
 
@@ -185,7 +187,7 @@ def print_selection(selection: Selection, source: str) -> None:
 
 
 async def republish(
-    settings: Settings, selection: Selection, *, force: bool, execute: bool
+    settings: ReplaySettings, selection: Selection, *, force: bool, execute: bool
 ) -> list[OcrRequest]:
     """Send (or, in a dry run, list) every selected request; returns what was/would be sent."""
     outgoing: list[tuple[OcrRequest, Candidate]] = []
@@ -219,55 +221,69 @@ async def republish(
 # side-by-side -------------------------------------------------------------------------------
 
 
-def side_settings(
-    settings: Settings, prefix: str, *, model: str | None, resolution_mode: str | None,
+@dataclass(frozen=True, slots=True)
+class SidePipeline:
+    """The comparison consumer: production's settings with every topic, the group and the
+    Redis keys prefixed, and optionally another model or resolution mode."""
+
+    settings: ReplaySettings
+    model: str | None = None
+    resolution_mode: ResolutionMode | None = None
+
+    @property
+    def topic_names(self) -> TopicNames:
+        return self.settings.topic_names
+
+    def env(self) -> dict[str, str]:
+        """The OCR_* overrides that start the comparison consumer."""
+        side = self.settings
+        values: dict[str, object] = {
+            **{name: getattr(side, name) for name in Topics.model_fields},
+            "group_id": side.group_id,
+            "redis_key_prefix": side.redis_key_prefix,
+            "model": self.model,
+            "resolution_mode": self.resolution_mode,
+        }
+        return {
+            f"OCR_{name.upper()}": str(getattr(value, "value", value))
+            for name, value in values.items()
+            if value is not None
+        }
+
+
+def side_pipeline(
+    settings: ReplaySettings, prefix: str, *, model: str | None, resolution_mode: str | None,
     group_id: str | None = None,
-) -> Settings:
-    """Settings of the comparison consumer: every topic, the group and Redis keys prefixed."""
-    if not prefix or any(c in prefix for c in "/\\ ") or prefix.startswith("."):
-        raise ReplayError(f"target prefix {prefix!r} must be a plain topic-name prefix, "
-                          "e.g. 'cmp-gundam'")
-    update: dict[str, object] = {
-        "topic_requests": f"{prefix}.{settings.topic_requests}",
-        "topic_results": f"{prefix}.{settings.topic_results}",
-        "topic_progress": f"{prefix}.{settings.topic_progress}",
-        "topic_timing": f"{prefix}.{settings.topic_timing}",
-        "topic_dlq": f"{prefix}.{settings.topic_dlq}",
+) -> SidePipeline:
+    """The comparison consumer of `prefix`; UsageError for a prefix or mode that cannot be."""
+    try:
+        names = settings.topic_names.with_prefix(prefix)
+    except ValueError as exc:
+        raise UsageError(f"--target-prefix: {exc}") from exc
+    mode = None
+    if resolution_mode is not None:
+        try:
+            mode = ResolutionMode(resolution_mode)
+        except ValueError as exc:
+            modes = ", ".join(m.value for m in ResolutionMode)
+            raise UsageError(
+                f"resolution mode {resolution_mode!r} is not one of {modes}"
+            ) from exc
+    side = settings.with_topic_names(names).model_copy(update={
         "group_id": group_id or f"{prefix}.{settings.group_id}",
         # Task state in Redis is keyed by task id: sharing the prefix with production would
         # make the comparison consumer see every copied task as already completed.
         "redis_key_prefix": f"{prefix}:{settings.redis_key_prefix}",
-    }
-    if model is not None:
-        update["model"] = model
-    if resolution_mode is not None:
-        try:
-            update["resolution_mode"] = ResolutionMode(resolution_mode)
-        except ValueError as exc:
-            modes = ", ".join(m.value for m in ResolutionMode)
-            raise ReplayError(f"resolution mode {resolution_mode!r} is not one of {modes}") from exc
-    return settings.model_copy(update=update)
-
-
-SIDE_ENV_FIELDS = (
-    "topic_requests", "topic_results", "topic_progress", "topic_timing", "topic_dlq",
-    "group_id", "redis_key_prefix", "model", "resolution_mode",
-)
-
-
-def side_env(side: Settings) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for name in SIDE_ENV_FIELDS:
-        value = getattr(side, name)
-        env[f"OCR_{name.upper()}"] = str(getattr(value, "value", value))
-    return env
+    })
+    return SidePipeline(side, model=model, resolution_mode=mode)
 
 
 async def side_by_side(
-    settings: Settings, side: Settings, selection: Selection, *, execute: bool
+    settings: ReplaySettings, pipeline: SidePipeline, selection: Selection, *, execute: bool
 ) -> dict[str, str]:
+    side = pipeline.settings
     outgoing = list(selection.candidates.values())
-    specs = default_topic_specs(side)
+    specs = side.topic_specs()
     print(f"side-by-side: {len(outgoing)} request(s) from {settings.topic_requests} -> "
           f"{side.topic_requests}")
     if not execute:
@@ -291,7 +307,7 @@ async def side_by_side(
         finally:
             await producer.stop()
         print(f"copied {len(outgoing)} request(s) to {side.topic_requests}")
-    env = side_env(side)
+    env = pipeline.env()
     print("\n# Start the comparison consumer with these overrides (same Kafka and Redis):")
     for name, value in env.items():
         print(f"export {name}={shlex.quote(value)}")

@@ -24,8 +24,7 @@ from aiokafka.errors import (
     UnknownMemberIdError,
 )
 
-from consumer.config import Settings
-from consumer.settings.kafka import client_kwargs
+from consumer.settings import KafkaConnection, client_kwargs
 from producer_tools.replay_common import (
     GroupInfo,
     ReplayError,
@@ -97,7 +96,7 @@ class ResetPlan:
 
 
 async def committed_offsets(
-    settings: Settings, group_id: str, tps: list[TopicPartition]
+    settings: KafkaConnection, group_id: str, tps: list[TopicPartition]
 ) -> dict[TopicPartition, int | None]:
     admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="ocr-replay")
     await admin.start()
@@ -122,7 +121,7 @@ def _clamp(wanted: int, beginning: int, end: int) -> tuple[int, str]:
 
 
 async def plan_reset(
-    settings: Settings, group_id: str, topics: list[str], target: ResetTarget
+    settings: KafkaConnection, group_id: str, topics: list[str], target: ResetTarget
 ) -> ResetPlan:
     group = await describe_group(settings, group_id)
     tps = await topic_partitions(settings, topics)
@@ -166,7 +165,7 @@ async def plan_reset(
     return ResetPlan(group, target, moves)
 
 
-async def execute_reset(settings: Settings, group_id: str, moves: list[OffsetMove]) -> None:
+async def execute_reset(settings: KafkaConnection, group_id: str, moves: list[OffsetMove]) -> None:
     """Commit the new offsets as the (empty) group, then read them back to confirm."""
     commits = {m.tp: (m.new, COMMIT_METADATA) for m in moves if not m.skip}
     if not commits:
@@ -200,7 +199,8 @@ async def execute_reset(settings: Settings, group_id: str, moves: list[OffsetMov
 
 
 async def reset(
-    settings: Settings, group_id: str, topics: list[str], target: ResetTarget, *, execute: bool
+    settings: KafkaConnection, group_id: str, topics: list[str], target: ResetTarget, *,
+    execute: bool,
 ) -> int:
     plan = await plan_reset(settings, group_id, topics, target)
     print(f"group {group_id!r} (state {plan.group.state}); target: {target.describe()}")

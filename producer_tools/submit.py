@@ -11,11 +11,12 @@ submit_requests.py.
 event is missed however quickly the consumer answers, and a task that completed earlier is
 reported through the consumer's re-announcement (see follow_progress.py). The dead-letter
 topic is followed too, so a refused request fails fast with its reason. Exit codes: 0 every
-task completed with no failed page; 1 a task failed, lost pages, or submitting failed;
-2 --timeout passed first. --out DIR (implies --wait) writes DIR/<input stem>.md and
-DIR/<input stem>.json for each completed task from the results topic, and its figures in
-DIR/<input stem>-images/ (read from OCR_ARTIFACTS_URI, the consumer's store); see
-collect.read_task_results for what that read costs.
+task completed with no failed page; 1 a task failed or lost pages; 2 an input or option
+cannot become a request; 3 --timeout passed first; 4 Kafka unreachable. --out DIR
+(implies --wait) writes DIR/<input stem>.md and DIR/<input stem>.json for each completed
+task from the results topic, and its figures in DIR/<input stem>-images/ (read from
+OCR_ARTIFACTS_URI, the consumer's store); see collect.read_task_results for what that
+read costs.
 """
 
 from __future__ import annotations
@@ -32,9 +33,15 @@ from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
 from consumer.artifacts.store import open_artifact_store
-from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.log import get_logger
-from consumer.settings.kafka import client_kwargs
+from consumer.settings import (
+    ArtifactStoreSettings,
+    HandOver,
+    Logging,
+    TopicClient,
+    add_settings_arguments,
+    producer_kwargs,
+)
 from producer_tools import EXIT_OK, describe_validation, run_cli
 from producer_tools.collect import read_task_results
 from producer_tools.follow_progress import (
@@ -75,6 +82,10 @@ from schemas.result import PageResult
 log = get_logger(__name__)
 
 
+class SubmitSettings(TopicClient, HandOver, ArtifactStoreSettings, Logging):
+    """What ocr-submit reads."""
+
+
 def options_from_args(args: argparse.Namespace) -> RequestOptions:
     try:
         pages = parse_page_ranges(args.pages) if args.pages else None
@@ -98,15 +109,15 @@ def options_from_args(args: argparse.Namespace) -> RequestOptions:
 # --- Kafka ----------------------------------------------------------------------------------
 
 
-async def produce_requests(settings: Settings, submissions: Sequence[Submission]) -> None:
+async def produce_requests(settings: SubmitSettings, submissions: Sequence[Submission]) -> None:
     """Publish the requests keyed by task id, idempotently, waiting for every ack."""
     # A missing topic would otherwise surface as a metadata timeout 40 s later.
     await topic_partitions(settings, [settings.topic_requests])
     producer = AIOKafkaProducer(
-        **client_kwargs(settings),
+        **producer_kwargs(settings),
         client_id="ocr-submit",
         acks="all",
-        enable_idempotence=True,
+        enable_idempotence=settings.kafka_idempotence,
     )
     await producer.start()
     source = f"ocr-submit/{socket.gethostname()}"
@@ -168,7 +179,7 @@ def write_outputs(
     return written
 
 
-def failure_hints(settings: Settings) -> dict[str, str]:
+def failure_hints(settings: SubmitSettings) -> dict[str, str]:
     blob_root = settings.blob_root.resolve()
     return {
         ErrorCode.SOURCE_PATH_NOT_ALLOWED.value: (
@@ -187,8 +198,7 @@ def failure_hints(settings: Settings) -> dict[str, str]:
     }
 
 
-async def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+async def run(args: argparse.Namespace, settings: SubmitSettings) -> int:
     options = options_from_args(args)
     wait = args.wait or args.out is not None
     if args.timeout is not None and args.timeout <= 0:
@@ -263,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ocr-submit",
         description="Submit documents for OCR through Kafka: local files are handed over "
         "under OCR_BLOB_ROOT and referenced by file:// URI; URIs are passed through. Prints "
-        "'<task id><TAB><input>' per task. Exit: 0 done, 1 failed, 2 timeout.",
+        "'<task id><TAB><input>' per task.",
         allow_abbrev=False,
     )
     parser.add_argument("inputs", nargs="+", metavar="FILE|URI", help="documents to submit")
@@ -272,19 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--timeout", type=float, default=None, metavar="S",
-        help="with --wait: give up after S seconds (exit 2); default: no limit",
+        help="with --wait: give up after S seconds (exit 3)",
     )
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR",
-        help="implies --wait: write DIR/<input stem>.md, .json and -images/ for each "
-        "completed task",
+        help="write DIR/<stem>.md, .json and -images/ (implies --wait)",
     )
     parser.add_argument(
         "--pages", default=None, metavar="RANGES", help="page ranges, e.g. 1-3,5,9- (all pages)"
     )
     parser.add_argument(
         "--prompt", default=PromptKind.MARKDOWN.value, choices=[p.value for p in PromptKind],
-        help="what to do with each page (default: markdown)",
+        metavar="KIND", help="what to do with each page: "
+        + ", ".join(kind.value for kind in PromptKind) + " (default: markdown)",
     )
     parser.add_argument(
         "--locate-text", default=None, metavar="T", help="what --prompt locate looks for"
@@ -297,23 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--inline", action="store_true",
-        help=f"send the file inside the request (up to {MAX_INLINE_BYTES} bytes) instead of "
-        "handing it over",
+        help=f"send the file in the request (<= {MAX_INLINE_BYTES // 1024} KiB)",
     )
     parser.add_argument(
         "--task-id", default=None, metavar="ID",
-        help="task id of a single input (default: derived from content and options)",
+        help="task id of a single input (default: derived)",
     )
     parser.add_argument(
         "--metadata", action="append", default=None, metavar="K=V",
-        help="free key=value echoed on every output event (repeat the flag for more)",
+        help="key=value echoed on every output (repeatable)",
     )
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, SubmitSettings)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(), run, argv, SubmitSettings)
 
 
 if __name__ == "__main__":

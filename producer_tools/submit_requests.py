@@ -37,7 +37,7 @@ from urllib.parse import unquote, urlsplit
 from pydantic import ValidationError
 
 from consumer.log import get_logger
-from producer_tools import ToolError, describe_validation
+from producer_tools import UsageError, describe_validation
 from schemas.common import TASK_ID_PATTERN, MetadataValue
 from schemas.request import MAX_INLINE_BASE64, OcrRequest, PageRange, PromptKind, Source
 
@@ -53,7 +53,7 @@ _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._+-]+")
 CHUNK = 1024 * 1024
 
 
-class SubmitError(ToolError):
+class SubmitError(UsageError):
     """An input or option that cannot become a request; the message says what to change."""
 
 

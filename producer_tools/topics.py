@@ -1,33 +1,37 @@
-"""`ocr-topics`: create or check the five ocr-stream topics.
+"""`ocr-topics`: create or check the five ocr-stream topics, or wait for the broker.
 
     ocr-topics create [--partitions N] [--replication N]   # idempotent; prints what it created
     ocr-topics check  [--partitions N] [--replication N]   # exit 1 when the cluster differs
+    ocr-topics wait   [--wait S]                           # until the broker answers
 
-A thin CLI over consumer.topics, which owns the topic specs (partitions, retention,
-compaction, record sizes) so the consumer, the local stack and this tool agree on them.
-Exit codes: 0 ok, 1 check found mismatches, 2 Kafka unreachable or refused the request.
+A thin CLI over topic_admin.py; the topic specs (partitions, retention, compaction, record
+sizes) are the contract's (schemas/topics.py), so the consumer, the local stack and this
+tool agree on them. Exit codes: 0 ok, 1 check found mismatches, 2 usage or settings,
+4 Kafka unreachable or refused the request.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import sys
 import time
 
-from aiokafka.errors import KafkaError
-
-from consumer.config import Settings, add_settings_arguments, settings_from_args
-from consumer.topics import (
+from consumer.settings import KafkaConnection, Logging, TopicLayout, add_settings_arguments
+from producer_tools import EXIT_FAILED, EXIT_OK, run_cli, run_cli_async
+from producer_tools.topic_admin import (
     MismatchKind,
     TopicMismatch,
-    TopicSpec,
     check_topics,
-    default_topic_specs,
     ensure_topics,
     wait_for_broker,
 )
+from schemas.topics import TopicSpec
+
+
+class TopicsToolSettings(KafkaConnection, TopicLayout, Logging):
+    """What ocr-topics reads."""
+
 
 # How long `create` waits for brokers' metadata to show the topics it just created.
 SETTLE_TIMEOUT_S = 15.0
@@ -37,39 +41,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocr-topics",
         description="Create or check the ocr-stream topics (requests, results, progress, "
-        "timing, DLQ) named by the OCR_TOPIC_* settings.",
+        "timing, DLQ) named by the OCR_TOPIC_* settings, or wait for the broker.",
     )
     parser.add_argument(
-        "command", choices=["create", "check"],
+        "command", choices=["create", "check", "wait"],
         help="create: create missing topics (existing ones are never altered); "
-        "check: report every difference, exit 1 if any",
+        "check: report every difference, exit 1 if any; wait: until the broker answers",
     )
+    add_settings_arguments(parser, TopicsToolSettings)
+    # Short forms that feed the same settings fields, so --partitions 0 is refused exactly
+    # like OCR_TOPIC_PARTITIONS=0 (of the two spellings, the last given wins).
     parser.add_argument(
-        "--partitions", type=int, default=None, metavar="N",
-        help="partitions per topic (default OCR_TOPIC_PARTITIONS); the requests topic's "
-        "count caps how many consumers do work",
+        "--partitions", type=int, default=None, metavar="N", dest="setting_topic_partitions",
+        help="partitions per topic (--topic-partitions); the requests topic's count caps "
+        "how many consumers do work",
     )
     parser.add_argument(
         "--replication", type=int, default=None, metavar="N",
-        help="replication factor (default OCR_TOPIC_REPLICATION); 3 in production",
+        dest="setting_topic_replication", help="replication factor (--topic-replication); "
+        "3 in production",
     )
     parser.add_argument(
         "--wait", type=float, default=30.0, metavar="S",
         help="seconds to wait for the broker to answer first (a container starting beside "
         "Kafka races its start); 0 to try once",
     )
-    add_settings_arguments(parser)
     return parser
-
-
-def _settings(args: argparse.Namespace) -> Settings:
-    # The short flags feed the same settings fields, so --partitions 0 is refused exactly
-    # like OCR_TOPIC_PARTITIONS=0 and an explicit --topic-partitions loses to --partitions.
-    if args.partitions is not None:
-        args.setting_topic_partitions = args.partitions
-    if args.replication is not None:
-        args.setting_topic_replication = args.replication
-    return settings_from_args(args)
 
 
 def _describe(spec: TopicSpec) -> str:
@@ -77,10 +74,13 @@ def _describe(spec: TopicSpec) -> str:
     return f"{spec.name} ({spec.partitions} partitions, replication {spec.replication}, {policy})"
 
 
-async def run(command: str, settings: Settings, wait_s: float) -> int:
-    specs = default_topic_specs(settings)
-    if wait_s > 0:
-        await wait_for_broker(settings, wait_s)
+async def run(command: str, settings: TopicsToolSettings, wait_s: float) -> int:
+    specs = settings.topic_specs()
+    if wait_s > 0 or command == "wait":
+        await wait_for_broker(settings, max(wait_s, 0.1))
+    if command == "wait":
+        print(f"Kafka at {settings.kafka_bootstrap} answers")
+        return EXIT_OK
     if command == "create":
         created = set(await ensure_topics(settings, specs))
         for spec in specs:
@@ -89,7 +89,7 @@ async def run(command: str, settings: Settings, wait_s: float) -> int:
         # say so here instead of leaving the operator to find out from `check`.
         for mismatch in await _settled_check(settings, specs):
             print(f"warning: {mismatch}", file=sys.stderr)
-        return 0
+        return EXIT_OK
     mismatches = await check_topics(settings, specs)
     for mismatch in mismatches:
         print(f"MISMATCH {mismatch}")
@@ -97,12 +97,14 @@ async def run(command: str, settings: Settings, wait_s: float) -> int:
     if mismatches:
         print(f"{len(mismatches)} mismatch(es); `ocr-topics create` creates missing topics, "
               "other differences need kafka-topics.sh / kafka-configs.sh by hand")
-        return 1
+        return EXIT_FAILED
     print(f"all {len(specs)} topics match: " + ", ".join(s.name for s in specs))
-    return 0
+    return EXIT_OK
 
 
-async def _settled_check(settings: Settings, specs: list[TopicSpec]) -> list[TopicMismatch]:
+async def _settled_check(
+    settings: TopicsToolSettings, specs: list[TopicSpec]
+) -> list[TopicMismatch]:
     """check_topics once the brokers' metadata shows the topics just created.
 
     CreateTopics answers before every broker's metadata cache has the new topic, so a check
@@ -140,21 +142,17 @@ def explain(kind: str, config: str | None = None) -> str:
     return known.get(config or "", "differs from the ocr-stream topic spec")
 
 
+async def _run(args: argparse.Namespace, settings: TopicsToolSettings) -> int:
+    return await run(args.command, settings, args.wait)
+
+
+async def main_async(argv: list[str] | None = None) -> int:
+    """The CLI as a coroutine (tests await it inside their own event loop)."""
+    return await run_cli_async(build_parser(), _run, argv, TopicsToolSettings)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    # aiokafka logs every failed connection attempt while it retries; the CLI reports the
-    # outcome itself (one "error:" line), so its own log lines would only bury that.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        settings = _settings(args)
-    except ValueError as exc:
-        print(f"error: invalid settings: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return asyncio.run(run(args.command, settings, args.wait))
-    except (KafkaError, TimeoutError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_cli(build_parser(), _run, argv, TopicsToolSettings)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ partitions' retained history, a week by default) and judges each task by its lat
 Live bars on a terminal (stderr), plain lines otherwise, each with the consumer's own
 words (pages done, percent, time left); one outcome line per task at the end. Exit codes:
 0 every task completed with no failed page, 1 a task failed, was cancelled or lost pages,
-2 --timeout passed first.
+3 --timeout passed first, 4 Kafka unreachable.
 """
 
 from __future__ import annotations
@@ -17,10 +17,14 @@ from __future__ import annotations
 import argparse
 import re
 
-from consumer.config import add_settings_arguments, settings_from_args
-from producer_tools import ToolError, run_cli
+from consumer.settings import Logging, TopicClient, add_settings_arguments
+from producer_tools import UsageError, run_cli
 from producer_tools.follow_progress import ProgressFollower, make_display, report
 from schemas.common import TASK_ID_PATTERN
+
+
+class WatchSettings(TopicClient, Logging):
+    """What ocr-watch reads."""
 
 
 def _valid_task_id(text: str) -> str:
@@ -36,26 +40,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ocr-watch",
         description="Follow OCR task progress until every task is final. "
-        "Exit: 0 done, 1 failed, 2 timeout.",
+        "Exit: 0 done, 1 failed, 3 timeout.",
         allow_abbrev=False,
     )
     parser.add_argument("task_ids", nargs="+", metavar="TASK_ID", type=_valid_task_id)
     parser.add_argument(
         "--timeout", type=float, default=None, metavar="S",
-        help="give up after S seconds (exit 2); default: no limit",
+        help="give up after S seconds (exit 3); default: no limit",
     )
     parser.add_argument(
         "--from-beginning", action="store_true",
         help="read the tasks' history too (needed for tasks that may already be final)",
     )
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, WatchSettings)
     return parser
 
 
-async def run(args: argparse.Namespace) -> int:
-    settings = settings_from_args(args)
+async def run(args: argparse.Namespace, settings: WatchSettings) -> int:
     if args.timeout is not None and args.timeout <= 0:
-        raise ToolError("--timeout must be a positive number of seconds")
+        raise UsageError("--timeout must be a positive number of seconds")
     labels = {task_id: task_id for task_id in dict.fromkeys(args.task_ids)}
     follower = ProgressFollower(settings, labels, make_display(labels), client_id="ocr-watch")
     try:
@@ -72,7 +75,7 @@ async def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(build_parser(), run, argv)
+    return run_cli(build_parser(), run, argv, WatchSettings)
 
 
 if __name__ == "__main__":

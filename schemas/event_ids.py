@@ -53,6 +53,11 @@ def request_event_id(request: OcrRequest, nonce: str) -> str:
     return f"{request.task_id}/{nonce}"
 
 
+def cancel_event_id(task_id: str, nonce: str) -> str:
+    """A cancel record (schemas/control.py): each send its own event, like a request."""
+    return f"{task_id}/cancel/{nonce}"
+
+
 def replayed_request_event_id(request: OcrRequest) -> str:
     """A request sent again by `ocr-replay`, after its attempt was raised."""
     return f"{request.task_id}/{request.attempt}/replay"

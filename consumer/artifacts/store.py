@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 from urllib.parse import unquote, urlsplit
 
-from consumer.config import Settings
 from consumer.documents.s3fetch import s3_client
 from consumer.errors import OcrError
 from consumer.log import get_logger
+from consumer.settings.artifacts import ArtifactStoreSettings
 from schemas.common import ErrorCode
 
 log = get_logger(__name__)
@@ -91,7 +91,7 @@ def check_key(key: str) -> str:
     return key
 
 
-async def _in_thread(settings: Settings, what: str, call: Any, *args: Any) -> Any:
+async def _in_thread(settings: ArtifactStoreSettings, what: str, call: Any, *args: Any) -> Any:
     timeout = settings.fetch_timeout_s
     try:
         async with asyncio.timeout(timeout):
@@ -111,7 +111,7 @@ class FolderStore:
     """Files under a root folder (a local disk, or a volume every reader mounts at the
     same path)."""
 
-    def __init__(self, root: Path, settings: Settings) -> None:
+    def __init__(self, root: Path, settings: ArtifactStoreSettings) -> None:
         self._root = root
         self._settings = settings
 
@@ -216,7 +216,7 @@ class S3Store:
     credentials (OCR_S3_*, boto3's chain): the same client as s3:// claim checks. The
     bucket need not be in OCR_S3_BUCKETS, which lists what requests may name."""
 
-    def __init__(self, bucket: str, prefix: str, settings: Settings) -> None:
+    def __init__(self, bucket: str, prefix: str, settings: ArtifactStoreSettings) -> None:
         self._bucket = bucket
         self._prefix = prefix
         self._settings = settings
@@ -376,9 +376,9 @@ def not_allowed(uri: str, root: str) -> ArtifactError:
     )
 
 
-def open_artifact_store(settings: Settings) -> ArtifactStore | None:
-    """The store OCR_ARTIFACTS_URI names (already canonical, see config.artifact_store_uri),
-    or None when it is unset."""
+def open_artifact_store(settings: ArtifactStoreSettings) -> ArtifactStore | None:
+    """The store OCR_ARTIFACTS_URI names (already canonical: see
+    consumer.settings.artifacts.artifact_store_uri), or None when it is unset."""
     location = settings.artifacts_uri
     if location is None:
         return None

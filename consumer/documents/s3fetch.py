@@ -25,6 +25,7 @@ from typing import Any, Final
 from consumer.config import Settings, is_s3_bucket_name
 from consumer.errors import OcrError, document_too_large
 from consumer.log import get_logger
+from consumer.settings.documents import RemoteStorage
 from schemas.common import ErrorCode
 
 log = get_logger(__name__)
@@ -130,7 +131,7 @@ def _timed_out(obj: S3Object, timeout: float) -> OcrError:
     )
 
 
-def _client(settings: Settings) -> Any:
+def _client(settings: RemoteStorage) -> Any:
     """One client per endpoint configuration: clients are thread-safe and pool connections,
     and creating one costs milliseconds (the first import of boto3 far more)."""
     key = (
@@ -165,7 +166,7 @@ def _client(settings: Settings) -> Any:
     return client
 
 
-def s3_client(settings: Settings) -> Any:
+def s3_client(settings: RemoteStorage) -> Any:
     """The shared boto3 client for these settings' endpoint (also the artifact store's)."""
     return _client(settings)
 

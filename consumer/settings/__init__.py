@@ -4,7 +4,7 @@ Each part is a small pydantic-settings class for one concern; a program composes
 it uses by inheritance, so each field has one name, one `OCR_<FIELD>` variable and one
 `--flag` wherever it appears, and each program's `--help` lists only its own:
 
-    class SubmitSettings(KafkaConnection, Topics, HandOver, Logging):
+    class SubmitSettings(TopicClient, HandOver, Logging):
         '''What ocr-submit reads.'''
 
     parser = argparse.ArgumentParser(prog="ocr-submit")
@@ -19,7 +19,12 @@ Checks that span fields (SASL needs a user name, TLS files must exist) belong to
 that holds those fields and run wherever that part is used.
 """
 
-from consumer.settings.artifacts import Artifacts, artifact_store_uri
+from consumer.settings.artifacts import (
+    ArtifactOutput,
+    Artifacts,
+    ArtifactStoreSettings,
+    artifact_store_uri,
+)
 from consumer.settings.base import (
     SettingsPart,
     add_settings_arguments,
@@ -33,6 +38,7 @@ from consumer.settings.base import (
 from consumer.settings.documents import (
     Documents,
     HandOver,
+    RemoteStorage,
     S3AddressingStyle,
     is_s3_bucket_name,
 )
@@ -62,9 +68,11 @@ from consumer.settings.service import (
     Scheduling,
     Service,
 )
-from consumer.settings.topics import TopicLayout, Topics
+from consumer.settings.topics import TopicClient, TopicLayout, Topics, topic_fields
 
 __all__ = [
+    "ArtifactOutput",
+    "ArtifactStoreSettings",
     "Artifacts",
     "CompressionType",
     "ConsumerGroup",
@@ -81,6 +89,7 @@ __all__ = [
     "Logging",
     "NgramProcessor",
     "RedisConnection",
+    "RemoteStorage",
     "RequestLimits",
     "ResolutionMode",
     "S3AddressingStyle",
@@ -89,6 +98,7 @@ __all__ = [
     "Service",
     "SettingsPart",
     "TaskState",
+    "TopicClient",
     "TopicLayout",
     "Topics",
     "add_settings_arguments",
@@ -102,4 +112,5 @@ __all__ = [
     "parts_of",
     "producer_kwargs",
     "settings_from_args",
+    "topic_fields",
 ]

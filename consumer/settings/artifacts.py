@@ -12,7 +12,7 @@ from urllib.parse import unquote
 from pydantic import Field, field_validator
 
 from consumer.settings.base import SettingsPart, absolute_path
-from consumer.settings.documents import is_s3_bucket_name
+from consumer.settings.documents import RemoteStorage, is_s3_bucket_name
 
 _S3_PREFIX_SEGMENT = re.compile(r"[A-Za-z0-9._=+~-]+")
 
@@ -53,6 +53,8 @@ def artifact_store_uri(text: str) -> str | None:
 
 
 class Artifacts(SettingsPart):
+    """Where the artifact store is: the consumer writes there, the tools read there."""
+
     part_title = "Artifacts"
 
     artifacts_uri: str | None = Field(
@@ -60,9 +62,7 @@ class Artifacts(SettingsPart):
         description="Artifact store for figure crops: s3://bucket/prefix (with the OCR_S3_* "
         "endpoint and credentials), file:///folder or a folder (relative: to the working "
         "directory at start); unset: figures are not stored and the Markdown says so.",
-    )
-    artifact_page_images: bool = Field(
-        False, description="Also store every rendered page image (PNG) in the artifact store."
+        json_schema_extra={"short": "Figure store: s3://bkt/prefix or a folder."},
     )
 
     @field_validator("artifacts_uri", mode="before")
@@ -71,3 +71,17 @@ class Artifacts(SettingsPart):
         if value is None or not isinstance(value, str):
             return value
         return artifact_store_uri(value)
+
+
+class ArtifactOutput(SettingsPart):
+    """What the consumer stores besides figures."""
+
+    part_title = "Artifact output"
+
+    artifact_page_images: bool = Field(
+        False, description="Also store every rendered page image (PNG) in the artifact store."
+    )
+
+
+class ArtifactStoreSettings(Artifacts, RemoteStorage):
+    """What opening the artifact store needs: where it is and how to reach it."""

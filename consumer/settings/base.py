@@ -187,29 +187,38 @@ class SettingsHelpFormatter(argparse.HelpFormatter):
 # Stands for every settings flag in the usage line: "[--<setting> V]".
 _ANY_SETTING = argparse.Action(option_strings=["--<setting>"], dest="_any_setting", metavar="V")
 
-SETTINGS_EPILOG = (
-    "Each setting is also an OCR_* variable (--kafka-bootstrap: OCR_KAFKA_BOOTSTRAP); "
-    "flags win."
-)
+SETTINGS_TITLE = "settings (each also an OCR_* variable: --log-level is OCR_LOG_LEVEL; flags win)"
+SETTINGS_EPILOG = "Settings are also OCR_* variables (--log-level is OCR_LOG_LEVEL); flags win."
+
+
+def short_help(info: Any) -> str:
+    """A field's line in --help: its `short` text where the description is too long for
+    one (the README's tables keep the whole description)."""
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+    return str(extra.get("short") or info.description or "")
 
 
 def add_settings_arguments(
-    parser: argparse.ArgumentParser, settings_type: type[SettingsPart]
+    parser: argparse.ArgumentParser, settings_type: type[SettingsPart], *,
+    by_part: bool = False,
 ) -> None:
-    """One flag per field of `settings_type`, grouped by part; flags override variables.
-    `settings_from_args` then builds that type."""
+    """One flag per field of `settings_type`; flags override variables, and
+    `settings_from_args` then builds that type. `by_part`: one help section per part (for
+    the consumer's long list), else one section (a tool's --help stays a screen long)."""
     parser.formatter_class = SettingsHelpFormatter
-    if parser.epilog is None:
-        parser.epilog = SETTINGS_EPILOG
     parser.set_defaults(**{_TYPE_DEST: settings_type})
+    group = None if by_part else parser.add_argument_group(SETTINGS_TITLE)
     for part in parts_of(settings_type):
-        group = parser.add_argument_group(f"{part.part_title or part.__name__} settings")
+        if by_part:
+            group = parser.add_argument_group(f"{part.part_title or part.__name__} settings")
+        assert group is not None
         for name in own_fields(part):
-            info = settings_type.model_fields[name]
             group.add_argument(
                 flag_name(name), dest=f"{_FLAG_PREFIX}{name}", default=None, metavar="V",
-                help=(info.description or "").replace("%", "%%"),
+                help=short_help(settings_type.model_fields[name]).replace("%", "%%"),
             )
+    if by_part:
+        parser.epilog = parser.epilog or SETTINGS_EPILOG
 
 
 def settings_from_args(

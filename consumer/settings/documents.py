@@ -1,5 +1,5 @@
-"""Which documents may be read, from where, within which limits; where ocr-submit hands
-local files over."""
+"""Which documents may be read, from where, within which limits; how they travel; where
+ocr-submit hands local files over."""
 
 from __future__ import annotations
 
@@ -28,6 +28,32 @@ class S3AddressingStyle(StrEnum):
     VIRTUAL = "virtual"  # bucket.endpoint/key
 
 
+class RemoteStorage(SettingsPart):
+    """How documents and artifacts travel: the S3 endpoint and a transfer's deadline."""
+
+    part_title = "Remote storage"
+
+    fetch_timeout_s: float = Field(30.0, gt=0, description="Whole-download time limit.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3 endpoint (unset: AWS); credentials from the AWS chain.",
+        json_schema_extra={"short": "S3 endpoint (unset: AWS)."},
+    )
+    s3_region: str | None = Field(None, description="S3 region (unset: from the AWS config).")
+    s3_addressing_style: S3AddressingStyle = Field(
+        S3AddressingStyle.AUTO, description="S3 bucket addressing: auto, path or virtual."
+    )
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint_url(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
+            raise ValueError(
+                f"{value!r} is not an endpoint URL: use http(s)://host[:port], e.g. "
+                "http://minio:9000 (unset for AWS)"
+            )
+        return value
+
+
 class Documents(SettingsPart):
     part_title = "Documents"
 
@@ -44,17 +70,9 @@ class Documents(SettingsPart):
         default_factory=list,
         description="Buckets s3:// URIs may name (comma list; empty: s3:// refused).",
     )
-    s3_endpoint_url: str | None = Field(
-        None, description="S3 endpoint (unset: AWS); credentials from the AWS chain."
-    )
-    s3_region: str | None = Field(None, description="S3 region (unset: from the AWS config).")
-    s3_addressing_style: S3AddressingStyle = Field(
-        S3AddressingStyle.AUTO, description="S3 bucket addressing: auto, path or virtual."
-    )
     allow_private_networks: bool = Field(
         False, description="Allow http(s) to loopback/private/link-local addresses."
     )
-    fetch_timeout_s: float = Field(30.0, gt=0, description="Whole-download time limit.")
     max_document_bytes: int = Field(
         100 * 1024 * 1024, ge=1024, description="Largest document fetched."
     )
@@ -78,16 +96,6 @@ class Documents(SettingsPart):
     def _absolute_roots(cls, value: list[Path]) -> list[Path]:
         return [absolute_path(path) for path in value]
 
-    @field_validator("s3_endpoint_url")
-    @classmethod
-    def _endpoint_url(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"https?://[^/\s]+/?", value):
-            raise ValueError(
-                f"{value!r} is not an endpoint URL: use http(s)://host[:port], e.g. "
-                "http://minio:9000 (unset for AWS)"
-            )
-        return value
-
     @field_validator("s3_buckets")
     @classmethod
     def _bucket_names(cls, value: list[str]) -> list[str]:
@@ -102,8 +110,9 @@ class HandOver(SettingsPart):
 
     blob_root: Path = Field(
         Path(".run/blobs"),
-        description="Where ocr-submit hands files over: an existing folder under the "
-        "consumer's OCR_FILE_ROOTS (relative: to the working directory at start).",
+        description="Existing folder ocr-submit hands files over to, under the consumer's "
+        "OCR_FILE_ROOTS (relative: to the working directory).",
+        json_schema_extra={"short": "Hand-over folder, in the consumer's roots."},
     )
 
     @field_validator("blob_root")

@@ -68,7 +68,7 @@ class KafkaConnection(SettingsPart):
         KafkaSecurityProtocol.PLAINTEXT, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL."
     )
     kafka_sasl_mechanism: SaslMechanism | None = Field(
-        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* only; unset: PLAIN)."
+        None, description="PLAIN (default), SCRAM-SHA-256 or -512."
     )
     kafka_sasl_username: str | None = Field(
         None, description="SASL user name (needed by SASL_*)."
@@ -77,21 +77,23 @@ class KafkaConnection(SettingsPart):
         None, description="SASL password (needed by SASL_*)."
     )
     kafka_ssl_cafile: Path | None = Field(
-        None, description="CA bundle for SSL/SASL_SSL (unset: the system's CAs)."
+        None, description="CA bundle for TLS (unset: the system's CAs)."
     )
     kafka_ssl_certfile: Path | None = Field(
-        None, description="Client certificate (mTLS; may hold the key too)."
+        None, description="mTLS client certificate (may hold the key)."
     )
     kafka_ssl_keyfile: Path | None = Field(
-        None, description="Client key (mTLS), when not in the certificate file."
+        None, description="mTLS client key, if not in the certificate."
     )
     kafka_idempotence: bool = Field(
-        True, description="Idempotent producer; turn off only for brokers without "
-        "InitProducerId (e.g. Tansu's memory build)."
+        True, description="Idempotent producer; false only for brokers without "
+        "InitProducerId (Tansu's memory build).",
+        json_schema_extra={"short": "Idempotent producer (false: Tansu memory)."},
     )
     kafka_compression_type: CompressionType = Field(
         CompressionType.ZSTD, description="Codec of the batches we produce: none, gzip, "
-        "snappy, lz4 or zstd (measured: bench/README.md). Any codec is read."
+        "snappy, lz4 or zstd (measured: bench/README.md). Any codec is read.",
+        json_schema_extra={"short": "Batch codec: none, gzip, snappy, lz4 or zstd."},
     )
 
     @field_validator(

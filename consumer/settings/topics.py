@@ -7,6 +7,7 @@ from typing import Self
 from pydantic import Field
 
 from consumer.settings.base import SettingsPart
+from consumer.settings.kafka import KafkaConnection
 from schemas.topics import TopicNames, TopicSpec, topic_specs
 
 _DEFAULT = TopicNames()
@@ -30,11 +31,15 @@ class Topics(SettingsPart):
 
     def with_topic_names(self, names: TopicNames) -> Self:
         """These settings naming other topics (e.g. `names.with_prefix(...)`)."""
-        return self.model_copy(update={
-            "topic_requests": names.requests, "topic_results": names.results,
-            "topic_progress": names.progress, "topic_timing": names.timing,
-            "topic_dlq": names.dlq,
-        })
+        return self.model_copy(update=topic_fields(names))
+
+
+def topic_fields(names: TopicNames) -> dict[str, str]:
+    """`names` as the Topics fields they set (`topic_requests`, ...), for Settings(**...)."""
+    return {
+        "topic_requests": names.requests, "topic_results": names.results,
+        "topic_progress": names.progress, "topic_timing": names.timing, "topic_dlq": names.dlq,
+    }
 
 
 class TopicLayout(Topics):
@@ -46,3 +51,8 @@ class TopicLayout(Topics):
     def topic_specs(self) -> list[TopicSpec]:
         """The five topics of the contract, named and sized by these settings."""
         return topic_specs(self.topic_names, self.topic_partitions, self.topic_replication)
+
+
+class TopicClient(KafkaConnection, Topics):
+    """A Kafka client of the ocr-stream topics: the connection and the topic names (what
+    the tools that read or write the topics share)."""

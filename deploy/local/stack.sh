@@ -26,7 +26,7 @@
 #   OCR_REDIS_URL [redis://127.0.0.1:6379/0], OCR_REDIS_PASSWORD (sets requirepass)
 #   OCR_STACK_CONSUMER [1]                 `up` also starts .venv/bin/ocr-consumer --engine auto
 #   OCR_ARTIFACTS_URI [.run/artifacts]     that consumer's figure store ('' turns it off)
-#   OCR_PYTHON [.venv/bin/python, else python3]  runs `python -m consumer.topics`
+#   OCR_PYTHON [.venv/bin/python, else python3]  runs `python -m producer_tools.topics`
 #   OCR_RUN_DIR [.run]                     PID files, logs and data of this stack
 set -euo pipefail
 
@@ -295,16 +295,16 @@ wait_kafka() {
         sleep 0.5
     done
     # An open port is not a serving broker; a metadata round trip is.
-    if "$PYTHON" -c 'import consumer.topics' 2>/dev/null; then
+    if "$PYTHON" -c 'import producer_tools.topics' 2>/dev/null; then
         local left=$((deadline - SECONDS))
         ((left > 5)) || left=5
         if ! OCR_KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT" \
-            "$PYTHON" -m consumer.topics wait --timeout "$left"; then
+            "$PYTHON" -m producer_tools.topics wait --wait "$left"; then
             log_tail "$KAFKA_LOG"
             die "Kafka does not answer metadata requests; see $KAFKA_LOG"
         fi
     else
-        say "warning: $PYTHON cannot import consumer.topics (run make install); only the port was checked"
+        say "warning: $PYTHON cannot import producer_tools.topics (run make install); only the port was checked"
     fi
 }
 
@@ -394,11 +394,11 @@ start_redis() {
 # --- topics and consumer --------------------------------------------------------------------
 
 ensure_topics() {
-    if ! "$PYTHON" -c 'import consumer.topics' 2>/dev/null; then
-        say "warning: $PYTHON cannot import consumer.topics (run make install); topics not created"
+    if ! "$PYTHON" -c 'import producer_tools.topics' 2>/dev/null; then
+        say "warning: $PYTHON cannot import producer_tools.topics (run make install); topics not created"
         return 0
     fi
-    OCR_KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT" "$PYTHON" -m consumer.topics ensure \
+    OCR_KAFKA_BOOTSTRAP="$KAFKA_HOST:$KAFKA_PORT" "$PYTHON" -m producer_tools.topics create --wait 0 \
         || die "creating the default topics failed"
 }
 

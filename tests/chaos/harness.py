@@ -21,11 +21,13 @@ from typing import Any, TextIO
 from aiokafka import AIOKafkaProducer
 
 from consumer.config import Settings
+from consumer.settings import topic_fields
 from consumer.settings.kafka import client_kwargs
-from consumer.topics import default_topic_specs, ensure_topics
+from producer_tools.topic_admin import ensure_topics
 from schemas.common import ErrorCode
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, Source
+from schemas.topics import TopicNames
 from tests.chaos.observe import ExpectedTask, TopicWatcher, judge, read_topics, request_lag
 from tests.chaos.procs import ConsumerProcess, parse_events
 from tests.chaos.stack import ChaosStack, clean_environment
@@ -108,11 +110,7 @@ class Harness:
         self.settings = Settings(
             kafka_bootstrap=suite.stack.bootstrap,
             redis_url=suite.stack.redis_url,
-            topic_requests=f"{namespace}.ocr.requests",
-            topic_results=f"{namespace}.ocr.results",
-            topic_progress=f"{namespace}.ocr.progress",
-            topic_timing=f"{namespace}.ocr.timing",
-            topic_dlq=f"{namespace}.ocr.requests.dlq",
+            **topic_fields(TopicNames().with_prefix(namespace)),
             topic_partitions=6,
             group_id=namespace,
             redis_key_prefix=f"{namespace}:",
@@ -149,7 +147,7 @@ class Harness:
 
     async def setup(self) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        await ensure_topics(self.settings, default_topic_specs(self.settings))
+        await ensure_topics(self.settings, self.settings.topic_specs())
         self._producer = AIOKafkaProducer(
             **client_kwargs(self.settings), acks="all", enable_idempotence=True
         )

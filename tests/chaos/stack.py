@@ -62,7 +62,7 @@ class ChaosStack:
             OCR_KAFKA_CONTROLLER_PORT=str(self.kafka_port + 1),
             OCR_REDIS_URL=self.redis_url,
             OCR_STACK_CONSUMER="0",
-            # stack.sh runs `python -m consumer.topics` with this; it must see our package.
+            # stack.sh runs `python -m producer_tools.topics` with this; it must see our package.
             OCR_PYTHON=sys.executable,
         )
         return env

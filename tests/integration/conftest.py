@@ -28,7 +28,8 @@ from redis.exceptions import RedisError
 
 from consumer.config import Settings
 from consumer.state import redis_client as make_redis_client
-from consumer.topics import default_topic_specs, delete_topics, ensure_topics, wait_for_broker
+from producer_tools.topic_admin import delete_topics, ensure_topics, wait_for_broker
+from schemas.topics import TopicNames
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
@@ -151,16 +152,8 @@ async def topics(stack: Settings, run_id: str) -> AsyncIterator[Settings]:
     `task_partition` see what production sees.
     """
     base = f"t-{run_id}"
-    settings = stack.model_copy(
-        update={
-            "topic_requests": f"{base}.ocr.requests",
-            "topic_results": f"{base}.ocr.results",
-            "topic_progress": f"{base}.ocr.progress",
-            "topic_timing": f"{base}.ocr.timing",
-            "topic_dlq": f"{base}.ocr.requests.dlq",
-        }
-    )
-    specs = default_topic_specs(settings)
+    settings = stack.with_topic_names(TopicNames().with_prefix(base))
+    specs = settings.topic_specs()
     await ensure_topics(settings, specs)
     try:
         yield settings

@@ -14,8 +14,8 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from consumer.config import Settings
 from consumer.settings.kafka import client_kwargs
-from consumer.topics import delete_topics
-from producer_tools import replay
+from producer_tools import EXIT_USAGE, replay
+from producer_tools.topic_admin import delete_topics
 from schemas.cloudevents import CE_TYPE_REQUEST, parse_ce_headers
 from schemas.common import ErrorCode
 from schemas.dlq import DlqEnvelope
@@ -323,12 +323,12 @@ async def test_republish_time_range_of_the_requests_topic(
 async def test_republish_argument_errors(
     settings: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await replay.run(["republish", *flags(settings)]) == 1
+    assert await replay.run(["republish", *flags(settings)]) == EXIT_USAGE
     assert "--from-dlq or --since" in capsys.readouterr().err
     assert await replay.run(["republish", "--since", iso(T0_MS), "--until", iso(T0_MS - 1),
-                             *flags(settings)]) == 1
+                             *flags(settings)]) == EXIT_USAGE
     assert "later than" in capsys.readouterr().err
-    assert await replay.run(["republish", "--since", "yesterday", *flags(settings)]) == 1
+    assert await replay.run(["republish", "--since", "yesterday", *flags(settings)]) == EXIT_USAGE
     assert "ISO 8601" in capsys.readouterr().err
 
 
@@ -339,10 +339,7 @@ async def test_republish_argument_errors(
 async def side_prefix(settings: Settings, run_id: str) -> AsyncIterator[str]:
     prefix = f"cmp-{run_id}"
     yield prefix
-    names = [f"{prefix}.{t}" for t in (settings.topic_requests, settings.topic_results,
-                                        settings.topic_progress, settings.topic_timing,
-                                        settings.topic_dlq)]
-    await delete_topics(settings, names)
+    await delete_topics(settings, list(settings.topic_names.with_prefix(prefix)))
 
 
 async def _topic_names(settings: Settings) -> set[str]:
@@ -426,4 +423,4 @@ async def test_side_by_side_refuses_a_bad_mode(
 ) -> None:
     rc = await replay.run(["side-by-side", "--target-prefix", "x", "--target-resolution-mode",
                            "huge", *flags(settings)])
-    assert rc == 1 and "not one of" in capsys.readouterr().err
+    assert rc == EXIT_USAGE and "not one of" in capsys.readouterr().err

@@ -22,15 +22,14 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from consumer.config import Settings
 from consumer.settings.kafka import client_kwargs
-from consumer.topics import (
+from producer_tools.topic_admin import (
     MismatchKind,
     TopicMismatch,
-    TopicSpec,
     check_topics,
-    default_topic_specs,
     delete_topics,
     ensure_topics,
 )
+from schemas.topics import TopicSpec
 
 
 def _reader(settings: Settings, *topics: str, group_id: str | None = None) -> AIOKafkaConsumer:
@@ -200,7 +199,7 @@ async def test_ensure_topics_creates_the_contract_topics(stack: Settings) -> Non
             "topic_partitions": 2,
         }
     )
-    specs = default_topic_specs(settings)
+    specs = settings.topic_specs()
     try:
         created = await ensure_topics(settings, specs)
         assert created == [s.name for s in specs]

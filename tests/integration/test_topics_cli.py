@@ -10,8 +10,9 @@ from dataclasses import replace
 import pytest
 
 from consumer.config import Settings
-from consumer.topics import TopicSpec, default_topic_specs, delete_topics, ensure_topics
 from producer_tools import topics as cli
+from producer_tools.topic_admin import delete_topics, ensure_topics
+from schemas.topics import TopicNames, TopicSpec
 
 pytestmark = pytest.mark.integration
 
@@ -19,19 +20,11 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 async def fresh(stack: Settings, run_id: str) -> AsyncIterator[Settings]:
     """Settings naming five topics that do not exist yet; deleted afterwards."""
-    base = f"cli-{run_id}"
-    settings = stack.model_copy(
-        update={
-            "topic_requests": f"{base}.ocr.requests",
-            "topic_results": f"{base}.ocr.results",
-            "topic_progress": f"{base}.ocr.progress",
-            "topic_timing": f"{base}.ocr.timing",
-            "topic_dlq": f"{base}.ocr.requests.dlq",
-            "topic_partitions": 2,
-        }
+    settings = stack.with_topic_names(TopicNames().with_prefix(f"cli-{run_id}")).model_copy(
+        update={"topic_partitions": 2}
     )
     yield settings
-    await delete_topics(settings, [s.name for s in default_topic_specs(settings)])
+    await delete_topics(settings, [s.name for s in settings.topic_specs()])
 
 
 def topic_flags(settings: Settings) -> list[str]:
@@ -90,7 +83,7 @@ async def test_check_explains_a_results_topic_that_is_not_compacted(
 ) -> None:
     # The mistake to catch: a results topic made by hand with the broker's default policy.
     specs = _with_configs(
-        default_topic_specs(fresh), fresh.topic_results, {"cleanup.policy": "delete"}
+        fresh.topic_specs(), fresh.topic_results, {"cleanup.policy": "delete"}
     )
     await ensure_topics(fresh, specs)
     assert await cli.run("check", fresh, wait_s=10) == 1
@@ -105,7 +98,7 @@ async def test_check_explains_a_shorter_retention(
     fresh: Settings, capsys: pytest.CaptureFixture[str]
 ) -> None:
     day_ms = str(24 * 3600 * 1000)
-    specs = _with_configs(default_topic_specs(fresh), fresh.topic_dlq, {"retention.ms": day_ms})
+    specs = _with_configs(fresh.topic_specs(), fresh.topic_dlq, {"retention.ms": day_ms})
     await ensure_topics(fresh, specs)
     assert await cli.run("check", fresh, wait_s=10) == 1
     out = capsys.readouterr().out
@@ -139,7 +132,7 @@ async def test_command_line_flags_and_exit_codes(fresh: Settings) -> None:
     assert rc == 1 and "expected 5" in out
     rc, _, err = await _cli("check", "--partitions", "0", *flags)
     assert rc == 2 and "invalid settings" in err
-    # Nothing listens on port 1: a clear error and exit 2, not a traceback.
+    # Nothing listens on port 1: a clear error and exit 4, not a traceback.
     rc, _, err = await _cli("check", "--wait", "1", "--kafka-bootstrap", "127.0.0.1:1")
-    assert rc == 2 and err.startswith("error:") and "Traceback" not in err
+    assert rc == 4 and err.startswith("error:") and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1

@@ -13,7 +13,6 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
 from consumer.publisher import dead_letter_envelope
-from consumer.topics import REQUEST_RECORD_BYTES
 from schemas import export
 from schemas.cloudevents import (
     CE_TYPE_RESULT,
@@ -29,6 +28,7 @@ from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import MAX_REQUEST_RECORD_BYTES, OcrRequest, PageRange, parse_page_ranges
 from schemas.result import PageResult
 from schemas.timing import TimingEvent
+from schemas.topics import REQUEST_RECORD_BYTES
 
 NOW = "2026-11-24T10:00:00Z"
 VERSION_MESSAGE = (

@@ -1,20 +1,17 @@
-"""Topic admin: the topics ocr-stream needs, created and checked through the Kafka admin API.
+"""Topic admin: the topics of schemas/topics.py created and checked through the Kafka admin
+API, for `ocr-topics` (and `deploy/local/stack.sh up`, the test fixtures, the benchmarks).
 
-Used by `deploy/local/stack.sh up` (`python -m consumer.topics ensure`), by the `ocr-topics`
-CLI and by the test fixtures. Creating is idempotent; an existing topic is never altered,
-only reported by `check`, because repartitioning or flipping a cleanup policy on a live
-topic is an operator's decision, not a side effect of starting the stack.
+Creating is idempotent; an existing topic is never altered, only reported by `check`,
+because repartitioning or flipping a cleanup policy on a live topic is an operator's
+decision, not a side effect of starting the stack.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
-import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NoReturn
 
@@ -22,33 +19,11 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
 
-from consumer.config import Settings, add_settings_arguments, settings_from_args
-from consumer.settings.kafka import client_kwargs
-from schemas.request import MAX_REQUEST_RECORD_BYTES
-
-DAY_MS = 24 * 3600 * 1000
-
-# Records bigger than the broker default (1 MB) that the contract allows: a page result may
-# carry up to 512 KiB of Markdown plus the same of text, and a DLQ envelope holds the refused
-# request base64-encoded. 5 MiB stays above the publisher's 4 MiB max_request_size, so
-# the producer, not the broker, is the limit that fires first.
-LARGE_RECORD_BYTES = 5 * 1024 * 1024
-# Requests may exceed the consumer's 1 MiB max_request_bytes so that an oversized one
-# reaches the consumer and ends on the DLQ with REQUEST_TOO_LARGE, instead of being refused
-# by the broker where the producer alone would see the error. The DLQ envelope's bounds
-# come from the same figure.
-REQUEST_RECORD_BYTES = MAX_REQUEST_RECORD_BYTES
+from consumer.settings.kafka import KafkaConnection, client_kwargs
+from schemas.topics import TopicSpec
 
 TOPIC_ALREADY_EXISTS = 36
 UNKNOWN_TOPIC_OR_PARTITION = 3
-
-
-@dataclass(frozen=True, slots=True)
-class TopicSpec:
-    name: str
-    partitions: int
-    replication: int
-    configs: dict[str, str] = field(default_factory=dict)
 
 
 class MismatchKind(StrEnum):
@@ -73,56 +48,7 @@ class TopicMismatch:
         return f"topic {self.topic!r}: {what} is {self.actual}, expected {self.expected}"
 
 
-def default_topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The five topics of the v1 contract, named and sized by `settings`."""
-
-    def spec(name: str, configs: dict[str, str]) -> TopicSpec:
-        return TopicSpec(
-            name, settings.topic_partitions, settings.topic_replication, dict(configs)
-        )
-
-    week = {"cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS)}
-
-    return [
-        spec(
-            settings.topic_requests,
-            {
-                "cleanup.policy": "delete",
-                "retention.ms": str(7 * DAY_MS),
-                "max.message.bytes": str(REQUEST_RECORD_BYTES),
-            },
-        ),
-        # Keyed task_id/page: compaction keeps each page's latest result forever, so a
-        # replay overwrites instead of piling up. Segments roll daily because the active
-        # segment is never compacted; the lag gives slow readers a minute to see every
-        # version before older ones may go.
-        spec(
-            settings.topic_results,
-            {
-                "cleanup.policy": "compact",
-                "min.compaction.lag.ms": "60000",
-                "segment.ms": str(DAY_MS),
-                "retention.ms": "-1",
-                "max.message.bytes": str(LARGE_RECORD_BYTES),
-            },
-        ),
-        # Progress is a stream of transitions that watchers follow live; old ones have no
-        # value once a task is final, so plain time retention.
-        spec(settings.topic_progress, week),
-        spec(settings.topic_timing, week),
-        # Dead letters wait for an operator to look at them, which can take a while.
-        spec(
-            settings.topic_dlq,
-            {
-                "cleanup.policy": "delete",
-                "retention.ms": str(30 * DAY_MS),
-                "max.message.bytes": str(LARGE_RECORD_BYTES),
-            },
-        ),
-    ]
-
-
-async def _started_admin(settings: Settings) -> AIOKafkaAdminClient:
+async def _started_admin(settings: KafkaConnection) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="ocr-topics")
     await admin.start()
     return admin
@@ -133,7 +59,7 @@ def _raise_for(code: int, message: str | None, context: str) -> NoReturn:
     raise error(f"{context}: {message or error.__name__}")
 
 
-async def ensure_topics(settings: Settings, specs: Sequence[TopicSpec]) -> list[str]:
+async def ensure_topics(settings: KafkaConnection, specs: Sequence[TopicSpec]) -> list[str]:
     """Create the topics of `specs` that do not exist; returns the names created."""
     admin = await _started_admin(settings)
     try:
@@ -187,7 +113,7 @@ async def _wait_until_served(
         await asyncio.sleep(0.1)
 
 
-async def delete_topics(settings: Settings, names: Sequence[str]) -> None:
+async def delete_topics(settings: KafkaConnection, names: Sequence[str]) -> None:
     """Delete topics; ones already gone are fine (tests clean up after themselves)."""
     if not names:
         return
@@ -213,7 +139,9 @@ def _config_entries(responses: list[Any]) -> dict[str, dict[str, str | None]]:
     return found
 
 
-async def check_topics(settings: Settings, specs: Sequence[TopicSpec]) -> list[TopicMismatch]:
+async def check_topics(
+    settings: KafkaConnection, specs: Sequence[TopicSpec]
+) -> list[TopicMismatch]:
     """Every way the cluster differs from `specs`; empty when it matches."""
     admin = await _started_admin(settings)
     try:
@@ -277,7 +205,7 @@ async def check_topics(settings: Settings, specs: Sequence[TopicSpec]) -> list[T
     return mismatches
 
 
-async def wait_for_broker(settings: Settings, timeout_s: float) -> None:
+async def wait_for_broker(settings: KafkaConnection, timeout_s: float) -> None:
     """Return once the broker answers a metadata request; raise TimeoutError after timeout_s."""
     deadline = time.monotonic() + timeout_s
     last: Exception | None = None
@@ -299,57 +227,3 @@ async def wait_for_broker(settings: Settings, timeout_s: float) -> None:
     raise TimeoutError(
         f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:.0f}s: {last}"
     )
-
-
-async def _run(command: str, settings: Settings, timeout_s: float) -> int:
-    specs = default_topic_specs(settings)
-    if command == "wait":
-        await wait_for_broker(settings, timeout_s)
-        print(f"Kafka at {settings.kafka_bootstrap} answers")
-        return 0
-    if command == "ensure":
-        created = await ensure_topics(settings, specs)
-        for name in created:
-            print(f"created {name}")
-        print(f"{len(specs)} topics present ({len(created)} created)")
-        # An existing topic created differently is worth a warning, not a failed start.
-        for mismatch in await check_topics(settings, specs):
-            print(f"warning: {mismatch}", file=sys.stderr)
-        return 0
-    mismatches = await check_topics(settings, specs)
-    for mismatch in mismatches:
-        print(mismatch)
-    if not mismatches:
-        print(f"{len(specs)} topics match")
-    return 1 if mismatches else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m consumer.topics",
-        description="Create (ensure) or verify (check) the ocr-stream topics; "
-        "wait blocks until the broker answers.",
-    )
-    parser.add_argument("command", choices=["ensure", "check", "wait"])
-    parser.add_argument(
-        "--timeout", type=float, default=60.0, metavar="S", help="for wait: seconds to wait"
-    )
-    add_settings_arguments(parser)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    settings = settings_from_args(args)
-    # aiokafka logs every refused connection while `wait` polls a starting broker; the one
-    # error that matters is printed below.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    try:
-        return asyncio.run(_run(args.command, settings, args.timeout))
-    except (KafkaError, TimeoutError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
