@@ -22,7 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from producer_tools.bench_engine import compare_digests as compare
+# Run by path: the repository root goes first, so `bench` is this folder's package.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_engine import compare_digests as compare
 
 
 def digests(result: dict[str, Any], pass_name: str | None) -> list[str | None]:

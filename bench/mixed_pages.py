@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw
 
+from bench.bench_pages import _WORDS, _font, synthetic_page
 from consumer.page_image import PageImage
-from producer_tools.bench_pages import _WORDS, _font, synthetic_page
 
 PAGE_DPI = 150
 KINDS = ("report", "dense", "table", "figure", "slide")

@@ -52,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.bench_pages import synthetic_pages
+from bench.bench_pipeline import write_documents
 from consumer.config import Settings
 from consumer.settings import Topics, client_kwargs, env_name
-from producer_tools.bench_pages import synthetic_pages
-from producer_tools.bench_pipeline import write_documents
 from producer_tools.topic_admin import ensure_topics
 from schemas.keys import task_partition
 from schemas.progress import ProgressEvent

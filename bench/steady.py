@@ -48,20 +48,20 @@ from typing import Any
 if __package__ in (None, ""):  # run by path: python bench/steady.py
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pydantic import ValidationError
 
+from bench.bench_engine import engine_core_pids, first_page
 from bench.closed_loop import ClosedLoop, Completion
 from bench.mixed_pages import PAGE_DPI, mixed_images, mixed_stream
+from bench.ocr_bench import ENGINE_SETTINGS, bench_settings, device_name, result_path
 from bench.pyspy_summary import CORE_STAGES, FRONTEND_STAGES, classify, parse_collapsed
 from bench.samplers import Sampler, nvml_device_name, nvml_utilization
 from bench.vllm_probe import ProbedVllm, page_stages, stage_table
-from consumer.config import Settings, add_settings_arguments
+from consumer.config import Settings
 from consumer.engines.base import Engine, EngineOutput, PageRequest
 from consumer.errors import OcrError
-from consumer.log import configure_logging
 from consumer.page_image import PageImage
-from producer_tools.bench import ENGINE_SETTINGS, bench_settings, device_name, result_path
-from producer_tools.bench_engine import engine_core_pids, first_page
+from consumer.settings import add_settings_arguments
+from producer_tools import ToolError, run_cli
 
 PYSPY_DELAY_S = 10.0  # into the window: the load is steady by then
 PYSPY_SECONDS = 8
@@ -467,20 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--label", default="steady")
     parser.add_argument("--no-write", action="store_true")
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, Settings)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        settings = bench_settings(args)
-    except ValidationError as exc:
-        print(f"error: invalid setting: {exc}", file=sys.stderr)
-        return 2
+async def _main(args: argparse.Namespace, settings: Settings) -> int:
+    settings = bench_settings(args, settings)
     if args.profile_dir is not None:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
-    configure_logging(settings.log_level, settings.log_format)
     path: list[Path] = []
 
     def write(result: dict[str, Any]) -> None:
@@ -494,16 +488,17 @@ def main(argv: list[str] | None = None) -> int:
         path[0].write_text(json.dumps(result, indent=2) + "\n")
 
     try:
-        result = asyncio.run(run(args, settings, write))
+        result = await run(args, settings, write)
     except OcrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        raise ToolError(str(exc)) from exc
     write(result)
     if path:
         print(f"wrote {path[0]}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(build_parser(), _main, argv, Settings)
 
 
 if __name__ == "__main__":

@@ -86,14 +86,14 @@ if [[ $what != tests ]]; then
     [ -x /tmp/pyspy/py-spy ] && extra+=(--pyspy /tmp/pyspy/py-spy)
   fi
   # Needs no aiokafka: `bench` carries none (tests/unit/test_bench_host.py keeps it so).
-  python3 producer_tools/bench.py $command --out-dir "$OUT" \
+  python3 -m bench.ocr_bench $command --out-dir "$OUT" \
     --variant-file /tmp/ocr-vllm-variant "${extra[@]}" "$@" 2>&1 | tee "$OUT/bench.log"
   rc=$?
   echo "bench ($command) exit $rc after $(($(date +%s) - began)) s"
   [[ $command != engine && $what != passes ]] && bash deploy/gpu/services.sh stop
 fi
 if [[ $what == tests || $what == all ]]; then
-  # The engine variant the benchmark found working (see producer_tools/bench.py).
+  # The engine variant the benchmark found working (see bench/ocr_bench.py).
   OCR_TEST_VLLM_VARIANT=$(cat /tmp/ocr-vllm-variant 2>/dev/null || true)
   export OCR_TEST_VLLM_VARIANT
   echo "tests use vLLM variant '${OCR_TEST_VLLM_VARIANT:-default}'"

@@ -3,9 +3,9 @@ code path, so it is proven here with the engine's test double (fast, exact token
 
 from __future__ import annotations
 
+from bench.bench_pages import synthetic_pages
+from bench.bench_pipeline import run_pipeline_bench
 from consumer.config import Settings
-from producer_tools.bench_pages import synthetic_pages
-from producer_tools.bench_pipeline import run_pipeline_bench
 from tests.support.engines import ScriptedEngine
 
 

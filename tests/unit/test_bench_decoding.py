@@ -5,10 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from consumer.config import Detokenize, NgramProcessor
-from consumer.engines.base import PageImage
-from consumer.engines.vllm import VllmEngine
-from producer_tools.bench_decoding import (
+from bench.bench_decoding import (
     PASSES,
     Pass,
     parse_passes,
@@ -16,6 +13,9 @@ from producer_tools.bench_decoding import (
     step_figures,
     top_frames,
 )
+from consumer.config import Detokenize, NgramProcessor
+from consumer.engines.base import PageImage
+from consumer.engines.vllm import VllmEngine
 from tests.unit.test_vllm_engine import FakeAsyncLLM, FakeBackend, make_settings
 
 
@@ -130,8 +130,8 @@ def test_top_frames_shares_of_leaf_frames() -> None:
 def test_rule_passes_without_a_rule_size_are_refused_before_the_engine_starts() -> None:
     import argparse
 
+    from bench.ocr_bench import _decoding_passes
     from consumer.errors import OcrError
-    from producer_tools.bench import _decoding_passes
 
     args = argparse.Namespace(passes="batched+final,off+final")
     with pytest.raises(OcrError, match="OCR_NGRAM_SIZE > 0"):

@@ -1,5 +1,6 @@
 """`ocr-bench engine` must run where only vLLM is installed: the GPU host carries no Kafka or
-Redis client for the engine benchmark (deploy/gpu/run.sh bench runs it by path)."""
+Redis client for the engine benchmark (deploy/gpu/run.sh bench runs
+`python3 -m bench.ocr_bench`)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BLOCK_CLIENTS = (
     "import sys, runpy; "
     "sys.modules.update(aiokafka=None, redis=None); "
-    "sys.argv = ['bench.py', 'engine', '--help']; "
-    "runpy.run_path('producer_tools/bench.py', run_name='__main__')"
+    "sys.argv = ['ocr_bench', 'engine', '--help']; "
+    "runpy.run_module('bench.ocr_bench', run_name='__main__', alter_sys=True)"
 )
 
 

@@ -1,5 +1,5 @@
 """The engine half of `ocr-bench`: starting an engine for a benchmark, and timing pages
-straight through it (see producer_tools/bench.py for the command line)."""
+straight through it (see bench/ocr_bench.py for the command line)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from consumer.config import NgramProcessor, Settings
+from consumer.config import Settings
 from consumer.engines.base import Engine, EngineOutput, PageImage, PageRequest
 from consumer.errors import OcrError
+from consumer.settings import NgramProcessor
 from schemas.common import ErrorCode
 from schemas.request import PromptKind
 
@@ -205,8 +206,8 @@ async def start_engine(
     first page within --first-page-timeout; the result records which one ran.
     `ngram_processors`: load these n-gram processors (vLLM; default: the configured one).
     """
-    from consumer.config import EngineName
     from consumer.engines.factory import create_engine, resolve_engine_name
+    from consumer.settings import EngineName
 
     is_vllm = resolve_engine_name(settings.engine) is EngineName.VLLM
     variants: list[str | None] = list(args.vllm_variants.split(",")) if is_vllm else [None]

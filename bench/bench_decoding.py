@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from consumer.config import Detokenize, NgramProcessor
+from bench.bench_engine import compare_digests, engine_core_pids, run_engine_bench
 from consumer.engines.base import PageImage, PageRequest
 from consumer.engines.vllm import VllmEngine
-from producer_tools.bench_engine import compare_digests, engine_core_pids, run_engine_bench
+from consumer.settings import Detokenize, NgramProcessor
 
 # name -> (n-gram processor or None for off, detokenization)
 PASSES: dict[str, tuple[NgramProcessor | None, Detokenize]] = {

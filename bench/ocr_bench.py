@@ -1,5 +1,7 @@
 """`ocr-bench`: throughput of the OCR engine alone and of the whole consumer pipeline.
 
+Run from the repository root as `python -m bench.ocr_bench` (below: `ocr-bench`).
+
     ocr-bench engine   [--pages N] [--pdf FILE] [settings...]   pages straight into the engine
     ocr-bench pipeline [...]                                     Kafka -> consumer -> results
     ocr-bench all      [...]                                     both, on one started engine
@@ -14,7 +16,7 @@ measure of the engine rather than of the model's mood, it decodes a fixed length
 to let pages end on their own). Every OCR_* setting is a flag too (`--max-num-seqs 256`,
 `--load-format dummy`, `--model DIR`, ...).
 
-`decoding` (vLLM only, producer_tools/bench_decoding.py) runs the engine benchmark once
+`decoding` (vLLM only, bench/bench_decoding.py) runs the engine benchmark once
 per decoding pass on one engine: n-gram rule per-request / batched / off, detokenization
 incremental / final; `--with-pipeline` then runs the pipeline with the configured ones.
 
@@ -31,7 +33,6 @@ child process, which may re-import the main module.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import platform
 import re
@@ -41,19 +42,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ValidationError
-
-from consumer.config import NgramProcessor, Settings, add_settings_arguments, settings_from_args
+from bench.bench_engine import run_engine_bench, start_engine
+from bench.bench_pages import PAGE_DPI, PAGE_SIZE, pdf_pages, synthetic_pages
+from consumer.config import Settings
 from consumer.engines.base import Engine, PageImage
 from consumer.errors import OcrError
-from consumer.log import configure_logging, get_logger
-from producer_tools.bench_engine import run_engine_bench, start_engine
-from producer_tools.bench_pages import PAGE_DPI, PAGE_SIZE, pdf_pages, synthetic_pages
+from consumer.log import get_logger
+from consumer.settings import NgramProcessor, add_settings_arguments
+from producer_tools import ToolError, run_cli
 from schemas.common import ErrorCode
 from schemas.request import PromptKind
 
 if TYPE_CHECKING:
-    from producer_tools.bench_decoding import Pass
+    from bench.bench_decoding import Pass
 
 log = get_logger(__name__)
 
@@ -120,9 +121,9 @@ def result_path(out_dir: Path, date: str, device: str, label: str = "") -> Path:
     return path
 
 
-def bench_settings(args: argparse.Namespace) -> Settings:
-    """Settings from flags and OCR_* variables, with this tool's fixed-length defaults."""
-    settings = settings_from_args(args)
+def bench_settings(args: argparse.Namespace, settings: Settings) -> Settings:
+    """`settings` (from flags and OCR_* variables) with this tool's fixed-length defaults
+    where neither set them."""
     explicit = {name for name in Settings.model_fields if getattr(args, f"setting_{name}", None)}
     updates: dict[str, Any] = {}
     if "max_tokens" not in explicit:
@@ -186,7 +187,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
             result.update(await _decoding(engine, settings, pages, passes, args))
         if args.command in ("pipeline", "all") or (decoding and args.with_pipeline):
             try:
-                from producer_tools.bench_pipeline import run_pipeline_bench
+                from bench.bench_pipeline import run_pipeline_bench
 
                 if args.command != "all" and args.warmup > 0:
                     await run_engine_bench(engine, pages[: args.warmup], warmup=0)
@@ -218,7 +219,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
 
 def _decoding_passes(args: argparse.Namespace, settings: Settings) -> list[Pass]:
     """The passes of --passes, refused now when these settings cannot run them."""
-    from producer_tools.bench_decoding import DEFAULT_PASSES, parse_passes
+    from bench.bench_decoding import DEFAULT_PASSES, parse_passes
 
     try:
         passes = parse_passes(args.passes or DEFAULT_PASSES)
@@ -240,9 +241,9 @@ async def _decoding(
     passes: Sequence[Pass],
     args: argparse.Namespace,
 ) -> dict[str, Any]:
+    from bench.bench_decoding import run_decoding_bench
     from consumer.engines.vllm import VllmEngine
     from consumer.engines.vllm_params import configured_decoding
-    from producer_tools.bench_decoding import run_decoding_bench
 
     if not isinstance(engine, VllmEngine):
         raise OcrError(ErrorCode.ENGINE_ERROR, "ocr-bench decoding needs the vllm engine")
@@ -337,8 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     common.add_argument("--label", default="", help="suffix of the result file name")
     common.add_argument("--no-write", action="store_true", help="print only")
-    add_settings_arguments(common)
-    parser = argparse.ArgumentParser(prog="ocr-bench", description=__doc__.splitlines()[0])
+    add_settings_arguments(common, Settings)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ocr_bench", description=__doc__.splitlines()[0]
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("engine", parents=[common], help="pages straight into the engine")
     commands.add_parser("pipeline", parents=[common], help="the whole consumer pipeline")
@@ -356,40 +359,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _steady(argv: list[str]) -> int:
-    """`ocr-bench steady`: bench/steady.py, which lives in a checkout, not in the package.
-    Its folder goes first on the path: run by path, this file's own folder is there, where
-    `bench` names this module."""
-    root = Path(__file__).resolve().parent.parent
-    if not (root / "bench" / "steady.py").is_file():
-        print(
-            f"error: ocr-bench steady runs from a checkout ({root} has no bench/)", file=sys.stderr
-        )
-        return 2
-    sys.path.insert(0, str(root))
-    from bench.steady import main as steady_main
-
-    return steady_main(argv)
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["steady"]:
-        return _steady(argv[1:])
-    args = build_parser().parse_args(argv)
+async def _main(args: argparse.Namespace, settings: Settings) -> int:
     try:
-        settings = bench_settings(args)
-    except ValidationError as exc:
-        print(f"error: invalid setting: {exc}", file=sys.stderr)
-        return 1
-    configure_logging(settings.log_level, settings.log_format)
-    try:
-        result = asyncio.run(run(args, settings))
+        result = await run(args, bench_settings(args, settings))
     except OcrError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        raise ToolError(str(exc)) from exc
     print(summary(result))
     if not args.no_write:
         args.out_dir.mkdir(parents=True, exist_ok=True)
@@ -397,6 +371,15 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(result, indent=2) + "\n")
         print(f"wrote {path}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["steady"]:
+        from bench.steady import main as steady_main
+
+        return steady_main(argv[1:])
+    return run_cli(build_parser(), _main, argv, Settings)
 
 
 if __name__ == "__main__":
