@@ -71,6 +71,7 @@ from producer_tools.task_files import (
     merged_results,
     write_task_files,
 )
+from schemas.keys import key_task_id
 from schemas.progress import ProgressEvent
 from schemas.result import PageResult
 
@@ -114,7 +115,7 @@ async def _scan_results(
                 for record in records:
                     if record.key is None or record.value is None:
                         continue
-                    task_id = keys.get(record.key.split(b"/", 1)[0])
+                    task_id = keys.get(key_task_id(record.key))
                     if task_id is None:
                         continue
                     try:
@@ -233,7 +234,7 @@ class Collector:
         if record.key is None or record.value is None:
             return None
         settings = self._settings
-        key_task = record.key.split(b"/", 1)[0].decode("utf-8", "replace")
+        key_task = key_task_id(record.key).decode("utf-8", "replace")
         if not self._wants(key_task):
             return None  # cheap skip before parsing: keys carry the task id
         tp = _tp(record)

@@ -9,6 +9,7 @@ from schemas.common import SCHEMA_VERSION, ErrorCode, ErrorInfo, TaskId
 from schemas.control import CancelRequest, ControlAction
 from schemas.decode import RequestDecodeError, decode_request
 from schemas.dlq import DlqEnvelope
+from schemas.keys import TaskPartitioner, parse_key, result_key, task_partition
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, PageRange, PromptKind, Source, parse_page_ranges
 from schemas.result import (
@@ -22,6 +23,7 @@ from schemas.result import (
     TokenCounts,
 )
 from schemas.timing import StageDurations, TimingEvent, TimingKind
+from schemas.topics import TopicNames
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -46,12 +48,17 @@ __all__ = [
     "Source",
     "StageDurations",
     "TaskId",
+    "TaskPartitioner",
     "TaskStatus",
     "TimingEvent",
     "TimingKind",
     "TokenCounts",
+    "TopicNames",
     "ce_headers",
     "decode_request",
     "parse_ce_headers",
+    "parse_key",
     "parse_page_ranges",
+    "result_key",
+    "task_partition",
 ]
