@@ -15,11 +15,14 @@ export OCR_PYTHON := $(CURDIR)/$(VENV)/bin/python
 .PHONY: install deps test-deps up up-stack down status test unit integration lint typecheck \
 	demo chaos bench-cpu clean
 
-# pyproject.toml is the only input: editing dependencies reinstalls, nothing else does.
-$(STAMP): pyproject.toml
+# pyproject.toml and the CPU engine's pin are the only inputs: editing them reinstalls.
+# The tests run the CPU engine: the cpu extra, then RapidOCR without its dependencies (it
+# would pull the GUI opencv-python over the extra's headless build; deploy/cpu-engine.txt).
+$(STAMP): pyproject.toml deploy/cpu-engine.txt
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
-	$(VENV)/bin/pip install -q -e '.[dev]'
+	$(VENV)/bin/pip install -q -e '.[dev,cpu]'
+	$(VENV)/bin/pip install -q --no-deps -r deploy/cpu-engine.txt
 	touch $(STAMP)
 
 $(VENV): $(STAMP)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
-from consumer import __version__
+from consumer import __version__, add_version_argument
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="ocr-consumer",
         description="Consume OCR requests from Kafka and publish per-page results.",
     )
-    parser.add_argument("--version", action="version", version=f"ocr-stream {__version__}")
+    add_version_argument(parser)
     add_settings_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -52,6 +52,7 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
+from consumer import add_version_argument
 from consumer.artifacts.store import open_artifact_store
 from consumer.log import get_logger
 from consumer.settings import (
@@ -410,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         "consumer group until stopped (or --once).",
         allow_abbrev=False,
     )
+    add_version_argument(parser)
     parser.add_argument(
         "--out", type=Path, default=Path("ocr-results"), metavar="DIR",
         help="output directory (default: ./ocr-results)",

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 
+from consumer import add_version_argument
 from consumer.settings import add_settings_arguments
 from producer_tools import UsageError, run_cli, run_cli_async
 from producer_tools.replay_common import ReplaySettings, parse_time, to_ms
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
         "time range, or copy requests to a side-by-side comparison pipeline. Dry run "
         "unless --execute.",
     )
+    add_version_argument(parser)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p_reset = commands.add_parser(

@@ -32,6 +32,7 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
+from consumer import add_version_argument
 from consumer.artifacts.store import open_artifact_store
 from consumer.log import get_logger
 from consumer.settings import (
@@ -276,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'<task id><TAB><input>' per task.",
         allow_abbrev=False,
     )
+    add_version_argument(parser)
     parser.add_argument("inputs", nargs="+", metavar="FILE|URI", help="documents to submit")
     parser.add_argument(
         "--wait", action="store_true", help="follow progress until every task is final"

@@ -17,6 +17,7 @@ import asyncio
 import sys
 import time
 
+from consumer import add_version_argument
 from consumer.settings import KafkaConnection, Logging, TopicLayout, add_settings_arguments
 from producer_tools import EXIT_FAILED, EXIT_OK, run_cli, run_cli_async
 from producer_tools.topic_admin import (
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Create or check the ocr-stream topics (requests, results, progress, "
         "timing, DLQ) named by the OCR_TOPIC_* settings, or wait for the broker.",
     )
+    add_version_argument(parser)
     parser.add_argument(
         "command", choices=["create", "check", "wait"],
         help="create: create missing topics (existing ones are never altered); "

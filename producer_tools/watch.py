@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 
+from consumer import add_version_argument
 from consumer.settings import Logging, TopicClient, add_settings_arguments
 from producer_tools import UsageError, run_cli
 from producer_tools.follow_progress import ProgressFollower, make_display, report
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit: 0 done, 1 failed, 3 timeout.",
         allow_abbrev=False,
     )
+    add_version_argument(parser)
     parser.add_argument("task_ids", nargs="+", metavar="TASK_ID", type=_valid_task_id)
     parser.add_argument(
         "--timeout", type=float, default=None, metavar="S",

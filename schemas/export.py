@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from consumer import add_version_argument
 from schemas.cloudevents import (
     CE_TYPE_CANCEL,
     CE_TYPE_DLQ,
@@ -173,6 +174,7 @@ def rendered() -> dict[Path, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ocr-schemas", description=__doc__)
+    add_version_argument(parser)
     parser.add_argument("--check", action="store_true", help="fail if committed files drift")
     args = parser.parse_args(argv)
     stale = []

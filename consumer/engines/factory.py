@@ -1,7 +1,9 @@
 """Pick and build the engine named by the settings (`auto`, `vllm` or `rapidocr`).
 
-The base install carries neither torch nor vLLM, so both are imported only when they are
-about to be used: importing this module must work on a CPU-only machine.
+The base install carries no engine: RapidOCR comes with the `cpu` extra (plus one package
+installed without its dependencies, see deploy/cpu-engine.txt), vLLM with `gpu`. Both are
+imported only when about to be used, so importing this module works on any install; when
+the chosen engine is missing, the error names the extra that brings it.
 """
 
 from __future__ import annotations
@@ -18,14 +20,46 @@ from schemas.common import ErrorCode
 
 log = get_logger(__name__)
 
-_VLLM_MISSING = "vLLM is not installed: install ocr-stream[gpu] or use OCR_ENGINE=rapidocr"
+# deploy/cpu-engine.txt holds the same requirement (a test checks).
+RAPIDOCR_REQUIREMENT = "rapidocr-onnxruntime>=1.4.4,<1.5"
+INSTALL_CPU = (
+    "pip install 'ocr-stream[cpu]' && pip install --no-deps "
+    f"'{RAPIDOCR_REQUIREMENT}'"
+)
+INSTALL_GPU = "pip install 'ocr-stream[gpu]'"
+_VLLM_MISSING = f"vLLM is not installed: {INSTALL_GPU}, or use OCR_ENGINE=rapidocr"
+
+
+def _module_installed(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken or half-removed install
+        return False
 
 
 def vllm_installed() -> bool:
-    try:
-        return importlib.util.find_spec("vllm") is not None
-    except (ImportError, ValueError):  # a broken or half-removed install
-        return False
+    return _module_installed("vllm")
+
+
+def rapidocr_missing() -> str | None:
+    """What the CPU engine lacks, as a message naming the install step; None when complete.
+    RapidOCR imports OpenCV (cv2, from opencv-python-headless in the `cpu` extra) and
+    onnxruntime when its engine loads: all three must be there."""
+    missing = [
+        package
+        for module, package in (
+            ("rapidocr_onnxruntime", "rapidocr-onnxruntime"),
+            ("cv2", "opencv-python-headless"),
+            ("onnxruntime", "onnxruntime"),
+        )
+        if not _module_installed(module)
+    ]
+    if not missing:
+        return None
+    return (
+        f"the rapidocr engine needs {', '.join(missing)}, not installed here: {INSTALL_CPU} "
+        f"(the cpu extra), or use OCR_ENGINE=vllm on a GPU host ({INSTALL_GPU})"
+    )
 
 
 def cuda_available() -> bool:
@@ -40,12 +74,21 @@ def cuda_available() -> bool:
 
 
 def resolve_engine_name(requested: EngineName) -> EngineName:
+    """`auto`: vLLM when it and a GPU are there, else RapidOCR when it is installed; raises
+    OcrError(ENGINE_ERROR) naming both extras when neither can run."""
     if requested is not EngineName.AUTO:
         return requested
     # vLLM first: find_spec is cheap, importing torch is not.
     if vllm_installed() and cuda_available():
         return EngineName.VLLM
-    return EngineName.RAPIDOCR
+    missing = rapidocr_missing()
+    if missing is None:
+        return EngineName.RAPIDOCR
+    gpu = "vLLM is installed but sees no GPU" if vllm_installed() else "vLLM is not installed"
+    raise OcrError(
+        ErrorCode.ENGINE_ERROR,
+        f"OCR_ENGINE=auto found no engine to run: {gpu}, and {missing}",
+    )
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -53,6 +96,9 @@ def create_engine(settings: Settings) -> Engine:
     name = resolve_engine_name(settings.engine)
     log.info("engine_selected", requested=settings.engine.value, engine=name.value)
     if name is EngineName.RAPIDOCR:
+        missing = rapidocr_missing()
+        if missing is not None:
+            raise OcrError(ErrorCode.ENGINE_ERROR, missing)
         from consumer.engines.rapidocr import RapidOcrEngine
 
         return RapidOcrEngine()
@@ -64,7 +110,7 @@ def create_engine(settings: Settings) -> Engine:
     except ImportError as exc:
         raise OcrError(
             ErrorCode.ENGINE_ERROR,
-            f"the vllm engine failed to import ({exc}): install ocr-stream[gpu] "
-            "or use OCR_ENGINE=rapidocr",
+            f"the vllm engine failed to import ({exc}): {INSTALL_GPU}, or use "
+            "OCR_ENGINE=rapidocr",
         ) from exc
     return cast(Engine, module.VllmEngine(settings))

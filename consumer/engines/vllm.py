@@ -185,8 +185,12 @@ class VllmEngine:
                 f"resolution mode {mode!r} needs vLLM's DeepSeek-OCR constants set in the "
                 "engine core process, which vLLM will spawn here (CUDA is already "
                 "initialised or VLLM_WORKER_MULTIPROC_METHOD=spawn) and which then cannot "
-                "see this process's settings: install ocr-stream as a package (it registers "
-                f"the vLLM plugin {deepseek_modes.PLUGIN_VALUE}), or use mode 'gundam'",
+                "see this process's settings. The vLLM plugin that sets them there "
+                f"({deepseek_modes.PLUGIN_GROUP}: {deepseek_modes.PLUGIN_VALUE}) is not "
+                "registered in this Python environment: ocr-stream runs from a source tree "
+                "here, not from an install. Install it into the environment that runs vLLM "
+                "(pip install 'ocr-stream[gpu]', or pip install -e . in the checkout), or "
+                "use mode 'gundam'",
             )
         try:
             self._backend.activate_mode(mode)

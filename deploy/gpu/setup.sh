@@ -15,7 +15,10 @@ if ls "$whl"/*.whl >/dev/null 2>&1; then
 fi
 # vLLM loads `vllm.general_plugins` entry points in each of its processes; this one lets a
 # spawned engine core apply a non-default DeepSeek-OCR resolution mode (see
-# consumer/engines/deepseek_modes.py). An installed ocr-stream package declares the same.
+# consumer/engines/deepseek_modes.py). An installed ocr-stream declares it itself
+# (pyproject.toml, [project.entry-points."vllm.general_plugins"]); here the code runs from
+# the checkout without an install, so a dist-info folder declares the same entry point
+# (tests/unit/test_packaging.py checks that the two agree).
 dist=/tmp/ocrdeps/ocr_stream_gpu_plugin-0.1.0.dist-info
 mkdir -p "$dist"
 printf 'Metadata-Version: 2.1\nName: ocr-stream-gpu-plugin\nVersion: 0.1.0\n' >"$dist/METADATA"

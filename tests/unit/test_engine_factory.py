@@ -88,3 +88,49 @@ def test_auto_with_vllm_and_gpu_builds_vllm_engine(monkeypatch: pytest.MonkeyPat
     engine = factory.create_engine(chosen)
     assert isinstance(engine, FakeVllmEngine)
     assert built == [chosen]
+
+
+# Missing CPU engine: the message names the extra and the no-deps step ------------------------
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    real = factory._module_installed
+    monkeypatch.setattr(
+        factory, "_module_installed", lambda name: name not in modules and real(name)
+    )
+
+
+def test_rapidocr_requested_but_missing_names_the_cpu_extra(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _without(monkeypatch, "rapidocr_onnxruntime")
+    with pytest.raises(OcrError) as caught:
+        factory.create_engine(settings(EngineName.RAPIDOCR))
+    assert caught.value.code is ErrorCode.ENGINE_ERROR
+    message = caught.value.message
+    assert "rapidocr-onnxruntime" in message and "ocr-stream[cpu]" in message
+    assert f"pip install --no-deps '{factory.RAPIDOCR_REQUIREMENT}'" in message
+
+
+def test_headless_opencv_missing_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    _without(monkeypatch, "cv2")
+    message = factory.rapidocr_missing()
+    assert message is not None and "opencv-python-headless" in message
+
+
+def test_auto_with_no_engine_names_both_extras(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(factory, "vllm_installed", lambda: False)
+    _without(monkeypatch, "rapidocr_onnxruntime", "onnxruntime")
+    with pytest.raises(OcrError) as caught:
+        factory.resolve_engine_name(EngineName.AUTO)
+    message = caught.value.message
+    assert "OCR_ENGINE=auto found no engine" in message and "vLLM is not installed" in message
+    assert "ocr-stream[cpu]" in message and "ocr-stream[gpu]" in message
+
+
+def test_the_requirement_file_and_the_message_agree() -> None:
+    from pathlib import Path
+
+    lines = (Path(__file__).resolve().parents[2] / "deploy" / "cpu-engine.txt").read_text()
+    requirements = [s for s in lines.splitlines() if s.strip() and not s.startswith("#")]
+    assert requirements == [factory.RAPIDOCR_REQUIREMENT]

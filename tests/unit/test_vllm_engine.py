@@ -696,6 +696,9 @@ async def test_mode_unreachable_in_spawned_core_is_unsupported(
         ).start()
     assert info.value.code is ErrorCode.RESOLUTION_MODE_UNSUPPORTED
     assert "spawn" in info.value.message
+    # It says what is missing (the entry point in this environment) and the install step.
+    assert "is not registered in this Python environment" in info.value.message
+    assert "pip install 'ocr-stream[gpu]'" in info.value.message
     assert backend.engine_args is None
 
 
