@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from consumer.settings import secret_files
 
 S = TypeVar("S", bound="SettingsPart")
 
@@ -36,6 +39,17 @@ class SettingsPart(BaseSettings):
     part_title: ClassVar[str] = ""
 
     @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Secrets from OCR_<NAME>_FILE or OCR_SECRETS_DIR (secret_files.py). Placed before
+        # the environment so that a variable set together with its _FILE form is refused,
+        # not silently chosen.
+        return (init_settings, secret_files.SecretFilesSource(settings_cls), env_settings)
+
+    @classmethod
     def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         # Validators are methods: in a composed class, one part's validator would silently
@@ -51,6 +65,24 @@ class SettingsPart(BaseSettings):
                         f"{owners[name]} and {part.__name__}; give one another name"
                     )
                 owners.setdefault(name, part.__name__)
+
+
+class Secrets(SettingsPart):
+    """Where secret files are mounted; the parts holding a secret extend it."""
+
+    part_title = "Secrets"
+
+    secrets_dir: Path | None = Field(
+        None, description="Folder of secret files named like the variables (a mounted k8s "
+        "Secret); each secret also takes OCR_<NAME>_FILE.",
+    )
+
+    @field_validator("secrets_dir")
+    @classmethod
+    def _secrets_dir_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.expanduser().is_dir():
+            raise ValueError(f"{value} is not a folder; mount the secrets there or unset it")
+        return value
 
 
 def env_name(field: str) -> str:
@@ -213,6 +245,14 @@ def add_settings_arguments(
             group = parser.add_argument_group(f"{part.part_title or part.__name__} settings")
         assert group is not None
         for name in own_fields(part):
+            if name in secret_files.SECRET_FLAG_FIELDS:
+                group.add_argument(
+                    flag_name(name), dest=f"{_FLAG_PREFIX}{name}", default=None, metavar="V",
+                    action=secret_files.RefuseSecretFlag,
+                    help=f"refused (visible in ps): use {env_name(name)} or "
+                    f"{env_name(name)}_FILE",
+                )
+                continue
             group.add_argument(
                 flag_name(name), dest=f"{_FLAG_PREFIX}{name}", default=None, metavar="V",
                 help=short_help(settings_type.model_fields[name]).replace("%", "%%"),
@@ -253,9 +293,11 @@ def markdown_table(part: type[SettingsPart]) -> str:
     rows = ["| Variable | Flag | Default | Meaning |", "|---|---|---|---|"]
     for name in own_fields(part):
         info = part.model_fields[name]
+        flag = f"`{flag_name(name)}`"
+        if name in secret_files.SECRET_FLAG_FIELDS:
+            flag = "refused (`ps` shows it)"
         rows.append(
-            f"| `{env_name(name)}` | `{flag_name(name)}` | `{_shown_default(info)}` | "
-            f"{info.description} |"
+            f"| `{env_name(name)}` | {flag} | `{_shown_default(info)}` | {info.description} |"
         )
     return "\n".join(rows)
 

@@ -10,8 +10,9 @@ from typing import Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from consumer.settings import secret_files
 from consumer.settings.base import (
-    SettingsPart,
+    Secrets,
     check_tls_files,
     empty_is_unset,
     env_name,
@@ -60,7 +61,7 @@ _UNSUPPORTED_SASL = {
 }
 
 
-class KafkaConnection(SettingsPart):
+class KafkaConnection(Secrets):
     part_title = "Kafka connection"
 
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
@@ -103,6 +104,11 @@ class KafkaConnection(SettingsPart):
     @classmethod
     def _kafka_empty_is_unset(cls, value: Any) -> Any:
         return empty_is_unset(value)
+
+    @field_validator("kafka_sasl_username", "kafka_sasl_password", mode="before")
+    @classmethod
+    def _kafka_secret_file_problem(cls, value: Any) -> Any:
+        return secret_files.check_secret(value)
 
     @field_validator("kafka_security_protocol", "kafka_sasl_mechanism", mode="before")
     @classmethod

@@ -7,7 +7,9 @@ from typing import Any, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from consumer.settings import secret_files
 from consumer.settings.base import (
+    Secrets,
     SettingsPart,
     check_tls_files,
     empty_is_unset,
@@ -17,7 +19,7 @@ from consumer.settings.base import (
 )
 
 
-class RedisConnection(SettingsPart):
+class RedisConnection(Secrets):
     part_title = "Redis connection"
 
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis URL (rediss:// for TLS).")
@@ -36,6 +38,11 @@ class RedisConnection(SettingsPart):
     @classmethod
     def _redis_empty_is_unset(cls, value: Any) -> Any:
         return empty_is_unset(value)
+
+    @field_validator("redis_password", mode="before")
+    @classmethod
+    def _redis_secret_file_problem(cls, value: Any) -> Any:
+        return secret_files.check_secret(value)
 
     @field_validator("redis_url")
     @classmethod

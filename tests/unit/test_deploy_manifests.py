@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -247,10 +248,36 @@ def test_deployment_env_and_sources(
     for item in container.get("env", []):
         if item["name"].startswith("OCR_"):
             assert item["name"].removeprefix("OCR_").lower() in Settings.model_fields
-    refs = container["envFrom"]
-    assert refs[0]["configMapRef"]["name"] == one(k8s, "ConfigMap")["metadata"]["name"]
-    assert refs[1]["secretRef"]["name"] == "ocr-stream-secrets"
-    assert refs[1]["secretRef"]["optional"] is True
+    [ref] = container["envFrom"]
+    assert ref["configMapRef"]["name"] == one(k8s, "ConfigMap")["metadata"]["name"]
+    # The Secret arrives as files in the folder OCR_SECRETS_DIR names, not as variables.
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == env["OCR_SECRETS_DIR"]]
+    volumes = one(k8s, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    [volume] = [v for v in volumes if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "ocr-stream-secrets"
+    assert volume["secret"]["optional"] is True and mount["readOnly"] is True
+
+
+def test_secret_keys_read_from_a_mounted_folder(
+    k8s: dict[str, list[dict[str, Any]]], configmap: dict[str, str],
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The example Secret as kubelet mounts it: one file per key.
+    [secret] = [d for d in k8s["Secret"] if d["metadata"]["name"] == "ocr-stream-secrets"]
+    for key, value in secret["stringData"].items():
+        (tmp_path / key).write_text(value)
+    for name in list(os.environ):
+        if name.startswith("OCR_"):
+            monkeypatch.delenv(name)
+    settings = settings_from(
+        {**configmap, "OCR_SECRETS_DIR": str(tmp_path), "OCR_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+         "OCR_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512"},
+        "ConfigMap + mounted Secret",
+    )
+    assert settings.redis_password is not None
+    assert settings.redis_password.get_secret_value() == secret["stringData"]["OCR_REDIS_PASSWORD"]
+    assert settings.kafka_sasl_username == secret["stringData"]["OCR_KAFKA_SASL_USERNAME"]
 
 
 def test_deployment_probes_and_ports(
