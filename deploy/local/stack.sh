@@ -6,9 +6,11 @@
 #   stack.sh up | down | status
 #   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server
 #   stack.sh test-deps                  deps, a JDK and Maven for the Java interop clients, and
-#                                       build the S3 server the s3:// tests read from (needs
-#                                       Go; `up` and the demo do not)
+#                                       build the S3 server the s3:// tests read from and
+#                                       kustomize (needs Go; `up` and the demo do not)
 #   stack.sh s3-bin                     print that S3 server's path (building it if needed)
+#   stack.sh kustomize-bin              print the path of kustomize (built with Go, cached),
+#                                       which the tests render deploy/k8s with
 #   stack.sh kill-kafka | start-kafka   SIGKILL / restart the broker (fault tests)
 #   stack.sh kill-redis | start-redis   SIGKILL / restart Redis (fault tests)
 #   stack.sh wipe-redis                 SIGKILL Redis and delete its data: the next
@@ -23,6 +25,7 @@
 #   OCR_KAFKA_START_TIMEOUT [120]          seconds `up` waits for the broker to answer
 #   OCR_CACHE_DIR [~/.cache/ocr-stream]    where the Kafka jars and the S3 server are cached
 #   OCR_VERSITYGW_VERSION [v1.8.0]         github.com/versity/versitygw, built with Go
+#   OCR_KUSTOMIZE_VERSION [v5.8.1]         sigs.k8s.io/kustomize/kustomize/v5, built with Go
 #   OCR_REDIS_URL [redis://127.0.0.1:6379/0], OCR_REDIS_PASSWORD (sets requirepass)
 #   OCR_STACK_CONSUMER [1]                 `up` also starts .venv/bin/ocr-consumer --engine auto
 #   OCR_ARTIFACTS_URI [.run/artifacts]     that consumer's figure store ('' turns it off)
@@ -46,6 +49,10 @@ STACK_CONSUMER=${OCR_STACK_CONSUMER:-1}
 # module proxy once per cache. Not part of the stack's `up`: tests start their own.
 VERSITYGW_VERSION=${OCR_VERSITYGW_VERSION:-v1.8.0}
 VERSITYGW_BIN="$CACHE_DIR/versitygw-$VERSITYGW_VERSION/versitygw"
+# The real kustomize (kubectl's -k), so the tests render deploy/k8s as `kubectl apply -k`
+# does. v5.8.1: v5.8.2 and later need Go 1.27.
+KUSTOMIZE_VERSION=${OCR_KUSTOMIZE_VERSION:-v5.8.1}
+KUSTOMIZE_BIN="$CACHE_DIR/kustomize-$KUSTOMIZE_VERSION/kustomize"
 
 if [[ -n "${OCR_PYTHON:-}" ]]; then
     PYTHON=$OCR_PYTHON
@@ -217,23 +224,36 @@ ensure_redis() {
     command -v redis-server >/dev/null || apt_install redis-server
 }
 
-ensure_s3_server() {
-    if [[ -x "$VERSITYGW_BIN" ]]; then
+# go_build_cached BIN PACKAGE@VERSION WHAT: `go install` from the Go module proxy into the
+# cache, once; a half-built binary never takes BIN's place.
+go_build_cached() {
+    local bin=$1 package=$2 what=$3
+    if [[ -x "$bin" ]]; then
         return 0
     fi
-    command -v go >/dev/null || die "building the tests' S3 server needs Go (1.22 or newer): install it, or put a versitygw binary at $VERSITYGW_BIN"
-    say "building versitygw $VERSITYGW_VERSION with $(go version | awk '{print $3}') into $VERSITYGW_BIN"
-    local staging="$VERSITYGW_BIN.partial.$$" started=$SECONDS
+    command -v go >/dev/null || die "building $what needs Go (1.24 or newer): install it, or put the binary at $bin"
+    say "building $package with $(go version | awk '{print $3}') into $bin"
+    local staging="$bin.partial.$$" started=$SECONDS
     rm -rf "$staging"
     mkdir -p "$staging"
-    if ! GOBIN="$staging" GOFLAGS=-mod=mod go install "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION"; then
+    if ! GOBIN="$staging" GOFLAGS=-mod=mod go install "$package"; then
         rm -rf "$staging"
-        die "go install github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION failed"
+        die "go install $package failed"
     fi
-    mkdir -p "$(dirname "$VERSITYGW_BIN")"
-    mv "$staging/versitygw" "$VERSITYGW_BIN"
+    mkdir -p "$(dirname "$bin")"
+    mv "$staging/$(basename "$bin")" "$bin"
     rm -rf "$staging"
-    say "built versitygw in $((SECONDS - started))s"
+    say "built $(basename "$bin") in $((SECONDS - started))s"
+}
+
+ensure_s3_server() {
+    go_build_cached "$VERSITYGW_BIN" "github.com/versity/versitygw/cmd/versitygw@$VERSITYGW_VERSION" \
+        "the tests' S3 server"
+}
+
+ensure_kustomize() {
+    go_build_cached "$KUSTOMIZE_BIN" "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" \
+        "kustomize (the tests render deploy/k8s with it)"
 }
 
 deps() {
@@ -511,9 +531,11 @@ main() {
         status) status ;;
         deps) deps ;;
         test-deps)
-            deps; ensure_interop_tools; ensure_s3_server
-            say "test server ready: versitygw $VERSITYGW_VERSION" ;;
+            deps; ensure_interop_tools; ensure_s3_server; ensure_kustomize
+            say "test tools ready: versitygw $VERSITYGW_VERSION, kustomize $KUSTOMIZE_VERSION"
+            ;;
         s3-bin) ensure_s3_server >&2; echo "$VERSITYGW_BIN" ;;
+        kustomize-bin) ensure_kustomize >&2; echo "$KUSTOMIZE_BIN" ;;
         start-kafka) start_kafka ;;
         kill-kafka) stop_process kafka "$KAFKA_MARKER" 0 KILL ;;
         start-redis) start_redis ;;
@@ -527,7 +549,7 @@ main() {
         start-consumer) start_consumer ;;
         stop-consumer) stop_consumer ;;
         *)
-            echo "usage: $0 up|down|status|deps|test-deps|s3-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
+            echo "usage: $0 up|down|status|deps|test-deps|s3-bin|kustomize-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
             exit 2
             ;;
     esac
