@@ -134,7 +134,9 @@ class App:
         settings = self.settings
         budget = page_budget(settings, engine)
         scheduler = PageScheduler(budget)
-        store = TaskStateStore(redis_client(settings), settings)
+        store = TaskStateStore(
+            redis_client(settings), settings, on_error=self.metrics.redis_error
+        )
         publisher = EventPublisher(settings, source=f"ocr-stream/{self.consumer_id}")
         await self._until_connected("producer", publisher.start)
         runner = TaskRunner(

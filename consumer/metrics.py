@@ -11,7 +11,16 @@ dashboard names a series this module does not define.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from consumer.engines.base import EngineStats
 
@@ -20,6 +29,13 @@ from consumer.engines.base import EngineStats
 # timeouts default to 120 s and 3600 s; the last bucket (600 s) plus +Inf covers both.
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)
+# Pipeline stages and the page queue start at 1 ms: render, post-processing and publish take
+# about 37 ms a page together (bench/README.md, CPU pipeline), so with a first bucket at
+# 50 ms their p95 would say nothing. One set for every stage (a histogram has one), so the
+# slow ones (infer, a large fetch) reach 600 s too.
+STAGE_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, *LATENCY_BUCKETS,
 )
 
 # Label values created up front so rate() over them is defined (0) before the first event;
@@ -33,7 +49,16 @@ class ConsumerMetrics:
     """The consumer's metrics; every method is cheap and safe to call from the event loop."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
+        """Without `registry`, a private one that also exports the process's CPU, memory and
+        file descriptors (process_*), the interpreter's garbage collections (python_gc_*)
+        and python_info, as the global default registry does. A registry passed in is
+        assumed to have them already (the default one does) or not to want them."""
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            GCCollector(registry=registry)
+            PlatformCollector(registry=registry)
+        self.registry = registry
         r = self.registry
 
         self.pages = Counter(
@@ -46,7 +71,7 @@ class ConsumerMetrics:
         self.page_queue_seconds = Histogram(
             "ocr_page_queue_seconds",
             "Time a page waited for a slot of the in-flight page budget before rendering.",
-            buckets=LATENCY_BUCKETS, registry=r,
+            buckets=STAGE_BUCKETS, registry=r,
         )
         self.tasks = Counter(
             "ocr_tasks", "Tasks finished, by status (completed, failed, duplicate).",
@@ -55,7 +80,7 @@ class ConsumerMetrics:
         self.stage_seconds = Histogram(
             "ocr_stage_seconds",
             "Duration of one pipeline stage (fetch, render, infer, postprocess, publish).",
-            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+            ["stage"], buckets=STAGE_BUCKETS, registry=r,
         )
         self.task_queue_seconds = Histogram(
             "ocr_task_queue_seconds",
@@ -83,6 +108,17 @@ class ConsumerMetrics:
         self.errors = Counter(
             "ocr_errors", "Task and page failures, by error code.", ["code"], registry=r
         )
+        self.redis_errors = Counter(
+            "ocr_redis_errors",
+            "Redis calls that failed and were retried (an outage is waited out), by operation.",
+            ["operation"], registry=r,
+        )
+        self.publish_retries = Counter(
+            "ocr_publish_retries",
+            "Records sent again because the broker was away (timeout, connection, leader "
+            "move), by topic.",
+            ["topic"], registry=r,
+        )
         self.engine_running = Gauge(
             "ocr_engine_running", "Sequences the engine is decoding now.", registry=r
         )
@@ -90,7 +126,7 @@ class ConsumerMetrics:
             "ocr_engine_waiting", "Sequences queued inside the engine.", registry=r
         )
         self.engine_kv_cache_usage = Gauge(
-            "ocr_engine_kv_cache_usage", "Engine KV-cache usage, 0..1.", registry=r
+            "ocr_engine_kv_cache_usage_ratio", "Engine KV-cache usage, 0..1.", registry=r
         )
         # Counters fed with deltas of the engine's own totals, so rate() works and a restarted
         # engine (totals back to 0) is a counter reset Prometheus already understands.
@@ -164,6 +200,14 @@ class ConsumerMetrics:
 
     def error(self, code: str) -> None:
         self.errors.labels(code=code).inc()
+
+    def redis_error(self, operation: str) -> None:
+        self.redis_errors.labels(operation=operation).inc()
+
+    def publish_retry(self, topic: str) -> None:
+        """One call in EventPublisher._send's retry branch (phase 2: publisher.py is being
+        redesigned; until then the counter stays at 0 and `publish_retry` logs count)."""
+        self.publish_retries.labels(topic=topic).inc()
 
     # Engine and identity ----------------------------------------------------------------------
 

@@ -105,8 +105,14 @@ def redis_client(settings: Settings) -> aioredis.Redis:
 
 
 class TaskStateStore:
-    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+    def __init__(
+        self, client: aioredis.Redis, settings: Settings,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        """`on_error(operation)` is told of every failed call that will be retried (the
+        consumer counts them: ocr_redis_errors_total)."""
         self._redis = client
+        self._on_error = on_error
         self._prefix = settings.redis_key_prefix
         self._ttl = settings.state_ttl_s
         self._lease_ms = settings.lease_ttl_s * 1000
@@ -132,6 +138,8 @@ class TaskStateStore:
                 if time.monotonic() > deadline:
                     raise
                 log.warning("redis_unavailable", operation=what, error=str(exc), retry_in=delay)
+                if self._on_error is not None:
+                    self._on_error(what)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 

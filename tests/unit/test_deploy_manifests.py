@@ -385,7 +385,10 @@ def _exprs(dashboard: dict[str, Any]) -> list[str]:
 def test_dashboard_uses_only_defined_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     defined = ConsumerMetrics().metric_names()
-    used = {name for expr in _exprs(dashboard) for name in re.findall(r"\bocr_[a-z0-9_]+", expr)}
+    used = {
+        name for expr in _exprs(dashboard)
+        for name in re.findall(r"\b(?:ocr|process|python)_[a-z0-9_]+", expr)
+    }
     assert used, "the dashboard queries no ocr_* metric"
     assert used <= defined, sorted(used - defined)
     ids = [p["id"] for p in dashboard["panels"]]
@@ -395,7 +398,7 @@ def test_dashboard_uses_only_defined_metrics() -> None:
 def test_dashboard_covers_every_metric_family() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
     text = " ".join(_exprs(dashboard))
-    families = {f.name for f in ConsumerMetrics().registry.collect()}
+    families = {f.name for f in ConsumerMetrics().registry.collect() if f.name.startswith("ocr_")}
     # Identity and free-form engine numbers are for ad-hoc queries, not panels.
     missing = {f for f in families - {"ocr_consumer", "ocr_engine_stat"} if f not in text}
     assert not missing, sorted(missing)
@@ -407,6 +410,10 @@ def test_dashboard_covers_every_metric_family() -> None:
 def test_operations_guide_lists_every_metric() -> None:
     text = OPERATIONS.read_text()
     for family in ConsumerMetrics().registry.collect():
+        if not family.name.startswith("ocr_"):
+            # The standard process_* and python_* families: named by their prefix.
+            assert f"`{family.name.split('_')[0]}_*`" in text, family.name
+            continue
         shown = family.name + ("_total" if family.type == "counter" else "")
         if family.type == "info":
             shown = family.name + "_info"

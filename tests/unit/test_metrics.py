@@ -14,7 +14,7 @@ from consumer.app import App
 from consumer.config import Settings
 from consumer.engines.base import EngineStats
 from consumer.health import HealthServer
-from consumer.metrics import LATENCY_BUCKETS, ConsumerMetrics
+from consumer.metrics import LATENCY_BUCKETS, STAGE_BUCKETS, ConsumerMetrics
 from tests.support.engines import ScriptedEngine
 
 
@@ -64,6 +64,61 @@ def test_buckets_cover_ocr_latencies() -> None:
     assert LATENCY_BUCKETS[0] == 0.05
     assert LATENCY_BUCKETS[-1] == 600.0
     assert list(LATENCY_BUCKETS) == sorted(LATENCY_BUCKETS)
+    # Fast stages (render + post-processing + publish: ~37 ms a page) resolve from 1 ms.
+    assert STAGE_BUCKETS[0] == 0.001 and STAGE_BUCKETS[-1] == 600.0
+    assert list(STAGE_BUCKETS) == sorted(set(STAGE_BUCKETS))
+
+
+def test_a_fast_stage_lands_below_50_ms() -> None:
+    metrics = ConsumerMetrics()
+    for seconds in (0.004, 0.012, 0.021):
+        metrics.stage("publish", seconds)
+    metrics.page_done("ok", infer_s=0.3, queue_s=0.002)
+    assert _value(metrics, "ocr_stage_seconds_bucket", stage="publish", le="0.005") == 1
+    assert _value(metrics, "ocr_stage_seconds_bucket", stage="publish", le="0.025") == 3
+    assert _value(metrics, "ocr_page_queue_seconds_bucket", le="0.0025") == 1
+
+
+def test_process_and_gc_metrics_on_the_private_registry() -> None:
+    metrics = ConsumerMetrics()
+    names = metrics.metric_names()
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes",
+                 "process_open_fds", "python_gc_collections_total", "python_info"):
+        assert name in names, name
+    assert (_value(metrics, "process_resident_memory_bytes") or 0) > 0
+    # Two instances in one process do not collide (each its own collectors).
+    assert ConsumerMetrics().registry is not metrics.registry
+
+
+def test_redis_errors_and_publish_retries() -> None:
+    metrics = ConsumerMetrics()
+    metrics.redis_error("page_done")
+    metrics.redis_error("page_done")
+    metrics.publish_retry("ocr.results")
+    assert _value(metrics, "ocr_redis_errors_total", operation="page_done") == 2
+    assert _value(metrics, "ocr_publish_retries_total", topic="ocr.results") == 1
+
+
+async def test_the_state_store_counts_redis_errors_it_waits_out(settings: Settings) -> None:
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from consumer.state import TaskStateStore
+
+    class FlakyRedis:
+        calls = 0
+
+        async def hset(self, *args: object) -> int:
+            self.calls += 1
+            if self.calls <= 2:
+                raise RedisConnectionError("Connection refused")
+            return 1
+
+    metrics = ConsumerMetrics()
+    store = TaskStateStore(
+        FlakyRedis(), settings, on_error=metrics.redis_error  # type: ignore[arg-type]
+    )
+    await store.set_pages_total("t-1", 3)
+    assert _value(metrics, "ocr_redis_errors_total", operation="pages_total") == 2
 
 
 def test_gauges_lag_and_forgetting_a_partition() -> None:
@@ -115,7 +170,7 @@ def test_engine_totals_become_counter_deltas_and_survive_a_restart() -> None:
 def test_metric_names_include_suffixed_forms() -> None:
     names = ConsumerMetrics().metric_names()
     for name in ("ocr_pages_total", "ocr_inference_seconds_bucket", "ocr_consumer_lag",
-                 "ocr_engine_kv_cache_usage", "ocr_dlq_total", "ocr_consumer_info"):
+                 "ocr_engine_kv_cache_usage_ratio", "ocr_dlq_total", "ocr_consumer_info"):
         assert name in names
 
 
