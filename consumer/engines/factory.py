@@ -15,7 +15,7 @@ from typing import cast
 from consumer.config import EngineName, Settings
 from consumer.engines.base import Engine
 from consumer.errors import OcrError
-from consumer.log import get_logger
+from consumer.log import configure_vllm_logging, get_logger
 from schemas.common import ErrorCode
 
 log = get_logger(__name__)
@@ -104,6 +104,8 @@ def create_engine(settings: Settings) -> Engine:
         return RapidOcrEngine()
     if not vllm_installed():
         raise OcrError(ErrorCode.ENGINE_ERROR, _VLLM_MISSING)
+    # vLLM configures its logging when first imported (here and in its engine core).
+    configure_vllm_logging()
     try:
         # Imported by name: the module needs vLLM at import time.
         module = importlib.import_module("consumer.engines.vllm")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from consumer.settings.base import SettingsPart
 
@@ -72,8 +72,20 @@ class LogFormat(StrEnum):
     CONSOLE = "console"
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
 class Logging(SettingsPart):
     part_title = "Logging"
 
-    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR.")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     log_format: LogFormat = Field(LogFormat.AUTO, description="auto, json or console.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        # A typo must not quietly become INFO (or hide the DEBUG lines asked for).
+        name = value.strip().upper()
+        if name not in LOG_LEVELS:
+            raise ValueError(f"not a log level; use one of {', '.join(LOG_LEVELS)}")
+        return name
