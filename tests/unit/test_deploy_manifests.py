@@ -11,6 +11,8 @@ import base64
 import json
 import os
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ from pydantic import SecretStr, ValidationError
 from consumer.config import Settings
 from consumer.health import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
 from consumer.metrics import ConsumerMetrics
+from tests.support.documents import make_png
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -94,10 +97,11 @@ def test_compose_consumer(compose: dict[str, Any]) -> None:
     assert consumer["build"]["dockerfile"] == "deploy/Dockerfile"
     [device] = consumer["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert device["device_ids"] == ["0"]
     env = env_dict(consumer["environment"])
-    settings = settings_from(env, "compose consumer")
+    settings = settings_from(interpolated(env, "/srv/host"), "compose consumer")
     assert settings.metrics_host == "0.0.0.0"
-    assert f"127.0.0.1:{settings.metrics_port}:{settings.metrics_port}" in consumer["ports"]
+    assert "ports" not in consumer, "no host tool reads the consumer's metrics"
     assert any(v.endswith(f":{env['HF_HOME']}") for v in consumer["volumes"]), "no HF cache"
     assert consumer["volumes"][0].split(":")[0] in compose["volumes"]
     assert f":{settings.metrics_port}{READYZ_PATH}" in " ".join(consumer["healthcheck"]["test"])
@@ -124,21 +128,165 @@ def test_compose_stores_figures_where_the_collector_reads_them(compose: dict[str
 
 def test_compose_every_ocr_variable_is_a_setting(compose: dict[str, Any]) -> None:
     for name, service in compose["services"].items():
-        settings_from(env_dict(service.get("environment")), f"compose {name}")
+        settings_from(
+            interpolated(env_dict(service.get("environment")), "/srv/host"), f"compose {name}"
+        )
 
 
-def test_compose_ports_are_loopback_only(compose: dict[str, Any]) -> None:
-    for name, service in compose["services"].items():
-        for port in service.get("ports", []):
-            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} publicly"
+def test_compose_publishes_only_what_host_tools_need(compose: dict[str, Any]) -> None:
+    published = {
+        (name, str(port)) for name, service in compose["services"].items()
+        for port in service.get("ports", [])
+    }
+    # Kafka's host listener for the tools; Grafana for a person's browser (monitoring
+    # profile). Redis, Prometheus and the consumers' metrics stay on the compose network.
+    assert published == {("kafka", "127.0.0.1:9094:9094"), ("grafana", "127.0.0.1:3000:3000")}
+    kafka = compose["services"]["kafka"]["environment"]
+    assert "HOST://127.0.0.1:9094" in kafka["KAFKA_ADVERTISED_LISTENERS"]
 
 
-def test_compose_prometheus_scrapes_the_consumer(compose: dict[str, Any]) -> None:
+def test_compose_prometheus_finds_every_consumer(compose: dict[str, Any]) -> None:
     config = yaml.safe_load(compose["configs"]["prometheus-config"]["content"])
     [job] = config["scrape_configs"]
-    port = env_dict(compose["services"]["consumer"]["environment"])["OCR_METRICS_PORT"]
+    [sd] = job["dns_sd_configs"]
     assert job["metrics_path"] == METRICS_PATH
-    assert job["static_configs"][0]["targets"] == [f"consumer:{port}"]
+    port = env_dict(compose["services"]["consumer"]["environment"])["OCR_METRICS_PORT"]
+    assert sd["port"] == int(port) and sd["type"] == "A"
+    for name, service in _consumers(compose, gpus=3).items():
+        assert sd["names"][0] in service["networks"]["default"]["aliases"], name
+
+
+# Host tools hand files over at the consumers' own path ----------------------------------------
+
+
+def interpolated(env: dict[str, Any], pwd: str) -> dict[str, Any]:
+    """Compose's interpolation of the variables this file uses (${PWD}, ${HF_TOKEN:-})."""
+    def expand(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        return re.sub(
+            r"\$\{(\w+)(?::[-?][^}]*)?\}",
+            lambda m: pwd if m.group(1) == "PWD" else "",
+            value,
+        )
+
+    return {key: expand(value) for key, value in env.items()}
+
+
+async def test_compose_hand_over_folder_has_one_path_on_both_sides(
+    compose: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from consumer.documents.fetch import fetch_document
+    from producer_tools.submit_requests import RequestOptions, build_submission
+
+    consumer = compose["services"]["consumer"]
+    [mount] = [v for v in consumer["volumes"] if v.endswith(":ro") and "PWD" in v]
+    source, target, _ = interpolated({"v": mount}, str(tmp_path))["v"].split(":")
+    assert source == target == str(tmp_path / "blobs")  # the same path on host and container
+    # The host side, as the compose header says: from the folder, OCR_BLOB_ROOT=blobs.
+    (tmp_path / "blobs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    document = make_png(tmp_path / "report.png")
+    host = Settings(blob_root=Path("blobs"))
+    submission = build_submission(str(document), RequestOptions(), host.blob_root)
+    # The consumer side: its OCR_FILE_ROOTS as compose sets it, reading through the mount.
+    env = interpolated(env_dict(consumer["environment"]), str(tmp_path))
+    fetched = await fetch_document(
+        submission.request.source, Settings(file_roots=env["OCR_FILE_ROOTS"])
+    )
+    assert fetched.data == document.read_bytes()
+
+
+# One consumer per GPU -------------------------------------------------------------------------
+
+GPUS_SCRIPT = REPO / "deploy" / "compose" / "gpus.py"
+
+
+def _generated(gpus: int) -> str:
+    done = subprocess.run(
+        [sys.executable, str(GPUS_SCRIPT), str(gpus)], capture_output=True, text=True,
+        timeout=60, check=True,
+    )
+    return done.stdout
+
+
+def _consumers(compose: dict[str, Any], gpus: int) -> dict[str, Any]:
+    extra = yaml.safe_load(_generated(gpus)) or {}
+    return {"consumer": compose["services"]["consumer"], **extra.get("services", {})}
+
+
+def test_one_consumer_per_gpu_with_distinct_ids(compose: dict[str, Any]) -> None:
+    consumers = _consumers(compose, gpus=4)
+    assert list(consumers) == ["consumer", "consumer-1", "consumer-2", "consumer-3"]
+    ids = [env_dict(s["environment"])["OCR_GROUP_INSTANCE_ID"] for s in consumers.values()]
+    names = [env_dict(s["environment"])["OCR_CONSUMER_ID"] for s in consumers.values()]
+    gpus = [
+        tuple(s["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"])
+        for s in consumers.values()
+    ]
+    assert len(set(ids)) == len(set(names)) == len(set(gpus)) == 4
+    assert gpus == [("0",), ("1",), ("2",), ("3",)]
+    # Nothing else differs from the GPU 0 service: one definition, N copies.
+    template = consumers["consumer"]
+    for name, service in consumers.items():
+        env = env_dict(service["environment"])
+        base = env_dict(template["environment"])
+        assert {k: v for k, v in env.items() if v != base[k]}.keys() <= {
+            "OCR_GROUP_INSTANCE_ID", "OCR_CONSUMER_ID"
+        }, name
+        same = {k: v for k, v in service.items() if k not in ("environment", "deploy")}
+        assert same == {k: v for k, v in template.items() if k not in ("environment", "deploy")}
+    assert _generated(1).strip().startswith("#") and yaml.safe_load(_generated(1)) is None
+
+
+def _check_jsonschema(*files: Path) -> subprocess.CompletedProcess[str]:
+    # check-jsonschema (PyPI) ships the compose-spec JSON schema (vendor.compose-spec).
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema",
+         "vendor.compose-spec", *map(str, files)],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_compose_files_match_the_compose_spec_schema(tmp_path: Path) -> None:
+    generated = tmp_path / "compose.gpus.yaml"
+    generated.write_text(_generated(3))
+    done = _check_jsonschema(COMPOSE, generated)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # And the check can fail: a misspelt key is refused.
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(COMPOSE.read_text().replace("stop_grace_period:", "stop_grace_periods:"))
+    assert _check_jsonschema(broken).returncode != 0
+
+
+def _docker_compose() -> bool:
+    try:
+        done = subprocess.run(
+            ["docker", "compose", "version"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+@pytest.mark.skipif(not _docker_compose(), reason="no docker compose plugin on this machine")
+def test_docker_compose_config_accepts_them(tmp_path: Path) -> None:
+    # `config` parses, merges and validates; it needs no Docker engine.
+    generated = REPO / "compose.gpus.yaml"
+    generated.write_text(_generated(2))
+    try:
+        done = subprocess.run(
+            ["docker", "compose", "-f", str(COMPOSE), "-f", str(generated),
+             "--profile", "monitoring", "config", "--format", "json"],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+            env={**os.environ, "PWD": str(REPO)},
+        )
+    finally:
+        generated.unlink()
+    assert done.returncode == 0, done.stderr
+    services = json.loads(done.stdout)["services"]
+    assert {"consumer", "consumer-1", "kafka", "redis", "prometheus", "grafana"} <= set(services)
+    assert services["consumer-1"]["environment"]["OCR_GROUP_INSTANCE_ID"] == "compose-gpu-1"
 
 
 # Dockerfile -------------------------------------------------------------------------------
