@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -83,8 +84,17 @@ class Install:
 @pytest.fixture(scope="module")
 def install(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Install]:
     work = tmp_path_factory.mktemp("install")
-    # Built the way pip builds it for a user: isolated, from the checkout's pyproject.toml.
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", work / "dist", REPO)
+    # Built the way pip builds it for a user (isolated), from a copy of the tracked files:
+    # setuptools writes build/ and *.egg-info next to the sources, and a stale build/ of
+    # the checkout could put deleted modules into the wheel.
+    source = work / "source"
+    listed = _run("git", "-C", REPO, "ls-files", "-z", "--cached", "--others",
+                  "--exclude-standard")
+    for name in filter(None, listed.split("\0")):
+        if (REPO / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, source / name)
+    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", work / "dist", source)
     [wheel] = (work / "dist").glob("ocr_stream-*.whl")
     venv = work / "venv"
     _run(sys.executable, "-m", "venv", venv)
