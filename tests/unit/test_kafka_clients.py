@@ -242,9 +242,11 @@ def test_the_password_is_not_in_validation_messages(clean_env: pytest.MonkeyPatc
 
 
 def test_the_consumer_does_not_print_the_password_for_bad_settings(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], clean_env: pytest.MonkeyPatch,
 ) -> None:
-    code = app.main(["--kafka-security-protocol", "SASL_SSL", "--kafka-sasl-password", PASSWORD])
+    # From the environment: a password flag is refused before settings load (ps shows it).
+    clean_env.setenv("OCR_KAFKA_SASL_PASSWORD", PASSWORD)
+    code = app.main(["--kafka-security-protocol", "SASL_SSL"])
     err = capsys.readouterr().err
     assert code != 0 and "OCR_KAFKA_SASL_USERNAME" in err
     assert PASSWORD not in err
