@@ -26,6 +26,7 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaProducer
 
+from consumer import add_version_argument
 from consumer.settings import Logging, TopicClient, add_settings_arguments, producer_kwargs
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, UsageError, run_cli
 from producer_tools.follow_progress import (
@@ -129,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "restarts it only with force. Exit: 0 done, 1 refused, 3 timeout.",
         allow_abbrev=False,
     )
+    add_version_argument(parser)
     parser.add_argument("task_ids", nargs="+", metavar="TASK_ID", type=_valid_task_id)
     parser.add_argument(
         "--reason", default="", metavar="TEXT",
