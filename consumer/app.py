@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
 
-from consumer import __version__, add_version_argument
+from consumer import __version__
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
@@ -27,6 +27,7 @@ from consumer.loop import ConsumerLoop, request_consumer
 from consumer.metrics import ConsumerMetrics
 from consumer.publisher import EventPublisher
 from consumer.scheduler import PageScheduler
+from consumer.settings import add_version_argument
 from consumer.state import TaskStateStore, redis_client
 from consumer.tasks import TaskRunner
 

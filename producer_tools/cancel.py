@@ -26,8 +26,13 @@ from typing import TextIO
 
 from aiokafka import AIOKafkaProducer
 
-from consumer import add_version_argument
-from consumer.settings import Logging, TopicClient, add_settings_arguments, producer_kwargs
+from consumer.settings import (
+    Logging,
+    TopicClient,
+    add_settings_arguments,
+    add_version_argument,
+    producer_kwargs,
+)
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, UsageError, run_cli
 from producer_tools.follow_progress import (
     ProgressFollower,

@@ -52,7 +52,6 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from pydantic import ValidationError
 
-from consumer import add_version_argument
 from consumer.artifacts.store import open_artifact_store
 from consumer.log import get_logger
 from consumer.settings import (
@@ -61,6 +60,7 @@ from consumer.settings import (
     Logging,
     TopicClient,
     add_settings_arguments,
+    add_version_argument,
     client_kwargs,
 )
 from producer_tools import EXIT_OK, ToolError, run_cli

@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import argparse
 
-from consumer import add_version_argument
-from consumer.settings import add_settings_arguments
+from consumer.settings import add_settings_arguments, add_version_argument
 from producer_tools import UsageError, run_cli, run_cli_async
 from producer_tools.replay_common import ReplaySettings, parse_time, to_ms
 from producer_tools.replay_republish import (

@@ -32,7 +32,6 @@ from pathlib import Path
 from aiokafka import AIOKafkaProducer
 from pydantic import ValidationError
 
-from consumer import add_version_argument
 from consumer.artifacts.store import open_artifact_store
 from consumer.log import get_logger
 from consumer.settings import (
@@ -41,6 +40,7 @@ from consumer.settings import (
     Logging,
     TopicClient,
     add_settings_arguments,
+    add_version_argument,
     producer_kwargs,
 )
 from producer_tools import EXIT_OK, describe_validation, run_cli

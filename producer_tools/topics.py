@@ -17,8 +17,13 @@ import asyncio
 import sys
 import time
 
-from consumer import add_version_argument
-from consumer.settings import KafkaConnection, Logging, TopicLayout, add_settings_arguments
+from consumer.settings import (
+    KafkaConnection,
+    Logging,
+    TopicLayout,
+    add_settings_arguments,
+    add_version_argument,
+)
 from producer_tools import EXIT_FAILED, EXIT_OK, run_cli, run_cli_async
 from producer_tools.topic_admin import (
     MismatchKind,

@@ -17,8 +17,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from consumer import add_version_argument
-from consumer.settings import Logging, TopicClient, add_settings_arguments
+from consumer.settings import Logging, TopicClient, add_settings_arguments, add_version_argument
 from producer_tools import UsageError, run_cli
 from producer_tools.follow_progress import ProgressFollower, make_display, report
 from schemas.common import TASK_ID_PATTERN

@@ -9,13 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import BaseModel
 
-from consumer import add_version_argument
 from schemas.cloudevents import (
     CE_TYPE_CANCEL,
     CE_TYPE_DLQ,
@@ -172,9 +172,19 @@ def rendered() -> dict[Path, str]:
     return files
 
 
+def _package_version() -> str:
+    try:
+        return metadata.version("ocr-stream")
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ocr-schemas", description=__doc__)
-    add_version_argument(parser)
+    # schemas/ imports nothing of the consumer: the version comes from the installed package.
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s (ocr-stream {_package_version()})"
+    )
     parser.add_argument("--check", action="store_true", help="fail if committed files drift")
     args = parser.parse_args(argv)
     stale = []

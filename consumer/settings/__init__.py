@@ -28,6 +28,7 @@ from consumer.settings.artifacts import (
 from consumer.settings.base import (
     SettingsPart,
     add_settings_arguments,
+    add_version_argument,
     env_name,
     flag_name,
     markdown_table,
@@ -102,6 +103,7 @@ __all__ = [
     "TopicLayout",
     "Topics",
     "add_settings_arguments",
+    "add_version_argument",
     "artifact_store_uri",
     "client_kwargs",
     "env_name",

@@ -230,6 +230,15 @@ def short_help(info: Any) -> str:
     return str(extra.get("short") or info.description or "")
 
 
+def add_version_argument(parser: argparse.ArgumentParser) -> None:
+    """`--version` on a command: every tool prints its name and the package version."""
+    from consumer import __version__
+
+    parser.add_argument(
+        "--version", action="version", version=f"%(prog)s (ocr-stream {__version__})"
+    )
+
+
 def add_settings_arguments(
     parser: argparse.ArgumentParser, settings_type: type[SettingsPart], *,
     by_part: bool = False,
@@ -248,9 +257,8 @@ def add_settings_arguments(
             if name in secret_files.SECRET_FLAG_FIELDS:
                 group.add_argument(
                     flag_name(name), dest=f"{_FLAG_PREFIX}{name}", default=None, metavar="V",
-                    action=secret_files.RefuseSecretFlag,
-                    help=f"refused (visible in ps): use {env_name(name)} or "
-                    f"{env_name(name)}_FILE",
+                    # Refused, so not offered: --help stays a screen long.
+                    action=secret_files.RefuseSecretFlag, help=argparse.SUPPRESS,
                 )
                 continue
             group.add_argument(

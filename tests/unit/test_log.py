@@ -33,6 +33,11 @@ REPO = Path(__file__).resolve().parents[2]
 def restored_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
+    # Tools run in-process by other tests quiet aiokafka for the whole process
+    # (producer_tools.run_cli); these tests log through it at its default level.
+    aiokafka = logging.getLogger("aiokafka")
+    aiokafka_level = aiokafka.level
+    aiokafka.setLevel(logging.NOTSET)
     # configure_vllm_logging sets these for the process; each test starts without them.
     for name in (VLLM_LOGGING_CONFIG_PATH, VLLM_CONFIGURE_LOGGING):
         monkeypatch.setenv(name, "")
@@ -43,6 +48,7 @@ def restored_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         if handler not in handlers:
             root.removeHandler(handler)
     root.setLevel(level)
+    aiokafka.setLevel(aiokafka_level)
 
 
 def test_events_follow_stderr_and_a_closed_stream_loses_only_the_line(

@@ -22,6 +22,7 @@ from consumer.settings import (
     parts_of,
     settings_from_args,
 )
+from consumer.settings.base import Secrets
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -58,7 +59,8 @@ def test_a_part_extending_another_comes_after_it() -> None:
     class Layout(KafkaConnection, TopicLayout):
         pass
 
-    assert parts_of(Layout) == [KafkaConnection, Topics, TopicLayout]
+    # KafkaConnection extends Secrets (where secret files are mounted): it comes first.
+    assert parts_of(Layout) == [Secrets, KafkaConnection, Topics, TopicLayout]
 
 
 def test_a_narrow_settings_type_reads_its_own_flags_and_variables(
