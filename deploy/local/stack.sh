@@ -16,6 +16,7 @@
 #   stack.sh wipe-redis                 SIGKILL Redis and delete its data: the next
 #                                       start-redis comes up empty (state-loss fault tests)
 #   stack.sh start-consumer | stop-consumer
+#   stack.sh start-gateway | stop-gateway   ocr-gateway on 127.0.0.1:$OCR_GATEWAY_PORT
 #
 # Environment (defaults in brackets):
 #   OCR_KAFKA_BOOTSTRAP [127.0.0.1:9092]   broker listener (first entry; loopback only)
@@ -29,6 +30,8 @@
 #   OCR_REDIS_URL [redis://127.0.0.1:6379/0], OCR_REDIS_PASSWORD (sets requirepass)
 #   OCR_STACK_CONSUMER [1]                 `up` also starts .venv/bin/ocr-consumer --engine auto
 #   OCR_ARTIFACTS_URI [.run/artifacts]     that consumer's figure store ('' turns it off)
+#   OCR_STACK_GATEWAY [= OCR_STACK_CONSUMER]  `up` also starts .venv/bin/ocr-gateway
+#   OCR_GATEWAY_HOST [127.0.0.1], OCR_GATEWAY_PORT [8080]  where that gateway listens
 #   OCR_PYTHON [.venv/bin/python, else python3]  runs `python -m producer_tools.topics`
 #   OCR_RUN_DIR [.run]                     PID files, logs and data of this stack
 set -euo pipefail
@@ -45,6 +48,7 @@ KAFKA_LIBS="$CACHE_DIR/kafka-$KAFKA_VERSION/libs"
 KAFKA_JAVA_OPTS=${OCR_KAFKA_JAVA_OPTS:--Xms128m -Xmx512m}
 KAFKA_START_TIMEOUT=${OCR_KAFKA_START_TIMEOUT:-120}
 STACK_CONSUMER=${OCR_STACK_CONSUMER:-1}
+STACK_GATEWAY=${OCR_STACK_GATEWAY:-$STACK_CONSUMER}
 # The tests' S3 server: Versity's S3 gateway (Apache-2.0) over a directory, built from the Go
 # module proxy once per cache. Not part of the stack's `up`: tests start their own.
 VERSITYGW_VERSION=${OCR_VERSITYGW_VERSION:-v1.8.0}
@@ -88,6 +92,10 @@ REDIS_URL=${OCR_REDIS_URL:-redis://127.0.0.1:6379/0}
     || die "OCR_REDIS_URL '$REDIS_URL' is not redis://host[:port][/db] (the local stack has no TLS)"
 REDIS_HOST=$(loopback_host "${BASH_REMATCH[2]}" OCR_REDIS_URL)
 REDIS_PORT=${BASH_REMATCH[4]:-6379}
+
+# Empty when not loopback: start_gateway refuses then (other commands do not care).
+GATEWAY_HOST=$(loopback_host "${OCR_GATEWAY_HOST:-127.0.0.1}" OCR_GATEWAY_HOST 2>/dev/null || echo "")
+GATEWAY_PORT=${OCR_GATEWAY_PORT:-8080}
 
 # --- processes ------------------------------------------------------------------------------
 
@@ -222,6 +230,15 @@ ensure_kafka_libs() {
 
 ensure_redis() {
     command -v redis-server >/dev/null || apt_install redis-server
+}
+
+# The gateway's browser test drives Debian's chromium through Playwright's system-browser
+# mode; no browser is ever downloaded.
+ensure_chromium() {
+    if command -v chromium >/dev/null; then
+        return 0
+    fi
+    apt_install chromium
 }
 
 # go_build_cached BIN PACKAGE@VERSION WHAT: `go install` from the Go module proxy into the
@@ -467,6 +484,54 @@ stop_consumer() {
     stop_process consumer "$CONSUMER_MARKER" 40
 }
 
+GATEWAY_BIN="$REPO/.venv/bin/ocr-gateway"
+GATEWAY_LOG="$RUN/gateway.log"
+GATEWAY_MARKER="ocr-gateway"
+
+start_gateway() {
+    local pid
+    if pid=$(live_pid gateway "$GATEWAY_MARKER"); then
+        say "gateway already running (pid $pid) on http://$GATEWAY_HOST:$GATEWAY_PORT"
+        return 0
+    fi
+    if [[ ! -x "$GATEWAY_BIN" ]]; then
+        say "skipping the gateway: $GATEWAY_BIN does not exist (run make install)"
+        return 0
+    fi
+    [[ -n "$GATEWAY_HOST" ]] || die "OCR_GATEWAY_HOST '${OCR_GATEWAY_HOST:-}' is not a loopback address; the local stack listens on 127.0.0.1 only"
+    if port_open "$GATEWAY_HOST" "$GATEWAY_PORT"; then
+        die "$GATEWAY_HOST:$GATEWAY_PORT is in use by a process this script did not start; stop it or set OCR_GATEWAY_PORT"
+    fi
+    mkdir -p "$RUN/blobs"
+    say "starting the gateway on http://$GATEWAY_HOST:$GATEWAY_PORT, log $GATEWAY_LOG"
+    echo "==== $(date -Is) start" >>"$GATEWAY_LOG"
+    (
+        cd "$REPO"
+        # Uploads are handed over where the consumer reads them.
+        export OCR_BLOB_ROOT="${OCR_BLOB_ROOT:-$RUN/blobs}"
+        export OCR_GATEWAY_HOST="$GATEWAY_HOST" OCR_GATEWAY_PORT="$GATEWAY_PORT"
+        export OCR_LOG_FORMAT="${OCR_LOG_FORMAT:-json}"
+        exec nohup "$GATEWAY_BIN" </dev/null >>"$GATEWAY_LOG" 2>&1 9>&-
+    ) &
+    pid=$!
+    echo "$pid" >"$RUN/gateway.pid"
+    local deadline=$((SECONDS + 60))
+    until port_open "$GATEWAY_HOST" "$GATEWAY_PORT"; do
+        if ! still_starting "$pid"; then
+            log_tail "$GATEWAY_LOG"
+            rm -f "$RUN/gateway.pid"
+            die "the gateway exited during start-up; see $GATEWAY_LOG"
+        fi
+        ((SECONDS < deadline)) || { log_tail "$GATEWAY_LOG"; die "the gateway did not listen within 60s; see $GATEWAY_LOG"; }
+        sleep 0.3
+    done
+    say "gateway answers on http://$GATEWAY_HOST:$GATEWAY_PORT (pid $pid)"
+}
+
+stop_gateway() {
+    stop_process gateway "$GATEWAY_MARKER" 20
+}
+
 # --- commands -------------------------------------------------------------------------------
 
 status_line() {
@@ -495,6 +560,11 @@ status() {
     else
         say "consumer: stopped"
     fi
+    if pid=$(live_pid gateway "$GATEWAY_MARKER"); then
+        say "gateway: running (pid $pid) on http://$GATEWAY_HOST:$GATEWAY_PORT, log $GATEWAY_LOG"
+    else
+        say "gateway: stopped"
+    fi
     return "$rc"
 }
 
@@ -508,10 +578,14 @@ up() {
     if [[ "$STACK_CONSUMER" == 1 ]]; then
         start_consumer
     fi
+    if [[ "$STACK_GATEWAY" == 1 ]]; then
+        start_gateway
+    fi
     say "up: Kafka $KAFKA_HOST:$KAFKA_PORT, Redis redis://$REDIS_HOST:$REDIS_PORT (logs in $RUN)"
 }
 
 down() {
+    stop_gateway
     stop_consumer
     stop_process kafka "$KAFKA_MARKER" 60
     stop_process redis "$REDIS_MARKER" 20
@@ -531,8 +605,8 @@ main() {
         status) status ;;
         deps) deps ;;
         test-deps)
-            deps; ensure_interop_tools; ensure_s3_server; ensure_kustomize
-            say "test tools ready: versitygw $VERSITYGW_VERSION, kustomize $KUSTOMIZE_VERSION"
+            deps; ensure_interop_tools; ensure_s3_server; ensure_kustomize; ensure_chromium
+            say "test tools ready: versitygw $VERSITYGW_VERSION, kustomize $KUSTOMIZE_VERSION, $(chromium --version 2>/dev/null || echo chromium)"
             ;;
         s3-bin) ensure_s3_server >&2; echo "$VERSITYGW_BIN" ;;
         kustomize-bin) ensure_kustomize >&2; echo "$KUSTOMIZE_BIN" ;;
@@ -548,8 +622,10 @@ main() {
             ;;
         start-consumer) start_consumer ;;
         stop-consumer) stop_consumer ;;
+        start-gateway) start_gateway ;;
+        stop-gateway) stop_gateway ;;
         *)
-            echo "usage: $0 up|down|status|deps|test-deps|s3-bin|kustomize-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer" >&2
+            echo "usage: $0 up|down|status|deps|test-deps|s3-bin|kustomize-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer|start-gateway|stop-gateway" >&2
             exit 2
             ;;
     esac

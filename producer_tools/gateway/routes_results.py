@@ -1,0 +1,110 @@
+"""Results of a final task as ocr-collect writes them, and pages for the web page."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from producer_tools.gateway.answers import PageView, page_view
+from producer_tools.gateway.errors import GatewayCode, GatewayError, not_found
+from producer_tools.gateway.routes_tasks import ERRORS, caller, checked_task_id, gateway
+from producer_tools.gateway.service import Gateway
+from producer_tools.gateway.view_model import api_status
+from producer_tools.task_files import assemble_markdown, pages_json, task_zip
+from schemas.progress import ProgressEvent
+from schemas.result import PageResult
+
+router = APIRouter(prefix="/v1/tasks/{task_id}", tags=["results"])
+
+
+async def final_pages(gw: Gateway, task_id: str) -> tuple[list[PageResult], ProgressEvent]:
+    snapshot = await gw.store.snapshot(checked_task_id(task_id))
+    if not snapshot.known:
+        raise not_found(task_id)
+    status = api_status(snapshot.progress, snapshot.pages_stored)
+    if snapshot.progress is None or not status.is_final:
+        raise GatewayError(
+            409, GatewayCode.TASK_NOT_FINISHED,
+            f"task {task_id} is {status.value}; its files are served once it is final "
+            "(follow its status or events)",
+        )
+    return await gw.store.pages(task_id), snapshot.progress.event
+
+
+def _download(body: bytes, media_type: str, name: str) -> Response:
+    return Response(
+        body, media_type=media_type,
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+@router.get("/result.md", responses=ERRORS, summary="document.md as ocr-collect writes it")
+async def result_md(task_id: str, request: Request, _: str = Depends(caller)) -> Response:
+    pages, _final = await final_pages(gateway(request), task_id)
+    return Response(assemble_markdown(pages), media_type="text/markdown; charset=utf-8")
+
+
+@router.get("/result.json", responses=ERRORS, summary="pages.json as ocr-collect writes it")
+async def result_json(task_id: str, request: Request, _: str = Depends(caller)) -> Response:
+    pages, _final = await final_pages(gateway(request), task_id)
+    return Response(pages_json(pages) + "\n", media_type="application/json")
+
+
+@router.get("/result.zip", responses=ERRORS, summary="<task_id>.zip as ocr-collect writes it")
+async def result_zip(task_id: str, request: Request, _: str = Depends(caller)) -> Response:
+    pages, final = await final_pages(gateway(request), task_id)
+    archive = await asyncio.to_thread(task_zip, pages, final)
+    return _download(archive, "application/zip", f"{task_id}.zip")
+
+
+@router.get(
+    "/pages/{page}", response_model=PageView, responses=ERRORS,
+    summary="One page: Markdown, the same as safe HTML, blocks with boxes, image size",
+)
+async def page(task_id: str, page: int, request: Request, _: str = Depends(caller)) -> PageView:
+    gw = gateway(request)
+    result = await gw.store.page(checked_task_id(task_id), page)
+    if result is None:
+        raise GatewayError(
+            404, GatewayCode.PAGE_NOT_FOUND, f"task {task_id} has no result for page {page} (yet)"
+        )
+    snapshot = await gw.store.snapshot(task_id)
+    has_image = bool(snapshot.submission.get("blob"))
+    return await asyncio.to_thread(page_view, task_id, result, has_image)
+
+
+@router.get(
+    "/pages/{page}/image.png", responses=ERRORS,
+    response_class=Response,
+    summary="The page as the engine saw it (uploads only): its blocks' bbox_px fit it",
+)
+async def page_image(
+    task_id: str, page: int, request: Request, _: str = Depends(caller)
+) -> Response:
+    gw = gateway(request)
+    snapshot = await gw.store.snapshot(checked_task_id(task_id))
+    blob, media_type = snapshot.submission.get("blob"), snapshot.submission.get("media_type")
+    path = Path(blob) if blob else None
+    root = gw.config.core.blob_root.resolve()
+    if path is None or media_type is None or root not in path.resolve().parents:
+        raise GatewayError(
+            404, GatewayCode.PAGE_IMAGE_UNAVAILABLE,
+            f"task {task_id} was not uploaded through this gateway, so it has no page images",
+        )
+    result = await gw.store.page(task_id, page)
+    # The result's dpi is what the consumer rendered at; before it exists, the request's.
+    dpi = result.image.dpi if result is not None and result.image.dpi else int(
+        snapshot.submission.get("dpi", "144")
+    )
+    if not await asyncio.to_thread(path.is_file):
+        raise GatewayError(
+            404, GatewayCode.PAGE_IMAGE_UNAVAILABLE,
+            f"the upload of task {task_id} is no longer in the hand-over folder",
+        )
+    png = await gw.workers.page_png(path, media_type, page, dpi)
+    return Response(
+        png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+    )
