@@ -57,7 +57,7 @@ $("upload").addEventListener("submit", async (event) => {
 function follow(taskId, name) {
   if (current) current.stream.abort();
   current = { id: taskId, shown: new Set(), stream: new AbortController() };
-  $("pages").replaceChildren();
+  $("page-list").replaceChildren();
   $("task").hidden = false;
   $("task-name").textContent = name || taskId;
   $("download").hidden = true;
@@ -147,8 +147,8 @@ async function showPage(task, number) {
   markdown.className = "markdown";
   markdown.innerHTML = page.html; // sanitised by the gateway (nh3 allow-list)
   section.append(title, wrap, markdown);
-  const after = [...$("pages").children].find((other) => Number(other.dataset.page) > number);
-  $("pages").insertBefore(section, after || null);
+  const after = [...$("page-list").children].find((other) => Number(other.dataset.page) > number);
+  $("page-list").insertBefore(section, after || null);
 }
 
 async function offerZip(task) {
