@@ -54,3 +54,13 @@ class GatewayMetrics:
         self.cancels = Counter(
             "ocr_gateway_cancels_total", "Cancel control records published.", registry=r,
         )
+
+    def metric_names(self) -> set[str]:
+        """Every sample name this registry can expose, suffixes included, even before the
+        first observation (so dashboards can be checked against it)."""
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+        names: set[str] = set()
+        for family in self.registry.collect():
+            names.add(family.name)
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
+        return names

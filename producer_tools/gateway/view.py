@@ -8,10 +8,13 @@ from the last commit, and applying a record twice changes nothing (view_model's
 invariants). If Redis lost the view, reset the group to the beginning
 (`ocr-replay reset --group ocr-gateway-view ...`) and the view rebuilds from the topics.
 
-Caught up: when partitions are assigned, their end offsets are noted; the view is caught up
-once it has read to them on every assigned partition. /readyz says so, and Kubernetes
-sends traffic only to caught-up replicas. A member left with no partitions (more replicas
-than partitions) is caught up as soon as it has joined.
+Caught up: when partitions are first assigned, their end offsets are noted; the view is
+caught up once it has read to them on every assigned partition. /readyz says so, and
+Kubernetes sends traffic only to caught-up replicas. A member left with no partitions (more
+replicas than partitions) is caught up as soon as it has joined. Once caught up, a replica
+stays ready through later rebalances (every replica serves the one shared view, so taking
+one out of service would not make anything fresher); it is unready again only while its
+consumer is down (Kafka or Redis errors) until it has caught up anew.
 
 Why not read the topics per request as ocr-collect's one-shot reader does: the results
 topic cannot be looked up by key, so finding one task's pages means reading its partition
@@ -61,7 +64,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self._view = view
 
     async def on_partitions_revoked(self, revoked: set[Any]) -> None:
-        self._view.targets = None
+        # Nothing to drop: the view lives in Redis, and the next owner of a revoked
+        # partition re-reads from its last commit.
+        return None
 
     async def on_partitions_assigned(self, assigned: set[Any]) -> None:
         await self._view.note_assignment(assigned)
@@ -85,7 +90,6 @@ class View:
     # --- readiness ---------------------------------------------------------------------------
 
     async def note_assignment(self, assigned: set[Any]) -> None:
-        self.caught_up = False
         ends = await self._consumer.end_offsets(sorted(assigned)) if assigned else {}
         self.targets = dict(ends)
         log.info("view_assigned", partitions=len(assigned), group=self._group)

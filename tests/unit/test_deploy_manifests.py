@@ -25,6 +25,9 @@ from consumer.config import Settings
 from consumer.health import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
 from consumer.metrics import ConsumerMetrics
 from tests.support.documents import make_png
+from producer_tools.gateway.metrics import GatewayMetrics
+from producer_tools.gateway.settings import ENV_PREFIX as GATEWAY_PREFIX
+from producer_tools.gateway.settings import GatewaySettings
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -44,6 +47,9 @@ def settings_from(env: dict[str, Any], where: str) -> Settings:
     fields: dict[str, Any] = {}
     for name, value in env.items():
         if not name.startswith("OCR_"):
+            continue
+        if name.startswith(GATEWAY_PREFIX):  # ocr-gateway's own (tests/unit/test_gateway_deploy)
+            assert name.removeprefix(GATEWAY_PREFIX).lower() in GatewaySettings.model_fields
             continue
         field = name.removeprefix("OCR_").lower()
         assert field in Settings.model_fields, f"{where}: {name} is not a Settings field"
@@ -138,16 +144,20 @@ def test_compose_publishes_only_what_host_tools_need(compose: dict[str, Any]) ->
         (name, str(port)) for name, service in compose["services"].items()
         for port in service.get("ports", [])
     }
-    # Kafka's host listener for the tools; Grafana for a person's browser (monitoring
-    # profile). Redis, Prometheus and the consumers' metrics stay on the compose network.
-    assert published == {("kafka", "127.0.0.1:9094:9094"), ("grafana", "127.0.0.1:3000:3000")}
+    # Kafka's host listener for the tools; the gateway's HTTP API and web page; Grafana for a
+    # person's browser (monitoring profile). Redis, Prometheus and the consumers' metrics stay on the compose network.
+    assert published == {
+        ("kafka", "127.0.0.1:9094:9094"),
+        ("gateway", "127.0.0.1:8080:8080"),
+        ("grafana", "127.0.0.1:3000:3000"),
+    }
     kafka = compose["services"]["kafka"]["environment"]
     assert "HOST://127.0.0.1:9094" in kafka["KAFKA_ADVERTISED_LISTENERS"]
 
 
 def test_compose_prometheus_finds_every_consumer(compose: dict[str, Any]) -> None:
     config = yaml.safe_load(compose["configs"]["prometheus-config"]["content"])
-    [job] = config["scrape_configs"]
+    [job] = [j for j in config["scrape_configs"] if j["job_name"] == "ocr-stream"]
     [sd] = job["dns_sd_configs"]
     assert job["metrics_path"] == METRICS_PATH
     port = env_dict(compose["services"]["consumer"]["environment"])["OCR_METRICS_PORT"]
@@ -334,7 +344,8 @@ def k8s() -> dict[str, list[dict[str, Any]]]:
 
 
 def one(k8s: dict[str, list[dict[str, Any]]], kind: str) -> dict[str, Any]:
-    [doc] = k8s[kind]
+    """The consumer's document of this kind (gateway-*.yaml: test_gateway_deploy.py)."""
+    [doc] = [d for d in k8s[kind] if not d["_file"].startswith("gateway-")]
     return doc
 
 
@@ -532,7 +543,7 @@ def _exprs(dashboard: dict[str, Any]) -> list[str]:
 
 def test_dashboard_uses_only_defined_metrics() -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    defined = ConsumerMetrics().metric_names()
+    defined = ConsumerMetrics().metric_names() | GatewayMetrics().metric_names()
     used = {
         name for expr in _exprs(dashboard)
         for name in re.findall(r"\b(?:ocr|process|python)_[a-z0-9_]+", expr)
