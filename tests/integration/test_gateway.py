@@ -234,6 +234,10 @@ async def test_keys_limits_and_codes(settings: Settings, tmp_path: Path, run_id:
         two = {"X-API-Key": "key-two"}
         assert (await client.post("/v1/tasks", headers=two, **upload(other))).status_code == 202
         assert await gw.gateway.store.open_count(key_id("key-one")) == 1
+        # Operations and the OpenAPI document need no key.
+        paths = (await client.get("/openapi.json")).json()["paths"]
+        assert {"/v1/tasks", "/v1/ocr", "/v1/tasks/{task_id}/result.zip"} <= set(paths)
+        assert set(paths["/v1/tasks/{task_id}"]) == {"get", "delete"}
         metrics = (await client.get("/metrics")).text
         assert 'ocr_gateway_refused_total{code="OPEN_TASKS_LIMIT"} 1.0' in metrics
         assert "key-one" not in metrics
