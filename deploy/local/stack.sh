@@ -507,8 +507,10 @@ start_gateway() {
     echo "==== $(date -Is) start" >>"$GATEWAY_LOG"
     (
         cd "$REPO"
-        # Uploads are handed over where the consumer reads them.
+        # Uploads are handed over where the consumer reads them; figures for result.zip
+        # are read from the consumer's store.
         export OCR_BLOB_ROOT="${OCR_BLOB_ROOT:-$RUN/blobs}"
+        export OCR_ARTIFACTS_URI="${OCR_ARTIFACTS_URI-$RUN/artifacts}"
         export OCR_GATEWAY_HOST="$GATEWAY_HOST" OCR_GATEWAY_PORT="$GATEWAY_PORT"
         export OCR_LOG_FORMAT="${OCR_LOG_FORMAT:-json}"
         exec nohup "$GATEWAY_BIN" </dev/null >>"$GATEWAY_LOG" 2>&1 9>&-

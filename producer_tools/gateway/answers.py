@@ -12,7 +12,7 @@ from producer_tools.gateway.page_html import markdown_html
 from producer_tools.gateway.view_model import (
     ApiStatus,
     api_status,
-    optional_field,
+    eta_and_message,
     percent,
 )
 from producer_tools.gateway.view_store import TaskSnapshot
@@ -128,8 +128,7 @@ def task_answer(task_id: str, snapshot: TaskSnapshot) -> TaskAnswer:
             total_s=_seconds(submitted_at or progress.queued_at, finished),
         )
     base = task_url(task_id)
-    eta = optional_field(event, "eta_s")
-    message = optional_field(event, "message")
+    eta, message = eta_and_message(event, status)
     return TaskAnswer(
         task_id=task_id,
         status=status,
@@ -138,8 +137,8 @@ def task_answer(task_id: str, snapshot: TaskSnapshot) -> TaskAnswer:
         pages_failed=event.pages_failed if event else 0,
         pages_total=event.pages_total if event else None,
         percent=percent(event, status),
-        eta_s=eta if isinstance(eta, int | float) and not status.is_final else None,
-        message=message if isinstance(message, str) else None,
+        eta_s=eta,
+        message=message,
         error=event.error if event and status.is_final else None,
         replayed=event.replayed if event else False,
         filename=snapshot.submission.get("filename"),

@@ -1,4 +1,10 @@
-"""Results of a final task as ocr-collect writes them, and pages for the web page."""
+"""Results of a final task as ocr-collect writes them, and pages for the web page.
+
+The files are task_files.task_files' entries, the very function ocr-collect writes with:
+document.md (figures linked under images/), pages.json, status.json, one file a page and
+the figures fetched from the artifact store (OCR_ARTIFACTS_URI; a figure that cannot be
+read becomes the placeholder saying why, as in ocr-collect's files).
+"""
 
 from __future__ import annotations
 
@@ -13,7 +19,7 @@ from producer_tools.gateway.errors import GatewayCode, GatewayError, not_found
 from producer_tools.gateway.routes_tasks import ERRORS, caller, checked_task_id, gateway
 from producer_tools.gateway.service import Gateway
 from producer_tools.gateway.view_model import api_status
-from producer_tools.task_files import assemble_markdown, pages_json, task_zip
+from producer_tools.task_files import fetch_figures, task_files, zip_files
 from schemas.progress import ProgressEvent
 from schemas.result import PageResult
 
@@ -34,6 +40,13 @@ async def final_pages(gw: Gateway, task_id: str) -> tuple[list[PageResult], Prog
     return await gw.store.pages(task_id), snapshot.progress.event
 
 
+async def final_files(gw: Gateway, task_id: str) -> dict[str, bytes]:
+    """The task's files by their name in ocr-collect's folder and ZIP, in ZIP order."""
+    pages, final = await final_pages(gw, task_id)
+    figures = await fetch_figures(pages, gw.artifacts)
+    return dict(await asyncio.to_thread(task_files, pages, final, figures))
+
+
 def _download(body: bytes, media_type: str, name: str) -> Response:
     return Response(
         body, media_type=media_type,
@@ -43,20 +56,20 @@ def _download(body: bytes, media_type: str, name: str) -> Response:
 
 @router.get("/result.md", responses=ERRORS, summary="document.md as ocr-collect writes it")
 async def result_md(task_id: str, request: Request, _: str = Depends(caller)) -> Response:
-    pages, _final = await final_pages(gateway(request), task_id)
-    return Response(assemble_markdown(pages), media_type="text/markdown; charset=utf-8")
+    files = await final_files(gateway(request), task_id)
+    return Response(files["document.md"], media_type="text/markdown; charset=utf-8")
 
 
 @router.get("/result.json", responses=ERRORS, summary="pages.json as ocr-collect writes it")
 async def result_json(task_id: str, request: Request, _: str = Depends(caller)) -> Response:
-    pages, _final = await final_pages(gateway(request), task_id)
-    return Response(pages_json(pages) + "\n", media_type="application/json")
+    files = await final_files(gateway(request), task_id)
+    return Response(files["pages.json"], media_type="application/json")
 
 
 @router.get("/result.zip", responses=ERRORS, summary="<task_id>.zip as ocr-collect writes it")
 async def result_zip(task_id: str, request: Request, _: str = Depends(caller)) -> Response:
-    pages, final = await final_pages(gateway(request), task_id)
-    archive = await asyncio.to_thread(task_zip, pages, final)
+    files = await final_files(gateway(request), task_id)
+    archive = await asyncio.to_thread(zip_files, list(files.items()))
     return _download(archive, "application/zip", f"{task_id}.zip")
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from consumer.artifacts.store import open_artifact_store
 from consumer.log import get_logger
 from consumer.state import redis_client
 from producer_tools.gateway.access import KeyRing, load_keys
@@ -40,6 +41,8 @@ class Gateway:
         self.publisher = RequestPublisher(core)
         self.view = View(core, self.store, own.view_group, self.metrics)
         self.notifier = Notifier(self.store)
+        # Where the consumers store figures; read for the ZIP (None: figures say so).
+        self.artifacts = open_artifact_store(core)
         self.workers = DocumentWorkers(own.render_workers, core.max_pages, core.max_page_pixels)
         self._tasks: list[asyncio.Task[Any]] = []
 

@@ -6,7 +6,8 @@ names, the hand-over folder and the document limits are the shared `OCR_*` setti
 (consumer.config.Settings), read with the same names as every other tool so one
 environment configures the consumer and the gateway alike. Of those the gateway reads:
 kafka_* (client_kwargs), redis_url, redis_password, redis_ssl_*, redis_key_prefix,
-topic_requests, topic_results, topic_progress, blob_root, max_document_bytes, max_pages,
+topic_requests, topic_results, topic_progress, blob_root, artifacts_uri (and the S3
+settings when it names a bucket: figures for result.zip), max_document_bytes, max_pages,
 max_page_pixels, session_timeout_ms, max_poll_interval_ms, log_level and log_format.
 """
 

@@ -119,22 +119,27 @@ def api_status(progress: TaskProgress | None, pages_stored: int) -> ApiStatus:
 
 
 def percent(event: ProgressEvent | None, status: ApiStatus) -> float:
-    """The event's own `percent` when it has one, else pages_done of pages_total."""
+    """The event's own `percent` when its producer sent one, else pages_done of pages_total
+    (events of consumers older than the field parse with its default, 0)."""
     if status is ApiStatus.COMPLETED:
         return 100.0
     if event is None:
         return 0.0
-    given = getattr(event, "percent", None)
-    if isinstance(given, int | float):
-        return round(float(given), 1)
+    if "percent" in event.model_fields_set:
+        return round(event.percent, 1)
     if not event.pages_total:
         return 0.0
     return round(min(100.0, 100.0 * event.pages_done / event.pages_total), 1)
 
 
-def optional_field(event: ProgressEvent | None, name: str) -> Any:
-    """`eta_s` and `message` when the event carries them (progress events gain them)."""
-    return None if event is None else getattr(event, name, None)
+def eta_and_message(
+    event: ProgressEvent | None, status: ApiStatus
+) -> tuple[float | None, str | None]:
+    """`eta_s` while running and `message`, when the consumer sent them."""
+    if event is None:
+        return None, None
+    eta = None if status.is_final else event.eta_s
+    return eta, event.message or None
 
 
 # --- page results ----------------------------------------------------------------------------

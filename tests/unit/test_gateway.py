@@ -21,6 +21,7 @@ from producer_tools.gateway.view_model import (
     TaskProgress,
     api_status,
     apply_progress,
+    eta_and_message,
     percent,
 )
 from producer_tools.task_files import LatestPages
@@ -115,21 +116,25 @@ def test_final_is_shown_once_the_results_are_in() -> None:
     assert api_status(None, pages_stored=0) is ApiStatus.SUBMITTED
 
 
-class EventWithPercent(ProgressEvent):
-    """A progress event as the contract is growing it (percent, eta_s, message)."""
-
-    percent: float | None = None
-    eta_s: float | None = None
-    message: str = ""
-
-
 def test_percent_is_the_events_own_else_computed() -> None:
-    assert percent(event(TaskStatus.PAGE_DONE, 1), ApiStatus.RUNNING) == 33.3
+    # An event without the field (an older consumer) parses with percent 0: computed here.
+    older = ProgressEvent.model_validate_json(event(TaskStatus.PAGE_DONE, 1).model_dump_json(
+        exclude={"percent", "eta_s", "message"}))
+    assert percent(older, ApiStatus.RUNNING) == 33.3
     assert percent(event(TaskStatus.STARTED, total=None), ApiStatus.RUNNING) == 0.0
-    own = EventWithPercent(task_id="t1", status=TaskStatus.PAGE_DONE, pages_done=1,
-                           pages_total=3, percent=41.25, emitted_at=T0)
-    assert percent(own, ApiStatus.RUNNING) == 41.2
+    own = ProgressEvent(task_id="t1", status=TaskStatus.PAGE_DONE, pages_done=1, pages_total=3,
+                        percent=41.3, eta_s=12.5, message="1 of 3 pages", emitted_at=T0)
+    assert percent(own, ApiStatus.RUNNING) == 41.3
+    assert eta_and_message(own, ApiStatus.RUNNING) == (12.5, "1 of 3 pages")
+    assert eta_and_message(own, ApiStatus.COMPLETED) == (None, "1 of 3 pages")
+    assert eta_and_message(older, ApiStatus.RUNNING) == (None, None)
     assert percent(event(TaskStatus.COMPLETED, 3), ApiStatus.COMPLETED) == 100.0
+
+
+def test_cancelled_is_final() -> None:
+    stopped = TaskProgress(event=event(TaskStatus.CANCELLED, 1), offset=5)
+    assert api_status(stopped, pages_stored=1) is ApiStatus.CANCELLED
+    assert api_status(stopped, pages_stored=1).is_final
 
 
 def page(number: int, attempt: int) -> PageResult:
