@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import jsonschema
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
@@ -28,6 +29,7 @@ from tests.support.gateway import RunningGateway, running_gateway
 from tests.support.kafka import TopicReader, wait_until
 
 pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -42,7 +44,8 @@ def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
 @pytest.fixture
 async def consumer(settings: Settings) -> AsyncIterator[ScriptedEngine]:
     engine = ScriptedEngine()
-    async with running_app(settings, engine):
+    # Health on an ephemeral port: a stack's own consumer may hold the default one.
+    async with running_app(settings, engine, health_port=0):
         yield engine
 
 
@@ -161,6 +164,9 @@ async def test_cancel_publishes_the_contract_record(
         "schema_version": 1, "action": "cancel", "task_id": task_id, "reason": "not needed",
     }
     CancelRequest.model_validate_json(cancel.value or b"")
+    # And by a validator no one here wrote, against the committed JSON Schema.
+    schema = json.loads((REPO / "schemas" / "json" / "cancel.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(json.loads(cancel.value or b""))
     headers = parse_ce_headers(list(cancel.headers.items()))
     assert (headers.type, headers.subject) == (CE_TYPE_CANCEL, task_id)
 
@@ -252,7 +258,10 @@ async def test_view_catches_up_after_a_restart_and_never_reads_requests(
         task_id = (await client.post("/v1/tasks", **upload(pdf))).json()["task_id"]
     # The gateway is down while the consumer does the work.
     engine = ScriptedEngine()
-    async with running_app(settings, engine), TopicReader(settings, settings.topic_progress) as r:
+    async with (
+        running_app(settings, engine, health_port=0),
+        TopicReader(settings, settings.topic_progress) as r,
+    ):
         await r.wait_for(lambda reader: bool(reader.final(settings, task_id)))
     async with running_gateway(settings, view_group=group, ready=False) as gw:
         async with gw.client() as client:

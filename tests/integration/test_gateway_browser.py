@@ -58,7 +58,7 @@ async def test_upload_progress_boxes_and_markdown(
     settings = stack_settings.model_copy(update={"blob_root": blobs, "file_roots": [blobs]})
     pdf = demo_pdf(tmp_path / "report.pdf")
     async with (
-        running_app(settings, RapidOcrEngine()),
+        running_app(settings, RapidOcrEngine(), health_port=0),
         running_gateway(settings, view_group=f"gw-{run_id}") as gw,
         async_playwright() as playwright,
     ):
