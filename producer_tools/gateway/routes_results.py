@@ -14,6 +14,8 @@ from pathlib import Path
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from consumer.artifacts.store import ArtifactError
+from consumer.log import get_logger
 from producer_tools.gateway.answers import PageView, page_view
 from producer_tools.gateway.errors import GatewayCode, GatewayError, not_found
 from producer_tools.gateway.routes_tasks import ERRORS, caller, checked_task_id, gateway
@@ -23,6 +25,7 @@ from producer_tools.task_files import fetch_figures, task_files, zip_files
 from schemas.progress import ProgressEvent
 from schemas.result import PageResult
 
+log = get_logger(__name__)
 router = APIRouter(prefix="/v1/tasks/{task_id}", tags=["results"])
 
 
@@ -85,29 +88,33 @@ async def page(task_id: str, page: int, request: Request, _: str = Depends(calle
             404, GatewayCode.PAGE_NOT_FOUND, f"task {task_id} has no result for page {page} (yet)"
         )
     snapshot = await gw.store.snapshot(task_id)
-    has_image = bool(snapshot.submission.get("blob"))
+    has_image = bool(snapshot.submission.get("blob")) or result.image.artifact is not None
     return await asyncio.to_thread(page_view, task_id, result, has_image)
 
 
 @router.get(
     "/pages/{page}/image.png", responses=ERRORS,
     response_class=Response,
-    summary="The page as the engine saw it (uploads only): its blocks' bbox_px fit it",
+    summary="The page as the engine saw it: its blocks' bbox_px fit it",
 )
 async def page_image(
     task_id: str, page: int, request: Request, _: str = Depends(caller)
 ) -> Response:
     gw = gateway(request)
     snapshot = await gw.store.snapshot(checked_task_id(task_id))
+    result = await gw.store.page(task_id, page)
+    stored = await _stored_image(gw, result)
+    if stored is not None:
+        return stored
     blob, media_type = snapshot.submission.get("blob"), snapshot.submission.get("media_type")
     path = Path(blob) if blob else None
     root = gw.config.core.blob_root.resolve()
     if path is None or media_type is None or root not in path.resolve().parents:
         raise GatewayError(
             404, GatewayCode.PAGE_IMAGE_UNAVAILABLE,
-            f"task {task_id} was not uploaded through this gateway, so it has no page images",
+            f"task {task_id} has no stored page image and was not uploaded through this "
+            "gateway, so it has no page images",
         )
-    result = await gw.store.page(task_id, page)
     # The result's dpi is what the consumer rendered at; before it exists, the request's.
     dpi = result.image.dpi if result is not None and result.image.dpi else int(
         snapshot.submission.get("dpi", "144")
@@ -120,4 +127,21 @@ async def page_image(
     png = await gw.workers.page_png(path, media_type, page, dpi)
     return Response(
         png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"}
+    )
+
+
+async def _stored_image(gw: Gateway, result: PageResult | None) -> Response | None:
+    """The page image the consumer stored as an artifact, when there is one and the store
+    gives it; None to draw it from the upload instead."""
+    artifact = result.image.artifact if result is not None else None
+    if artifact is None or gw.artifacts is None:
+        return None
+    try:
+        data = await gw.artifacts.read(artifact.uri)
+    except ArtifactError as exc:
+        log.warning("page_image_not_read", uri=artifact.uri[:200], code=exc.code.value)
+        return None
+    return Response(
+        data, media_type=artifact.media_type or "image/png",
+        headers={"Cache-Control": "private, max-age=3600"},
     )

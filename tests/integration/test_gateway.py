@@ -8,20 +8,32 @@ import io
 import json
 import zipfile
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import jsonschema
 import pytest
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 
 from consumer.config import Settings
 from consumer.kafka_clients import client_kwargs
+from consumer.publisher import TaskPartitioner
 from producer_tools import collect
 from producer_tools.gateway.access import key_id
 from schemas.cloudevents import CE_TYPE_CANCEL, parse_ce_headers
 from schemas.control import CancelRequest
+from schemas.progress import ProgressEvent, TaskStatus
+from schemas.result import (
+    Artifact,
+    EngineIdentity,
+    FinishReason,
+    PageImageInfo,
+    PageResult,
+    PageStatus,
+)
 from tests.support.apps import running_app
 from tests.support.documents import make_pdf, make_png, many_pages_pdf
 from tests.support.engines import ScriptedEngine
@@ -277,3 +289,46 @@ async def test_view_catches_up_after_a_restart_and_never_reads_requests(
     finally:
         await admin.close()
     assert {tp.topic for tp in committed} == {settings.topic_progress, settings.topic_results}
+
+
+async def test_page_image_from_the_consumers_store(
+    settings: Settings, tmp_path: Path, run_id: str
+) -> None:
+    """A page image the consumer stored (image.artifact) is served as stored, for a task
+    that never came through the gateway. Published here as a consumer would: no consumer of
+    this release stores page images yet."""
+    root = tmp_path / "artifacts"
+    (root / "pages").mkdir(parents=True)
+    png_path = root / "pages" / "page-1.png"
+    Image.new("RGB", (120, 80), "white").save(png_path)
+    stored = settings.model_copy(update={"artifacts_uri": str(root)})
+    task_id = f"elsewhere-{run_id}"
+    artifact = Artifact(uri=png_path.as_uri(), media_type="image/png",
+                        bytes=png_path.stat().st_size, width_px=120, height_px=80)
+    now = datetime.now(UTC)
+    result = PageResult(
+        task_id=task_id, page=1, page_count=1, status=PageStatus.OK, markdown="# Hi",
+        finish_reason=FinishReason.STOP, engine=EngineIdentity(name="e", model="m"),
+        image=PageImageInfo(width_px=120, height_px=80, dpi=72, artifact=artifact),
+        produced_at=now,
+    )
+    final = ProgressEvent(task_id=task_id, status=TaskStatus.COMPLETED, pages_done=1,
+                          pages_total=1, emitted_at=now)
+    producer = AIOKafkaProducer(**client_kwargs(stored), partitioner=TaskPartitioner())
+    await producer.start()
+    try:
+        await producer.send_and_wait(stored.topic_results, key=f"{task_id}/1".encode(),
+                                     value=result.model_dump_json().encode())
+        await producer.send_and_wait(stored.topic_progress, key=task_id.encode(),
+                                     value=final.model_dump_json().encode())
+    finally:
+        await producer.stop()
+    async with running_gateway(stored, view_group=f"gw-{run_id}") as gw, gw.client() as client:
+        answer = await wait_final(client, task_id, timeout=30)
+        assert answer["status"] == "completed"
+        page = (await client.get(f"/v1/tasks/{task_id}/pages/1")).json()
+        image = await client.get(page["image_url"])
+        assert image.status_code == 200, image.text
+        assert image.content == png_path.read_bytes()
+        missing = await client.get(f"/v1/tasks/{task_id}/pages/2/image.png")
+        assert missing.json()["error"]["code"] == "PAGE_IMAGE_UNAVAILABLE"
