@@ -26,19 +26,20 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings import client_kwargs
 from consumer.state import redis_client
-from consumer.topics import TopicSpec, delete_topics, ensure_topics
 from producer_tools.collect import read_task_results
 from producer_tools.gateway.metrics import GatewayMetrics
+from producer_tools.gateway.settings import GatewayShared
 from producer_tools.gateway.view import View
 from producer_tools.gateway.view_store import ViewStore
+from producer_tools.topic_admin import delete_topics, ensure_topics
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.result import (
     Block,
@@ -48,6 +49,7 @@ from schemas.result import (
     PageResult,
     PageStatus,
 )
+from schemas.topics import TopicSpec
 from tests.support.kafka import wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,7 +77,7 @@ async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20_000)
     args = parser.parse_args()
-    base = Settings()
+    base = GatewayShared()
     run = uuid.uuid4().hex[:6]
     settings = base.model_copy(update={
         "topic_results": f"bench-{run}.ocr.results",
@@ -85,7 +87,7 @@ async def main() -> int:
     specs = [TopicSpec(settings.topic_results, 1, 1, {}),
              TopicSpec(settings.topic_progress, 1, 1, {})]
     await ensure_topics(settings, specs)
-    redis = redis_client(settings)
+    redis = redis_client(cast(Any, settings))  # reads only the Redis fields
     try:
         producer = AIOKafkaProducer(**client_kwargs(settings), linger_ms=20,
                                     max_batch_size=1 << 20)

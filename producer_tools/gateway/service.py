@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -36,7 +36,8 @@ class Gateway:
                 own.api_keys.get_secret_value() if own.api_keys else None, own.api_keys_file
             )
         )
-        self.redis = redis or redis_client(core)
+        # redis_client reads only the RedisConnection fields (it still names Settings).
+        self.redis = redis or redis_client(cast(Any, core))
         self.store = ViewStore(self.redis, core.redis_key_prefix, own.view_ttl_s)
         self.publisher = RequestPublisher(core)
         self.view = View(core, self.store, own.view_group, self.metrics)

@@ -1,14 +1,12 @@
 """The gateway's own settings (`OCR_GATEWAY_*`), and which shared settings it reads.
 
 `GatewaySettings` holds only what nothing else uses: where the HTTP server listens, access,
-upload and open-task limits, the view's consumer group and expiry. Kafka, Redis, topic
-names, the hand-over folder and the document limits are the shared `OCR_*` settings
-(consumer.config.Settings), read with the same names as every other tool so one
-environment configures the consumer and the gateway alike. Of those the gateway reads:
-kafka_* (client_kwargs), redis_url, redis_password, redis_ssl_*, redis_key_prefix,
-topic_requests, topic_results, topic_progress, blob_root, artifacts_uri (and the S3
-settings when it names a bucket: figures for result.zip), max_document_bytes, max_pages,
-max_page_pixels, session_timeout_ms, max_poll_interval_ms, log_level and log_format.
+upload and open-task limits, the view's consumer group and expiry. The shared `OCR_*`
+settings it reads are `GatewayShared`, composed of the settings parts (consumer.settings)
+with their names, so one environment configures the consumer and the gateway alike:
+Kafka and topics (TopicClient), group timeouts (GroupMembership), Redis and its key prefix
+(RedisConnection, TaskState), the hand-over folder (HandOver), the document limits
+(Documents), the figure store for result.zip (ArtifactStoreSettings) and logging.
 """
 
 from __future__ import annotations
@@ -22,7 +20,18 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from consumer.config import Settings, add_settings_arguments, settings_from_args
+from consumer.settings import (
+    ArtifactStoreSettings,
+    Documents,
+    GroupMembership,
+    HandOver,
+    Logging,
+    RedisConnection,
+    TaskState,
+    TopicClient,
+    add_settings_arguments,
+    settings_from_args,
+)
 
 ENV_PREFIX = "OCR_GATEWAY_"
 
@@ -89,11 +98,21 @@ class GatewaySettings(BaseSettings):
             return False
 
 
+class ViewSettings(TopicClient, GroupMembership):
+    """What the view's consumer reads: Kafka, topic names, group timeouts."""
+
+
+class GatewayShared(
+    ViewSettings, RedisConnection, TaskState, HandOver, Documents, ArtifactStoreSettings, Logging,
+):
+    """The shared OCR_* settings the gateway reads (see the module docstring)."""
+
+
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     """Everything the gateway reads: the shared settings and its own."""
 
-    core: Settings
+    core: GatewayShared
     gateway: GatewaySettings
 
     @property
@@ -118,7 +137,7 @@ def add_gateway_arguments(parser: argparse.ArgumentParser) -> None:
             flag_name(name), dest=f"gateway_{name}", default=None, metavar="V",
             help=f"{info.description} [{env_name(name)}]".replace("%", "%%"),
         )
-    add_settings_arguments(parser)
+    add_settings_arguments(parser, GatewayShared)
 
 
 def config_from_args(args: argparse.Namespace) -> GatewayConfig:
@@ -127,7 +146,9 @@ def config_from_args(args: argparse.Namespace) -> GatewayConfig:
         for name in GatewaySettings.model_fields
         if getattr(args, f"gateway_{name}", None) is not None
     }
-    return GatewayConfig(core=settings_from_args(args), gateway=GatewaySettings(**overrides))
+    return GatewayConfig(
+        core=settings_from_args(args, GatewayShared), gateway=GatewaySettings(**overrides)
+    )
 
 
 def markdown_table() -> str:

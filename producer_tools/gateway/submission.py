@@ -19,8 +19,7 @@ from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
 
-from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
+from consumer.settings import HandOver, TopicClient, client_kwargs
 from producer_tools.submit_requests import RequestOptions, Submission, build_submission
 from schemas.cloudevents import CE_TYPE_CANCEL, CE_TYPE_REQUEST, ce_headers
 from schemas.control import CancelRequest, ControlAction
@@ -28,7 +27,7 @@ from schemas.request import OcrRequest
 
 
 class RequestPublisher:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: TopicClient) -> None:
         self._settings = settings
         self._source = f"ocr-gateway/{socket.gethostname()}"
         self._producer = AIOKafkaProducer(
@@ -81,7 +80,7 @@ class RequestPublisher:
         return record
 
 
-async def prepare(item: str, options: RequestOptions, settings: Settings) -> Submission:
+async def prepare(item: str, options: RequestOptions, settings: HandOver) -> Submission:
     """ocr-submit's hand-over and request for one file path or URI (off the event loop:
     it copies and hashes the file)."""
     return await asyncio.to_thread(build_submission, item, options, settings.blob_root)

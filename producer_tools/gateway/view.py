@@ -38,10 +38,10 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
 from consumer.log import get_logger
+from consumer.settings import client_kwargs
 from producer_tools.gateway.metrics import GatewayMetrics
+from producer_tools.gateway.settings import ViewSettings
 from producer_tools.gateway.view_model import (
     PageRank,
     TaskProgress,
@@ -74,7 +74,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 class View:
     def __init__(
-        self, settings: Settings, store: ViewStore, group: str, metrics: GatewayMetrics
+        self, settings: ViewSettings, store: ViewStore, group: str, metrics: GatewayMetrics
     ) -> None:
         self._settings = settings
         self._store = store

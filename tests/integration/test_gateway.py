@@ -19,12 +19,12 @@ from aiokafka.admin import AIOKafkaAdminClient
 from PIL import Image
 
 from consumer.config import Settings
-from consumer.kafka_clients import client_kwargs
-from consumer.publisher import TaskPartitioner
+from consumer.settings import client_kwargs
 from producer_tools import collect
 from producer_tools.gateway.access import key_id
 from schemas.cloudevents import CE_TYPE_CANCEL, parse_ce_headers
 from schemas.control import CancelRequest
+from schemas.keys import TaskPartitioner
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.result import (
     Artifact,
