@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from consumer.log import configure_logging, get_logger
+from consumer.settings.base import add_version_argument
 from producer_tools import ToolError, describe_validation
 from producer_tools.follow_progress import topic_partitions
 from producer_tools.gateway.app import create_app
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "127.0.0.1:8080 unless told otherwise.",
         allow_abbrev=False,
     )
+    add_version_argument(parser)
     add_gateway_arguments(parser)
     return parser
 

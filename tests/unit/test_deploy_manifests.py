@@ -24,10 +24,10 @@ from pydantic import SecretStr, ValidationError
 from consumer.config import Settings
 from consumer.health import HEALTHZ_PATH, METRICS_PATH, READYZ_PATH
 from consumer.metrics import ConsumerMetrics
-from tests.support.documents import make_png
 from producer_tools.gateway.metrics import GatewayMetrics
 from producer_tools.gateway.settings import ENV_PREFIX as GATEWAY_PREFIX
 from producer_tools.gateway.settings import GatewaySettings
+from tests.support.documents import make_png
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
@@ -145,7 +145,8 @@ def test_compose_publishes_only_what_host_tools_need(compose: dict[str, Any]) ->
         for port in service.get("ports", [])
     }
     # Kafka's host listener for the tools; the gateway's HTTP API and web page; Grafana for a
-    # person's browser (monitoring profile). Redis, Prometheus and the consumers' metrics stay on the compose network.
+    # person's browser (monitoring profile). Redis, Prometheus and the consumers' metrics
+    # stay on the compose network.
     assert published == {
         ("kafka", "127.0.0.1:9094:9094"),
         ("gateway", "127.0.0.1:8080:8080"),

@@ -1,13 +1,14 @@
 """The operator docs name only things that exist: every setting (`OCR_*`), metric (`ocr_*`)
-and error code (UPPER_SNAKE) that README.md, docs/operations.md and deploy/k8s/README.md
-mention must be defined by the code, so a rename or a removal cannot leave the docs
-describing something that is gone.
+and error code (UPPER_SNAKE) that README.md, docs/operations.md, docs/gateway.md and
+deploy/k8s/README.md mention must be defined by the code, so a rename or a removal cannot
+leave the docs describing something that is gone.
 
-What counts as defined: a Settings field's variable (or its `_FILE` form for secrets), a
-metric series of ConsumerMetrics, an ErrorCode, a value of the settings' enums, or a name
-written in the code or deploy files themselves (stack.sh variables, DLQ header names,
-vLLM's variables we set). `PREFIX_*` stands for the names it prefixes, and must prefix one.
-Names that belong to other tools are listed in EXTERNAL, each with whose it is.
+What counts as defined: a Settings or GatewaySettings field's variable (or its `_FILE` form
+for secrets), a metric series of ConsumerMetrics or GatewayMetrics, an ErrorCode, a value of
+the settings' enums, or a name written in the code or deploy files themselves (stack.sh
+variables, DLQ header names, vLLM's variables we set). `PREFIX_*` stands for the names it
+prefixes, and must prefix one. Names that belong to other tools (and test switches) are
+listed in EXTERNAL, each with whose it is.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from consumer import config
 from consumer.config import Settings, env_name
 from consumer.metrics import ConsumerMetrics
 from consumer.settings.secret_files import FILE_SUFFIX, SECRET_FIELDS
+from producer_tools.gateway.metrics import GatewayMetrics
+from producer_tools.gateway.settings import GatewaySettings
+from producer_tools.gateway.settings import env_name as gateway_env_name
 from schemas.common import ErrorCode
 
 REPO = Path(__file__).resolve().parents[2]
-DOCS = ("README.md", "docs/operations.md", "deploy/k8s/README.md")
+DOCS = ("README.md", "docs/operations.md", "docs/gateway.md", "deploy/k8s/README.md")
 # Where a name counts as written in the code: sources, scripts, images, manifests.
 CODE_GLOBS = (
     "consumer/**/*.py", "producer_tools/**/*.py", "schemas/**/*.py", "deploy/**/*.sh",
@@ -36,6 +40,7 @@ CODE_GLOBS = (
 # Other tools' names the docs rightly mention (ours are checked against the code).
 EXTERNAL = {
     "AWS_SHARED_CREDENTIALS_FILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",  # boto3's
+    "OCR_UPDATE_SCREENSHOT",  # a switch of tests/integration/test_gateway_browser.py
 }
 
 SETTING = re.compile(r"\bOCR_[A-Z0-9_]*[A-Z0-9](?:_\*)?")
@@ -59,12 +64,13 @@ def in_code(name: str) -> bool:
 def settings_names() -> frozenset[str]:
     names = {env_name(field) for field in Settings.model_fields}
     names |= {env_name(field) + FILE_SUFFIX for field in SECRET_FIELDS}
+    names |= {gateway_env_name(field) for field in GatewaySettings.model_fields}
     return frozenset(names)
 
 
 @cache
 def metric_names() -> frozenset[str]:
-    return frozenset(ConsumerMetrics().metric_names())
+    return frozenset(ConsumerMetrics().metric_names() | GatewayMetrics().metric_names())
 
 
 @cache
@@ -91,7 +97,7 @@ def unknown_names(text: str) -> list[str]:
     """The settings, metrics and upper-case names in `text` the code does not define."""
     missing: list[str] = []
     for name in sorted(set(SETTING.findall(text))):
-        if not _known(name, settings_names()):
+        if name not in EXTERNAL and not _known(name, settings_names()):
             missing.append(f"setting {name}")
     for name in sorted(set(METRIC.findall(text))):
         if name not in metric_names() and not in_code(name):

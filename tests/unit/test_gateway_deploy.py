@@ -40,13 +40,17 @@ def test_compose_gateway() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
     gateway = compose["services"]["gateway"]
     assert gateway["entrypoint"] == ["ocr-gateway"]
-    core, own = gateway_settings(dict(gateway["environment"]))
+    # Compose interpolates ${PWD} (the folder `docker compose` runs in).
+    env = {k: str(v).replace("${PWD}", "/srv/host") for k, v in gateway["environment"].items()}
+    core, own = gateway_settings(env)
     assert f"127.0.0.1:{own.port}:{own.port}" in gateway["ports"]
     assert f":{own.port}/readyz" in " ".join(gateway["healthcheck"]["test"])
     # Uploads land where the consumer reads its claim checks.
     consumer = compose["services"]["consumer"]
-    assert str(core.blob_root) == consumer["environment"]["OCR_FILE_ROOTS"]
-    assert any(v.split(":")[1] == str(core.blob_root) for v in gateway["volumes"])
+    blob_root = gateway["environment"]["OCR_BLOB_ROOT"]
+    assert blob_root == consumer["environment"]["OCR_FILE_ROOTS"]
+    assert str(core.blob_root) == "/srv/host/blobs"
+    assert any(v.endswith(f":{blob_root}") for v in gateway["volumes"])
     assert gateway["depends_on"]["topic-init"]["condition"] == "service_completed_successfully"
     config = yaml.safe_load(compose["configs"]["prometheus-config"]["content"])
     [job] = [j for j in config["scrape_configs"] if j["job_name"] == "ocr-gateway"]
