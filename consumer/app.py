@@ -1,7 +1,9 @@
-"""Wiring: engine, Redis state, publisher, scheduler, Kafka loop, health; the entry point.
+"""Wiring: engine, Redis state, artifact store, publisher, scheduler, Kafka loop, health;
+the entry point.
 
-Start-up order matters: the engine loads first (minutes for vLLM) so the consumer joins the
-group only when it can work; otherwise it would hold partitions it cannot serve.
+Start-up order matters: the artifact store is checked first (seconds), then the engine
+loads (minutes for vLLM), so the consumer joins the group only when it can work; otherwise
+it would hold partitions it cannot serve.
 """
 
 from __future__ import annotations
@@ -18,6 +20,12 @@ from collections.abc import Awaitable, Callable
 from aiokafka.errors import KafkaError
 
 from consumer import __version__
+from consumer.artifacts.store import (
+    ArtifactError,
+    ArtifactStore,
+    ArtifactStoreUnreachable,
+    open_artifact_store,
+)
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
@@ -34,9 +42,15 @@ from consumer.tasks import TaskRunner
 log = get_logger(__name__)
 
 ENGINE_STATS_INTERVAL_S = 2.0
-# The process's exit status when its engine died: any supervisor (kubelet, compose's
-# restart policy, systemd) restarts it, and the tasks it had open resume elsewhere or here.
+# Exit statuses of ocr-consumer: 0 stopped by a signal, 1 a bug escaped, 2 settings, 3 the
+# engine died, 4 a service unreachable at start. A dead engine: any supervisor (kubelet,
+# compose's restart policy, systemd) restarts the process, and its open tasks resume.
+EXIT_SETTINGS = 2  # invalid settings, or a store that refuses us (nothing a restart fixes)
 EXIT_ENGINE_DEAD = 3
+EXIT_UNREACHABLE = 4  # a service needed at start did not answer
+# How long an artifact store that does not answer is waited for at start (it may be
+# starting beside us), before the process gives up with EXIT_UNREACHABLE.
+STORE_WAIT_S = 30.0
 
 
 def default_consumer_id() -> str:
@@ -108,6 +122,11 @@ class App:
         settings = self.settings
         if self._serve_health:
             await self.health.start()
+        artifacts = await self._artifact_store()
+        if self.exit_code:
+            if self._serve_health:
+                await self.health.stop()
+            return
         engine = self._engine
         if engine is None:
             from consumer.engines.factory import create_engine
@@ -124,14 +143,47 @@ class App:
             self._engine_ready = True
             if self._stop_requested.is_set():
                 return
-            await self._serve(engine)
+            await self._serve(engine, artifacts)
         finally:
             if self._owns_engine:
                 await engine.close()
             if self._serve_health:
                 await self.health.stop()
 
-    async def _serve(self, engine: Engine) -> None:
+    async def _artifact_store(self) -> ArtifactStore | None:
+        """The store OCR_ARTIFACTS_URI names, written to once: a store that refuses us ends
+        the process with EXIT_SETTINGS, one that does not answer within STORE_WAIT_S with
+        EXIT_UNREACHABLE (before the group is joined: no partition waits on us)."""
+        store = open_artifact_store(self.settings)
+        if store is None:
+            log.info("artifact_store_off", hint="figures are not stored; set OCR_ARTIFACTS_URI")
+            return None
+        delay = 1.0
+        deadline = asyncio.get_running_loop().time() + STORE_WAIT_S
+        while True:
+            try:
+                await store.check()
+            except ArtifactStoreUnreachable as exc:
+                if asyncio.get_running_loop().time() + delay > deadline:
+                    self._refused_store(exc, EXIT_UNREACHABLE)
+                    return None
+                log.warning("artifact_store_unreachable", store=store.uri, error=exc.message,
+                            retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
+                continue
+            except ArtifactError as exc:
+                self._refused_store(exc, EXIT_SETTINGS)
+                return None
+            log.info("artifact_store_ready", store=store.uri)
+            return store
+
+    def _refused_store(self, exc: ArtifactError, exit_code: int) -> None:
+        log.error("artifact_store_failed", store=self.settings.artifacts_uri,
+                  code=exc.code.value, error=exc.message, exit_code=exit_code)
+        self.exit_code = exit_code
+
+    async def _serve(self, engine: Engine, artifacts: ArtifactStore | None) -> None:
         settings = self.settings
         budget = page_budget(settings, engine)
         scheduler = PageScheduler(budget)
@@ -143,6 +195,7 @@ class App:
         runner = TaskRunner(
             settings=settings, engine=engine, scheduler=scheduler, store=store,
             events=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
+            artifacts=artifacts,
         )
         self._loop = ConsumerLoop(
             consumer=request_consumer(settings, self.consumer_id), settings=settings,

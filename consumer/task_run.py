@@ -20,6 +20,7 @@ from schemas.event_ids import event_run_tag
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
 from schemas.result import (
+    MAX_PAGE_TEXT,
     EngineIdentity,
     FinishReason,
     PageImageInfo,
@@ -130,7 +131,8 @@ class TaskRun:
         self, page: int, info: PageImageInfo, times: StageTimes,
         outcome: EngineOutput | ErrorInfo,
     ) -> PageResult:
-        """The page's result: the engine's output, or the error that ended the page."""
+        """The page's result: the engine's output (its figures stored and linked by then),
+        or the error that ended the page. The raw output is cut to the contract's bound."""
         request = self.request
         if isinstance(outcome, ErrorInfo):
             produced: dict[str, Any] = {
@@ -140,6 +142,7 @@ class TaskRun:
         else:
             produced = {
                 "status": PageStatus.OK, "markdown": outcome.markdown, "text": outcome.text,
+                "raw_text": outcome.raw_text[:MAX_PAGE_TEXT],
                 "blocks": outcome.blocks, "finish_reason": outcome.finish_reason,
                 "truncated": outcome.truncated,
                 "tokens": TokenCounts(prompt=outcome.prompt_tokens, output=outcome.output_tokens),

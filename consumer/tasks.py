@@ -1,4 +1,5 @@
-"""One task from request to final status: fetch, render, infer, publish, record.
+"""One task from request to final status: fetch, render, infer, store figures, publish,
+record.
 
 A task ends in exactly one of three ways:
 - finished (completed, failed, or recognised as a duplicate): its offset may be committed;
@@ -22,6 +23,8 @@ from datetime import UTC, datetime
 
 import structlog
 
+from consumer.artifacts.figures import store_page_artifacts
+from consumer.artifacts.store import ArtifactStore
 from consumer.config import Settings
 from consumer.documents.render import select_pages
 from consumer.engines.base import Engine, EngineOutput, PageRequest
@@ -72,7 +75,9 @@ class TaskRunner:
         metrics: ConsumerMetrics,
         consumer_id: str,
         documents: DocumentSource | None = None,
+        artifacts: ArtifactStore | None = None,
     ) -> None:
+        """`artifacts`: where figures go (None: not stored, the Markdown says so)."""
         self._settings = settings
         self._engine = engine
         self._scheduler = scheduler
@@ -81,6 +86,7 @@ class TaskRunner:
         self._metrics = metrics
         self._consumer_id = consumer_id
         self._documents = documents if documents is not None else FetchedDocuments(settings)
+        self._artifacts = artifacts
 
     # -- entry points --------------------------------------------------------------------
 
@@ -260,8 +266,21 @@ class TaskRunner:
             with run.stages.timed(Stage.RENDER, times):
                 image = await opened.render_page(page, run.request.dpi)
             info = _image_info(image)
-            output = await self._infer(run, image, times)
-            return run.page_result(page, info, times, output)
+            output, postprocess_ms = await self._infer(run, image, times)
+            # Outside the engine's deadline (the engine is done), inside the task's.
+            start = time.perf_counter()
+            stored = await store_page_artifacts(
+                self._artifacts, output, image,
+                page_image=self._settings.artifact_page_images,
+            )
+            run.stages.record(Stage.POSTPROCESS, postprocess_ms + elapsed_ms(start), times)
+            for failure in stored.failures:
+                self._metrics.error(failure.code.value)
+                log.warning("artifact_not_stored", code=failure.code.value,
+                            message=failure.message)
+            if stored.page_image is not None:
+                info = info.model_copy(update={"artifact": stored.page_image})
+            return run.page_result(page, info, times, stored.output)
         except OcrError as exc:
             self._interrupt_if_engine_dead(exc)
             self._metrics.error(exc.code.value)
@@ -279,8 +298,12 @@ class TaskRunner:
             )
             return run.page_result(page, info, times, error)
 
-    async def _infer(self, run: TaskRun, image: PageImage, times: StageTimes) -> EngineOutput:
-        """The engine's work on one page, under the page deadline (this is its one owner)."""
+    async def _infer(
+        self, run: TaskRun, image: PageImage, times: StageTimes
+    ) -> tuple[EngineOutput, float]:
+        """The engine's work on one page, under the page deadline (this is its one owner):
+        the output, and the milliseconds of it the engine spent post-processing (the
+        caller adds its own post-processing to that stage)."""
         request = run.request
         timeout_s = self._settings.page_timeout_s
         start = time.perf_counter()
@@ -308,8 +331,7 @@ class TaskRunner:
         engine_ms = elapsed_ms(start)
         postprocess_ms = min(max(output.postprocess_ms, 0.0), engine_ms)
         run.stages.record(Stage.INFER, engine_ms - postprocess_ms, times)
-        run.stages.record(Stage.POSTPROCESS, postprocess_ms, times)
-        return output
+        return output, postprocess_ms
 
     def _interrupt_if_engine_dead(self, exc: BaseException) -> None:
         """A page that failed because the engine died is not the page's fault: ending it

@@ -53,6 +53,11 @@ class ArtifactError(OcrError):
     """A store operation that failed; `code` is one of the ARTIFACT_* codes."""
 
 
+class ArtifactStoreUnreachable(ArtifactError):
+    """The store did not answer (no connection, or past OCR_FETCH_TIMEOUT_S), as opposed to
+    one that answered with a refusal: the consumer's start-up tells the two apart."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoredFile:
     uri: str
@@ -97,7 +102,7 @@ async def _in_thread(settings: ArtifactStoreSettings, what: str, call: Any, *arg
         async with asyncio.timeout(timeout):
             return await asyncio.get_running_loop().run_in_executor(_executor, call, *args)
     except TimeoutError:
-        raise ArtifactError(
+        raise ArtifactStoreUnreachable(
             ErrorCode.ARTIFACT_STORE_FAILED,
             f"{what} took longer than {timeout:g} s (OCR_FETCH_TIMEOUT_S); check the "
             "artifact store's health",
@@ -353,7 +358,7 @@ def _s3_error(exc: Exception, shown: str, verb: str) -> ArtifactError:
             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a profile (AWS_PROFILE) or a role",
         )
     if isinstance(exc, EndpointConnectionError | ConnectTimeoutError | ReadTimeoutError):
-        return ArtifactError(
+        return ArtifactStoreUnreachable(
             ErrorCode.ARTIFACT_STORE_FAILED,
             f"cannot reach S3 to {verb} {shown} ({exc}); check OCR_S3_ENDPOINT_URL and the "
             "network",

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from consumer import lease as lease_module
+from consumer.artifacts.store import ArtifactError, ArtifactStore, StoredFile, open_artifact_store
 from consumer.config import Settings
 from consumer.engines.base import Engine, EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.errors import OcrError
@@ -20,7 +22,7 @@ from consumer.tasks import EngineDead, TaskInterrupted, TaskRunner
 from schemas.common import ErrorCode
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest
-from schemas.result import EngineIdentity, PageStatus
+from schemas.result import MAX_PAGE_TEXT, EngineIdentity, PageStatus
 from schemas.timing import TimingKind
 from tests.support.engines import FaultyEngine, ScriptedEngine
 from tests.support.task_fakes import MemoryDocuments, MemorySink, MemoryStore, record
@@ -42,13 +44,14 @@ class Bench:
     metrics: ConsumerMetrics = field(default_factory=ConsumerMetrics)
     scheduler: PageScheduler = field(default_factory=lambda: PageScheduler(2))
     settings: Settings = field(default_factory=Settings)
+    artifacts: ArtifactStore | None = None
 
     @property
     def runner(self) -> TaskRunner:
         return TaskRunner(
             settings=self.settings, engine=self.engine, scheduler=self.scheduler,
             store=self.store, events=self.sink, metrics=self.metrics, consumer_id="unit",
-            documents=self.documents,
+            documents=self.documents, artifacts=self.artifacts,
         )
 
     def metric(self, name: str, **labels: str) -> float:
@@ -323,3 +326,99 @@ async def test_dead_letter_counts_and_publishes_the_record() -> None:
     assert bench.sink.dead_letters == [(refused, ErrorCode.REQUEST_NOT_UTF8, "not UTF-8", None)]
     assert bench.metric("ocr_dlq_total", code="REQUEST_NOT_UTF8") == 1
 
+
+
+# --- raw output, figures -----------------------------------------------
+
+GROUNDED = (
+    "<|ref|>title<|/ref|><|det|>[[50, 20, 950, 80]]<|/det|>\n# Sales\n\n"
+    "<|ref|>image<|/ref|><|det|>[[100, 100, 500, 400]]<|/det|>\n\n"
+    "<|ref|>image<|/ref|><|det|>[[550, 100, 900, 400]]<|/det|>\n"
+)
+
+
+class BabblingEngine(ScriptedEngine):
+    """Answers page 2 with raw output longer than a result may carry."""
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        output = await super().infer(request)
+        if request.page.page == 2:
+            output.raw_text = "<|ref|>text<|/ref|>" + "x" * MAX_PAGE_TEXT
+        return output
+
+
+async def test_the_raw_output_is_in_the_result_within_the_contracts_bound() -> None:
+    bench = _bench(BabblingEngine(grounded=lambda _: GROUNDED))
+    bench.documents.pages["t"] = 2
+    await bench.runner.run(_request(), record())
+    by_page = {r.page: r for r in bench.sink.results}
+    assert by_page[1].status is by_page[2].status is PageStatus.OK
+    assert by_page[1].raw_text == GROUNDED
+    assert by_page[2].raw_text == ("<|ref|>text<|/ref|>" + "x" * MAX_PAGE_TEXT)[:MAX_PAGE_TEXT]
+
+
+async def test_figures_are_stored_and_linked_and_the_page_image_too(tmp_path: Path) -> None:
+    store = open_artifact_store(Settings(artifacts_uri=str(tmp_path)))
+    bench = _bench(ScriptedEngine(grounded=lambda _: GROUNDED))
+    bench.settings = Settings(lease_ttl_s=5, artifact_page_images=True)
+    bench.artifacts = store
+    bench.documents.pages["t"] = 1
+    await bench.runner.run(_request(), record())
+    [result] = bench.sink.results
+    figures = [block for block in result.blocks if block.label == "image"]
+    assert [f.artifact.uri if f.artifact else None for f in figures] == [
+        (tmp_path / "t" / f"page-1-fig-{n}.png").as_uri() for n in (1, 2)
+    ]
+    for n, figure in enumerate(figures, start=1):
+        assert figure.artifact is not None
+        assert f"![figure {n}]({figure.artifact.uri})" in result.markdown
+        stored = tmp_path / "t" / f"page-1-fig-{n}.png"
+        assert figure.artifact.bytes == stored.stat().st_size > 0
+    assert result.image.artifact is not None
+    assert result.image.artifact.uri == (tmp_path / "t" / "page-1.png").as_uri()
+    assert (result.image.artifact.width_px, result.image.artifact.height_px) == (40, 60)
+    # Storing counts as post-processing, once per page.
+    assert bench.metric("ocr_stage_seconds_count", stage="postprocess") == 1
+
+
+async def test_without_a_store_figures_are_placeholders_that_say_why() -> None:
+    bench = _bench(ScriptedEngine(grounded=lambda _: GROUNDED))
+    bench.documents.pages["t"] = 1
+    await bench.runner.run(_request(), record())
+    [result] = bench.sink.results
+    assert "](" not in result.markdown
+    assert "*[figure 1 of page 1 not stored: no artifact store is configured" in result.markdown
+    assert all(block.artifact is None for block in result.blocks)
+
+
+class RefusingStore:
+    """An artifact store that refuses every write, as a full disk or a revoked grant does."""
+
+    uri = "file:///refusing"
+
+    def uri_of(self, key: str) -> str:
+        return f"{self.uri}/{key}"
+
+    def owns(self, uri: str) -> bool:
+        return uri.startswith(self.uri)
+
+    async def put(self, key: str, data: bytes, media_type: str) -> StoredFile:
+        raise ArtifactError(ErrorCode.ARTIFACT_STORE_FAILED, "disk full (test)")
+
+    async def read(self, uri: str) -> bytes:
+        raise AssertionError("not read")
+
+    async def check(self) -> None:
+        return None
+
+
+async def test_a_figure_the_store_refuses_does_not_fail_its_page() -> None:
+    bench = _bench(ScriptedEngine(grounded=lambda _: GROUNDED))
+    bench.artifacts = RefusingStore()
+    bench.documents.pages["t"] = 1
+    assert await bench.runner.run(_request(), record()) is TaskStatus.COMPLETED
+    [result] = bench.sink.results
+    assert result.status is PageStatus.OK and result.error is None
+    assert "not stored: ARTIFACT_STORE_FAILED: disk full (test)" in result.markdown
+    assert all(block.artifact is None for block in result.blocks)
+    assert bench.metric("ocr_errors_total", code="ARTIFACT_STORE_FAILED") == 2
