@@ -90,8 +90,11 @@ def eta_seconds(rate: PageRate | None, remaining: int, now: float) -> float | No
 
 
 def duration_text(seconds: float) -> str:
-    """'40 s', '3 min 20 s', '2 h 5 min': as precise as a person needs."""
+    """'40 s', '3 min 20 s', '2 h 5 min': as precise as a person needs ('under 1 s' for
+    what would round to nothing)."""
     whole = max(round(seconds), 0)
+    if whole == 0 and seconds > 0:
+        return "under 1 s"
     if whole < 60:
         return f"{whole} s"
     if whole < 3600:

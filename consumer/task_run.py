@@ -2,17 +2,20 @@
 (the runner in tasks.py decides what happens; this says what the events hold).
 
 `progress_event` is the one builder of progress events, for runs and for the announcement
-of a finished task re-sent, which has no run.
+of a finished task re-sent, which has no run; it fills the readable fields (percent, ETA
+from the run's own page rate, message: consumer/progress.py).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from consumer.engines.base import EngineOutput
+from consumer.progress import PageRate, describe
 from consumer.records import RequestRecord
 from consumer.stages import StageRecorder, StageTimes
 from schemas.common import ErrorInfo
@@ -39,16 +42,26 @@ def progress_event(
     request: OcrRequest, record: RequestRecord, status: TaskStatus, *, consumer_id: str,
     attempt: int, pages: Mapping[int, PageStatus], pages_total: int | None,
     page: int | None = None, error: ErrorInfo | None = None, replayed: bool = False,
+    rate: PageRate | None = None, elapsed_s: float | None = None,
 ) -> ProgressEvent:
-    """The task's progress as of `pages` (the pages done, each with its status)."""
+    """The task's progress as of `pages` (the pages done, each with its status); `rate`
+    is the run's page rate (for the ETA), `elapsed_s` its duration (for a final message)."""
+    failed = pages_failed(pages)
+    readable = describe(
+        status, pages_done=len(pages), pages_total=pages_total, pages_failed=failed,
+        rate=rate, now=time.monotonic(), error=error, replayed=replayed, elapsed_s=elapsed_s,
+    )
     return ProgressEvent(
         task_id=request.task_id,
         attempt=attempt,
         status=status,
         pages_done=len(pages),
-        pages_failed=pages_failed(pages),
+        pages_failed=failed,
         pages_total=pages_total,
         page=page,
+        percent=readable.percent,
+        eta_s=readable.eta_s,
+        message=readable.message,
         error=error,
         replayed=replayed,
         consumer_id=consumer_id,
@@ -72,6 +85,8 @@ class TaskRun:
     pages: dict[int, PageStatus] = field(default_factory=dict)
     pages_total: int | None = None
     page_count: int = 0
+    # This run's pace, from when its pages began (None before): the ETA's only input.
+    rate: PageRate | None = None
 
     @property
     def task_id(self) -> str:
@@ -90,13 +105,23 @@ class TaskRun:
         """From the request's Kafka timestamp to the start of this run."""
         return max((self.started_at - self.record.queued_at).total_seconds(), 0.0) * 1000
 
+    def pages_began(self) -> None:
+        self.rate = PageRate(time.monotonic())
+
+    def page_done(self, page: int, status: PageStatus) -> None:
+        self.pages[page] = status
+        if self.rate is not None:
+            self.rate.page_done(time.monotonic())
+
     def progress(
         self, status: TaskStatus, *, page: int | None = None, error: ErrorInfo | None = None
     ) -> ProgressEvent:
+        elapsed = (datetime.now(UTC) - self.started_at).total_seconds()
         return progress_event(
             self.request, self.record, status, consumer_id=self.consumer_id,
             attempt=self.request.attempt, pages=self.pages, pages_total=self.pages_total,
-            page=page, error=error,
+            page=page, error=error, rate=self.rate,
+            elapsed_s=elapsed if status.is_final else None,
         )
 
     def page_timing(self, page: int, started_at: datetime, times: StageTimes) -> TimingEvent:

@@ -214,6 +214,7 @@ class TaskRunner:
             await self._store.set_pages_total(request.task_id, len(selected))
             await self._progress(run, TaskStatus.STARTED)
             todo = [page for page in selected if page not in run.pages]
+            run.pages_began()
             await self._pages(run, opened, todo)
         finally:
             await opened.close()
@@ -251,7 +252,7 @@ class TaskRunner:
             with run.stages.timed(Stage.PUBLISH, times):
                 await self._events.result(result, run_tag=run.run_tag)
                 await self._store.page_done(run.task_id, page, result.status)
-            run.pages[page] = result.status
+            run.page_done(page, result.status)
             self._metrics.page_done(result.status.value, times[Stage.INFER] / 1000, queue_s)
             await self._progress(run, TaskStatus.PAGE_DONE, page=page)
             await self._events.timing(run.page_timing(page, started_at, times), run_tag=run.run_tag)

@@ -324,3 +324,40 @@ async def test_three_consumers_share_six_partitions(settings: Settings, tmp_path
     workers = {e.consumer_id for e in reader.progress(settings) if e.status is TaskStatus.COMPLETED}
     assert len(workers) >= 2, workers
     assert all(sum(e.calls.values()) > 0 for e in engines)
+
+
+async def test_progress_is_readable_and_ocr_watch_shows_it(
+    settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every event carries percent, the time left from the task's own pace and a message;
+    ocr-watch prints the consumer's message."""
+    from producer_tools import EXIT_OK, watch
+
+    pdf = make_pdf(tmp_path / "four.pdf", pages=4)
+    one_at_a_time = settings.model_copy(update={"max_inflight_pages": 1})
+    async with running_app(one_at_a_time, ScriptedEngine(delay_s=0.3, concurrency=1)):
+        await produce_requests(settings, [_file_request("readable-1", pdf)])
+        async with TopicReader(settings, settings.topic_progress) as reader:
+            await reader.wait_for(_completed(settings, "readable-1"))
+    events = [e for e in reader.progress(settings) if e.task_id == "readable-1"]
+    assert [e.message for e in events[:2]] == ["queued", "started: 4 pages to do"]
+    page_done = [e for e in events if e.status is TaskStatus.PAGE_DONE]
+    assert [e.percent for e in page_done] == [25.0, 50.0, 75.0, 100.0]
+    # About 0.3 s a page: the first estimate is about 3 pages' worth, the last says none left.
+    first_eta = page_done[0].eta_s
+    assert first_eta is not None and 0.3 < first_eta < 5.0, first_eta
+    assert page_done[-1].eta_s == 0.0
+    assert page_done[1].message.startswith("2 of 4 pages done, 50%, about ")
+    final = events[-1]
+    assert (final.status, final.percent, final.eta_s) == (TaskStatus.COMPLETED, 100.0, None)
+    assert final.message.startswith("completed in ") and final.message.endswith(": 4 of 4 pages")
+    capsys.readouterr()
+    code = await asyncio.to_thread(watch.main, [
+        "--kafka-bootstrap", settings.kafka_bootstrap, "--topic-progress",
+        settings.topic_progress, "--log-level", "WARNING", "--from-beginning", "--timeout",
+        "30", "readable-1",
+    ])
+    assert code == EXIT_OK
+    shown = capsys.readouterr().err.splitlines()  # the live lines; stdout gets the outcome
+    assert f"readable-1: {page_done[1].message}" in shown
+    assert f"readable-1: {final.message}" in shown

@@ -71,8 +71,8 @@ def test_pages_finishing_together_count_from_the_run_start() -> None:
 
 
 def test_durations_read_like_a_person_would_say_them() -> None:
-    assert [duration_text(s) for s in (0.4, 40, 60, 200, 3600, 7500)] == [
-        "0 s", "40 s", "1 min", "3 min 20 s", "1 h", "2 h 5 min",
+    assert [duration_text(s) for s in (0, 0.4, 40, 60, 200, 3600, 7500)] == [
+        "0 s", "under 1 s", "40 s", "1 min", "3 min 20 s", "1 h", "2 h 5 min",
     ]
 
 

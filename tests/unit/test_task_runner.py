@@ -328,13 +328,32 @@ async def test_dead_letter_counts_and_publishes_the_record() -> None:
 
 
 
-# --- raw output, figures -----------------------------------------------
+# --- readable progress, raw output, figures -----------------------------------------------
 
 GROUNDED = (
     "<|ref|>title<|/ref|><|det|>[[50, 20, 950, 80]]<|/det|>\n# Sales\n\n"
     "<|ref|>image<|/ref|><|det|>[[100, 100, 500, 400]]<|/det|>\n\n"
     "<|ref|>image<|/ref|><|det|>[[550, 100, 900, 400]]<|/det|>\n"
 )
+
+
+async def test_progress_says_percent_time_left_and_a_message() -> None:
+    bench = _bench(ScriptedEngine(delay_s=0.02))
+    bench.documents.pages["t"] = 4
+    await bench.runner.run(_request(), record())
+    events = bench.sink.progress_events
+    assert [e.message for e in events[:2]] == ["queued", "started: 4 pages to do"]
+    page_done = [e for e in events if e.status is TaskStatus.PAGE_DONE]
+    assert [e.percent for e in page_done] == [25.0, 50.0, 75.0, 100.0]
+    assert all(e.eta_s is not None for e in page_done), "a page of this run gives a pace"
+    assert page_done[-1].eta_s == 0.0
+    assert page_done[0].message.startswith("1 of 4 pages done, 25%")
+    final = events[-1]
+    assert (final.percent, final.eta_s) == (100.0, None)
+    assert final.message.startswith("completed in ") and final.message.endswith("4 of 4 pages")
+    await bench.runner.run(_request(), record(0, 1))
+    replayed = bench.sink.progress_events[-1]
+    assert replayed.replayed and replayed.message == "completed earlier: 4 of 4 pages"
 
 
 class BabblingEngine(ScriptedEngine):
