@@ -1,5 +1,5 @@
-"""Wiring: engine, Redis state, artifact store, publisher, scheduler, Kafka loop, health;
-the entry point.
+"""Wiring: engine, Redis state, artifact store, publisher, scheduler, Kafka loop, cancel
+watch, health; the entry point.
 
 Start-up order matters: the artifact store is checked first (seconds), then the engine
 loads (minutes for vLLM), so the consumer joins the group only when it can work; otherwise
@@ -26,6 +26,7 @@ from consumer.artifacts.store import (
     ArtifactStoreUnreachable,
     open_artifact_store,
 )
+from consumer.cancel import CancelWatch, RunningTasks
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
@@ -192,16 +193,20 @@ class App:
         )
         publisher = EventPublisher(settings, source=f"ocr-stream/{self.consumer_id}")
         await self._until_connected("producer", publisher.start)
+        running = RunningTasks()
         runner = TaskRunner(
             settings=settings, engine=engine, scheduler=scheduler, store=store,
             events=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
-            artifacts=artifacts,
+            artifacts=artifacts, running=running,
         )
         self._loop = ConsumerLoop(
             consumer=request_consumer(settings, self.consumer_id), settings=settings,
             runner=runner, scheduler=scheduler, metrics=self.metrics,
         )
         stats = asyncio.create_task(self._pump_engine_stats(engine))
+        # Before joining: a cancel of a task we are about to take finds its run registered
+        # or is found by the run's own check as it starts.
+        cancels = asyncio.create_task(CancelWatch(store, running).run())
         await warm_up_renderers(settings)
         try:
             await self._until_connected("consumer", self._loop.start)
@@ -214,6 +219,8 @@ class App:
             await self._loop.run()
         finally:
             stats.cancel()
+            cancels.cancel()
+            await asyncio.gather(cancels, return_exceptions=True)
             await publisher.stop()
             await store.close()
             # Tasks have drained: no page is rendering any more.

@@ -38,7 +38,8 @@ from consumer.settings.kafka import client_kwargs
 from consumer.tasks import TaskInterrupted
 from consumer.workbook import Decision, Request, Start, Work, WorkBook, WorkKind
 from schemas.common import ErrorCode
-from schemas.decode import RequestDecodeError, decode_request
+from schemas.control import CancelRequest
+from schemas.decode import RequestDecodeError, decode_record
 from schemas.request import OcrRequest
 
 log = get_logger(__name__)
@@ -58,6 +59,8 @@ class TaskHandler(Protocol):
 
     async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None: ...
 
+    async def cancel(self, cancel: CancelRequest, record: RequestRecord) -> None: ...
+
     async def dead_letter(
         self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
     ) -> None: ...
@@ -68,7 +71,7 @@ class Job:
     """The loop's payload of a work: the record and what decoding made of it."""
 
     record: RequestRecord
-    request: OcrRequest | RequestDecodeError
+    request: OcrRequest | CancelRequest | RequestDecodeError
 
 
 def request_consumer(settings: Settings, consumer_id: str) -> AIOKafkaConsumer:
@@ -209,10 +212,15 @@ class ConsumerLoop:
             value=record.value,
         )
         try:
-            request = decode_request(record.value, max_bytes=self._settings.max_request_bytes)
+            request = decode_record(record.value, max_bytes=self._settings.max_request_bytes)
         except RequestDecodeError as exc:
             self._carry_out(
                 self._book.receive(partition, record.offset, None, Job(received, exc))
+            )
+            return
+        if isinstance(request, CancelRequest):
+            self._carry_out(
+                self._book.receive_control(partition, record.offset, Job(received, request))
             )
             return
         about = Request(request.task_id, request.content_fingerprint(), request.force)
@@ -270,6 +278,8 @@ class ConsumerLoop:
             await self._runner.dead_letter(
                 record, code=request.code, message=request.message, task_id=request.task_id
             )
+        elif isinstance(request, CancelRequest):
+            await self._runner.cancel(request, record)
         elif work.kind is WorkKind.CONFLICT:
             await self._runner.reject_conflict(request, record)
         else:

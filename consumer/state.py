@@ -9,14 +9,20 @@ Keys (P = settings.redis_key_prefix):
   P task:<id>         hash   status, fingerprint, attempt, owner, pages_total, timings, error
   P task:<id>:pages   hash   page -> PageStatus value ("ok" | "failed"), once published
   P task:<id>:lease   string owner id, expires after lease_ttl_s unless refreshed
+  P task:<id>:cancel  string JSON {reason, at}: a cancel was requested (state_ttl_s)
+Channel:
+  P cancels           JSON {task_id, reason}, published with each cancel marker, so that the
+                      member running the task stops it at once; the marker is the truth, a
+                      notice missed (subscription down) is caught by the marker checks
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -126,6 +132,13 @@ class TaskStateStore:
 
     def _lease(self, task_id: str) -> str:
         return f"{self._prefix}task:{task_id}:lease"
+
+    def _cancel(self, task_id: str) -> str:
+        return f"{self._prefix}task:{task_id}:cancel"
+
+    @property
+    def cancel_channel(self) -> str:
+        return f"{self._prefix}cancels"
 
     async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         """Redis outages are waited out (with backoff), not turned into failed tasks."""
@@ -257,10 +270,93 @@ class TaskStateStore:
         )
         return bool(result)
 
+    async def lease_holder(self, task_id: str) -> str | None:
+        """Who holds the task's lease now (None: nobody runs the task)."""
+        holder = await self._retry("lease_holder", lambda: self._redis.get(self._lease(task_id)))
+        return str(holder) if holder else None
+
     async def release_lease(self, task_id: str, owner: str) -> None:
         # It expires by itself; releasing early only speeds up a takeover.
         with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
             await self._redis.eval(_RELEASE_LEASE, 1, self._lease(task_id), owner)
 
+    # -- cancels ----------------------------------------------------------------------------
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        """Mark the task cancelled and tell every member (the marker outlives the notice)."""
+        marker = json.dumps({"reason": reason, "at": time.time()})
+        notice = json.dumps({"task_id": task_id, "reason": reason})
+
+        async def call() -> None:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.set(self._cancel(task_id), marker, ex=self._ttl)
+                pipe.publish(self.cancel_channel, notice)
+                await pipe.execute()
+
+        await self._retry("cancel", call)
+
+    async def cancel_reasons(self, task_ids: Sequence[str]) -> dict[str, str]:
+        """The tasks among `task_ids` whose cancel was requested, with the reason."""
+        if not task_ids:
+            return {}
+        keys = [self._cancel(task_id) for task_id in task_ids]
+        markers = await self._retry("cancel_check", lambda: self._redis.mget(keys))
+        return {
+            task_id: _marker_reason(marker)
+            for task_id, marker in zip(task_ids, markers, strict=True)
+            if marker is not None
+        }
+
+    async def clear_cancel(self, task_id: str) -> None:
+        """Forget a cancel (a forced request starts the task again)."""
+        await self._retry("cancel_clear", lambda: self._redis.delete(self._cancel(task_id)))
+
+    async def listen_for_cancels(self, notice: Callable[[str, str], None]) -> None:
+        """Call `notice(task_id, reason)` for every cancel any member requests, until
+        cancelled. An outage is waited out (resubscribing); notices published meanwhile are
+        lost, which the callers' marker checks make up for."""
+        delay = 0.2
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.cancel_channel)
+                delay = 0.2
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    parsed = _notice(message)
+                    if parsed is not None:
+                        notice(*parsed)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                log.warning("redis_unavailable", operation="cancel_notices", error=str(exc),
+                            retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
+                    await pubsub.aclose()
+
     async def close(self) -> None:
         await self._redis.aclose()
+
+
+def _marker_reason(marker: str | bytes) -> str:
+    try:
+        reason = json.loads(marker).get("reason", "")
+    except (ValueError, AttributeError):
+        return ""  # written by something else: still a cancel
+    return reason if isinstance(reason, str) else ""
+
+
+def _notice(message: dict[str, object] | None) -> tuple[str, str] | None:
+    """(task id, reason) of a notice on the cancel channel; None for anything else."""
+    if message is None or message.get("type") != "message":
+        return None
+    data = message.get("data")
+    try:
+        notice = json.loads(data) if isinstance(data, str | bytes) else None
+    except ValueError:
+        return None
+    if not isinstance(notice, dict) or not isinstance(notice.get("task_id"), str):
+        return None
+    reason = notice.get("reason")
+    return notice["task_id"], reason if isinstance(reason, str) else ""

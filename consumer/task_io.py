@@ -8,6 +8,7 @@ unit tests drive it with in-memory fakes (tests/unit/test_task_runner.py).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from consumer.config import Settings
@@ -25,7 +26,7 @@ from schemas.timing import TimingEvent
 
 
 class TaskStore(LeaseStore, Protocol):
-    """Task state: status, content fingerprint, recorded pages, and the lease."""
+    """Task state: status, content fingerprint, recorded pages, the lease, cancels."""
 
     async def load(self, task_id: str) -> TaskState | None: ...
 
@@ -40,6 +41,15 @@ class TaskStore(LeaseStore, Protocol):
     async def finish(
         self, task_id: str, status: TaskStatus, error: ErrorInfo | None
     ) -> None: ...
+
+    async def lease_holder(self, task_id: str) -> str | None: ...
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        """Mark the task cancelled and notify every member (consumer/cancel.py)."""
+
+    async def cancel_reasons(self, task_ids: Sequence[str]) -> dict[str, str]: ...
+
+    async def clear_cancel(self, task_id: str) -> None: ...
 
 
 class EventSink(Protocol):

@@ -1,9 +1,9 @@
 """One task's run in this process: its pages, its stage times, and the events it builds
 (the runner in tasks.py decides what happens; this says what the events hold).
 
-`progress_event` is the one builder of progress events, for runs and for the announcement
-of a finished task re-sent, which has no run; it fills the readable fields (percent, ETA
-from the run's own page rate, message: consumer/progress.py).
+`progress_event` is the one builder of progress events, for runs and for the events that
+have no run (a finished task re-sent, a cancel of a task nobody runs); it fills the
+readable fields (percent, ETA from the run's own page rate, message: consumer/progress.py).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from consumer.engines.base import EngineOutput
 from consumer.progress import PageRate, describe
 from consumer.records import RequestRecord
 from consumer.stages import StageRecorder, StageTimes
-from schemas.common import ErrorInfo
+from schemas.common import ErrorInfo, MetadataValue
 from schemas.event_ids import event_run_tag
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
@@ -39,10 +39,10 @@ def pages_failed(pages: Mapping[int, PageStatus]) -> int:
 
 
 def progress_event(
-    request: OcrRequest, record: RequestRecord, status: TaskStatus, *, consumer_id: str,
-    attempt: int, pages: Mapping[int, PageStatus], pages_total: int | None,
-    page: int | None = None, error: ErrorInfo | None = None, replayed: bool = False,
-    rate: PageRate | None = None, elapsed_s: float | None = None,
+    task_id: str, metadata: Mapping[str, MetadataValue], record: RequestRecord,
+    status: TaskStatus, *, consumer_id: str, attempt: int, pages: Mapping[int, PageStatus],
+    pages_total: int | None, page: int | None = None, error: ErrorInfo | None = None,
+    replayed: bool = False, rate: PageRate | None = None, elapsed_s: float | None = None,
 ) -> ProgressEvent:
     """The task's progress as of `pages` (the pages done, each with its status); `rate`
     is the run's page rate (for the ETA), `elapsed_s` its duration (for a final message)."""
@@ -52,7 +52,7 @@ def progress_event(
         rate=rate, now=time.monotonic(), error=error, replayed=replayed, elapsed_s=elapsed_s,
     )
     return ProgressEvent(
-        task_id=request.task_id,
+        task_id=task_id,
         attempt=attempt,
         status=status,
         pages_done=len(pages),
@@ -67,7 +67,7 @@ def progress_event(
         consumer_id=consumer_id,
         request_partition=record.partition,
         request_offset=record.offset,
-        metadata=request.metadata,
+        metadata=dict(metadata),
         emitted_at=datetime.now(UTC),
     )
 
@@ -118,9 +118,9 @@ class TaskRun:
     ) -> ProgressEvent:
         elapsed = (datetime.now(UTC) - self.started_at).total_seconds()
         return progress_event(
-            self.request, self.record, status, consumer_id=self.consumer_id,
-            attempt=self.request.attempt, pages=self.pages, pages_total=self.pages_total,
-            page=page, error=error, rate=self.rate,
+            self.task_id, self.request.metadata, self.record, status,
+            consumer_id=self.consumer_id, attempt=self.request.attempt, pages=self.pages,
+            pages_total=self.pages_total, page=page, error=error, rate=self.rate,
             elapsed_s=elapsed if status.is_final else None,
         )
 

@@ -2,7 +2,8 @@
 record.
 
 A task ends in exactly one of three ways:
-- finished (completed, failed, or recognised as a duplicate): its offset may be committed;
+- finished (completed, failed, cancelled, or recognised as a duplicate): its offset may be
+  committed;
 - interrupted (partition revoked, shutdown, engine death): nothing final is written, the
   lease is released, and whoever reads the request next resumes from the pages Redis
   recorded;
@@ -12,19 +13,23 @@ The runner knows its surroundings only through small protocols (consumer/task_io
 the Engine protocol), so tests/unit/test_task_runner.py runs it on in-memory fakes.
 
 The page deadline (OCR_PAGE_TIMEOUT_S) is the runner's alone: it cancels the engine's
-`infer()`, which the Engine contract turns into an abort inside the engine.
+`infer()`, which the Engine contract turns into an abort inside the engine. A cancel
+request (consumer/cancel.py) cancels the run's pages the same way; a page is published and
+recorded whole or not at all, whatever stops the run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 import structlog
 
 from consumer.artifacts.figures import store_page_artifacts
 from consumer.artifacts.store import ArtifactStore
+from consumer.cancel import RunningTasks, TaskCancelled, cancel_error
 from consumer.config import Settings
 from consumer.documents.render import select_pages
 from consumer.engines.base import Engine, EngineOutput, PageRequest
@@ -39,7 +44,8 @@ from consumer.stages import Stage, StageRecorder, StageTimes, elapsed_ms
 from consumer.state import TaskState
 from consumer.task_io import DocumentSource, EventSink, FetchedDocuments, PageSource, TaskStore
 from consumer.task_run import TaskRun, progress_event
-from schemas.common import ErrorCode, ErrorInfo
+from schemas.common import ErrorCode, ErrorInfo, MetadataValue
+from schemas.control import CancelRequest
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest
 from schemas.result import PageImageInfo, PageResult
@@ -76,8 +82,10 @@ class TaskRunner:
         consumer_id: str,
         documents: DocumentSource | None = None,
         artifacts: ArtifactStore | None = None,
+        running: RunningTasks | None = None,
     ) -> None:
-        """`artifacts`: where figures go (None: not stored, the Markdown says so)."""
+        """`artifacts`: where figures go (None: not stored, the Markdown says so);
+        `running`: the runs a cancel can reach (the app shares it with its CancelWatch)."""
         self._settings = settings
         self._engine = engine
         self._scheduler = scheduler
@@ -87,6 +95,7 @@ class TaskRunner:
         self._consumer_id = consumer_id
         self._documents = documents if documents is not None else FetchedDocuments(settings)
         self._artifacts = artifacts
+        self._running = running if running is not None else RunningTasks()
 
     # -- entry points --------------------------------------------------------------------
 
@@ -140,6 +149,38 @@ class TaskRunner:
         self._metrics.dlq(code.value)
         await self._events.dead_letter(record, code=code, message=message, task_id=task_id)
 
+    async def cancel(self, cancel: CancelRequest, record: RequestRecord) -> None:
+        """A cancel record: mark the task cancelled for whichever member runs it (it stops
+        the run); a task nobody runs now ends `cancelled` here, with the pages it has (none
+        for a task not seen yet), and one that already ended is announced again."""
+        task_id = cancel.task_id
+        structlog.contextvars.bind_contextvars(
+            task_id=task_id, partition=record.partition, offset=record.offset
+        )
+        state = await self._store.load(task_id)
+        if state is not None and state.status.is_final:
+            log.info("task_cancel_too_late", status=state.status.value)
+            await self._announce(task_id, {}, record, state)
+            return
+        await self._store.request_cancel(task_id, cancel.reason)
+        here = self._running.cancel(task_id, cancel.reason)  # no need to wait for the notice
+        log.info("task_cancel_requested", running_here=here, known=state is not None)
+        if here or await self._store.lease_holder(task_id) is not None:
+            return  # the run stops and ends the task itself
+        # Nobody runs it: a run that starts later finds it final (or the marker).
+        error = cancel_error(cancel.reason)
+        await self._store.finish(task_id, TaskStatus.CANCELLED, error)
+        pages = state.pages if state is not None else {}
+        await self._events.progress(
+            progress_event(
+                task_id, {}, record, TaskStatus.CANCELLED, consumer_id=self._consumer_id,
+                attempt=state.attempt if state is not None else 0, pages=pages,
+                pages_total=state.pages_total if state is not None else None, error=error,
+            )
+        )
+        self._metrics.task_done(TaskStatus.CANCELLED.value)
+        log.info("task_finished", status=TaskStatus.CANCELLED.value, pages=len(pages))
+
     # -- before the work -----------------------------------------------------------------
 
     def _new_run(self, request: OcrRequest, record: RequestRecord) -> TaskRun:
@@ -172,6 +213,9 @@ class TaskRunner:
         reset = request.force or state is None
         if state is not None and not reset:
             run.pages = dict(state.pages)
+            run.pages_total = state.pages_total
+        if request.force:
+            await self._store.clear_cancel(request.task_id)  # force starts a cancelled task
         await self._store.begin(
             request.task_id, fingerprint=fingerprint, attempt=request.attempt,
             owner=self._consumer_id, reset_pages=reset,
@@ -179,16 +223,24 @@ class TaskRunner:
         self._metrics.task_queue_latency(run.queue_ms / 1000)
         log.info("task_started", resumed_pages=len(run.pages), attempt=request.attempt)
         try:
-            try:
-                async with asyncio.timeout(self._settings.task_timeout_s):
-                    await self._process(run)
-            except TimeoutError:
-                raise OcrError(
-                    ErrorCode.TASK_TIMEOUT,
-                    f"task took longer than {self._settings.task_timeout_s:g} s "
-                    f"({len(run.pages)} pages done); raise OCR_TASK_TIMEOUT_S or split the "
-                    "document with page ranges",
-                ) from None
+            with self._running.running(request.task_id) as scope:
+                # A cancel sent before this run registered: its notice found no run here.
+                cancelled = await self._store.cancel_reasons([request.task_id])
+                if request.task_id in cancelled:
+                    scope.cancel(cancelled[request.task_id])
+                try:
+                    async with scope, asyncio.timeout(self._settings.task_timeout_s):
+                        await self._process(run)
+                except TimeoutError:
+                    raise OcrError(
+                        ErrorCode.TASK_TIMEOUT,
+                        f"task took longer than {self._settings.task_timeout_s:g} s "
+                        f"({len(run.pages)} pages done); raise OCR_TASK_TIMEOUT_S or split "
+                        "the document with page ranges",
+                    ) from None
+        except TaskCancelled as cancel:
+            log.info("task_cancelled", reason=cancel.reason, pages=len(run.pages))
+            return TaskStatus.CANCELLED, cancel_error(cancel.reason)
         except OcrError as exc:
             self._metrics.error(exc.code.value)
             log.warning("task_failed", code=exc.code.value, message=exc.message)
@@ -249,15 +301,31 @@ class TaskRunner:
         times = StageTimes()
         try:
             result = await self._compute_page(run, opened, page, times)
-            with run.stages.timed(Stage.PUBLISH, times):
-                await self._events.result(result, run_tag=run.run_tag)
-                await self._store.page_done(run.task_id, page, result.status)
-            run.page_done(page, result.status)
-            self._metrics.page_done(result.status.value, times[Stage.INFER] / 1000, queue_s)
-            await self._progress(run, TaskStatus.PAGE_DONE, page=page)
-            await self._events.timing(run.page_timing(page, started_at, times), run_tag=run.run_tag)
+            # From here the page is published and recorded whole: a cancel, revoke or
+            # shutdown that arrives meanwhile waits for it, then goes on stopping the run.
+            publishing = asyncio.ensure_future(
+                self._publish_page(run, result, started_at, times, queue_s)
+            )
+            try:
+                await asyncio.shield(publishing)
+            except asyncio.CancelledError:
+                await publishing
+                raise
         finally:
             self._scheduler.release(run.task_id)
+
+    async def _publish_page(
+        self, run: TaskRun, result: PageResult, started_at: datetime, times: StageTimes,
+        queue_s: float,
+    ) -> None:
+        page = result.page
+        with run.stages.timed(Stage.PUBLISH, times):
+            await self._events.result(result, run_tag=run.run_tag)
+            await self._store.page_done(run.task_id, page, result.status)
+        run.page_done(page, result.status)
+        self._metrics.page_done(result.status.value, times[Stage.INFER] / 1000, queue_s)
+        await self._progress(run, TaskStatus.PAGE_DONE, page=page)
+        await self._events.timing(run.page_timing(page, started_at, times), run_tag=run.run_tag)
 
     async def _compute_page(
         self, run: TaskRun, opened: PageSource, page: int, times: StageTimes
@@ -358,15 +426,22 @@ class TaskRunner:
         self, request: OcrRequest, record: RequestRecord, state: TaskState
     ) -> None:
         """A re-sent finished task: say its final status again instead of recomputing."""
+        await self._announce(request.task_id, request.metadata, record, state)
+        self._metrics.task_done("duplicate")
+        log.info("task_duplicate", status=state.status.value)
+
+    async def _announce(
+        self, task_id: str, metadata: Mapping[str, MetadataValue], record: RequestRecord,
+        state: TaskState,
+    ) -> None:
+        """The recorded final status again (`replayed`), answering `record`."""
         await self._events.progress(
             progress_event(
-                request, record, state.status, consumer_id=self._consumer_id,
+                task_id, metadata, record, state.status, consumer_id=self._consumer_id,
                 attempt=state.attempt, pages=state.pages, pages_total=state.pages_total,
                 error=state.error, replayed=True,
             )
         )
-        self._metrics.task_done("duplicate")
-        log.info("task_duplicate", status=state.status.value)
 
     async def _conflict(self, request: OcrRequest, record: RequestRecord, earlier: str) -> None:
         message = (

@@ -7,7 +7,8 @@ or assigned, a commit wanted or done) and returns what the loop must do about it
 stopped) or a `Reassignment`. The loop carries decisions out and decides nothing itself.
 
 Words:
-- work: what one received record asks for (its task, a dead letter, a conflict report);
+- work: what one received record asks for (its task, a dead letter, a conflict report, a
+  cancel);
 - run: one attempt at a work, an asyncio task in the loop, named by an int the book hands
   out. A work that raised runs again under a new run id;
 - copy (follower): a request for a task id that is running here, with the same content. It
@@ -55,6 +56,7 @@ class WorkKind(StrEnum):
     TASK = "task"  # run the request's task
     DEAD_LETTER = "dead_letter"  # the record cannot be read: publish it to the DLQ
     CONFLICT = "conflict"  # its task id runs here for other content: dead-letter it
+    CANCEL = "cancel"  # a cancel record: mark the task cancelled (its run stops itself)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,7 @@ class Reason(StrEnum):
     REDELIVERED = "redelivered"  # at or below the newest offset seen: running or finished
     ADMITTED = "admitted"  # a new task starts
     DEAD_LETTER = "dead_letter"  # an unreadable record starts its dead letter
+    CONTROL = "control"  # a control record (cancel) starts its work, beside any run
     CONFLICT = "conflict"  # the task id runs here for other content: report it
     FOLLOWS = "follows"  # a copy of a running task waits for it
     REPLACES = "replaces"  # a forced copy cancels the run and starts once it stopped
@@ -222,6 +225,16 @@ class WorkBook(Generic[P, J]):
             return Decision(Reason.CONFLICT, self._start(conflict))
         leader.followers.append(work)
         return Decision(Reason.FOLLOWS)
+
+    def receive_control(self, partition: P, offset: int, job: J) -> Decision[P, J]:
+        """A control record (a cancel): its work starts at once and is no run of its task,
+        so a cancel never waits for the run it stops, nor counts as that task's copy."""
+        if partition not in self._assigned:
+            return Decision(Reason.NOT_ASSIGNED)
+        if not self._offsets.received(partition, offset):
+            return Decision(Reason.REDELIVERED)
+        control = Work(partition, offset, WorkKind.CANCEL, job)
+        return Decision(Reason.CONTROL, self._start(control))
 
     # -- runs ending ---------------------------------------------------------------------
 

@@ -26,7 +26,8 @@ from producer_tools import UsageError
 from producer_tools.replay_common import ReplaySettings, TopicRecord, read_range
 from producer_tools.topic_admin import ensure_topics
 from schemas.cloudevents import CE_TYPE_REQUEST, Headers, ce_headers
-from schemas.decode import RequestDecodeError, decode_request
+from schemas.control import CancelRequest
+from schemas.decode import RequestDecodeError, decode_record, decode_request
 from schemas.dlq import DlqEnvelope
 from schemas.event_ids import replayed_request_event_id
 from schemas.headers import REPLAY_OF
@@ -112,13 +113,18 @@ def _from_request_record(
     record: TopicRecord, settings: ReplaySettings, tasks: set[str], selection: Selection
 ) -> None:
     try:
-        request = decode_request(record.value, max_bytes=settings.max_request_bytes)
+        request = decode_record(record.value, max_bytes=settings.max_request_bytes)
     except RequestDecodeError as exc:
         if _wanted(exc.task_id, tasks):
             selection.skipped.append(
                 f"{record.origin}: invalid ({exc.code.value}: {exc.message}); the consumer "
                 "dead-letters it, so only its producer can fix it"
             )
+        return
+    if isinstance(request, CancelRequest):
+        if _wanted(request.task_id, tasks):
+            # Replaying is for computing again; a cancel is sent anew with ocr-cancel.
+            selection.skipped.append(f"{record.origin}: a cancel of {request.task_id}, not sent")
         return
     if _wanted(request.task_id, tasks):
         selection.add(Candidate(request, record.origin, record.value or b"", record.key,

@@ -7,7 +7,7 @@ nothing else does: no Kafka clients, no I/O beyond the optional schema export.
 from schemas.cloudevents import CloudEvent, ce_headers, parse_ce_headers
 from schemas.common import SCHEMA_VERSION, ErrorCode, ErrorInfo, TaskId
 from schemas.control import CancelRequest, ControlAction
-from schemas.decode import RequestDecodeError, decode_request
+from schemas.decode import RequestDecodeError, decode_record, decode_request
 from schemas.dlq import DlqEnvelope
 from schemas.keys import TaskPartitioner, parse_key, result_key, task_partition
 from schemas.progress import ProgressEvent, TaskStatus
@@ -55,6 +55,7 @@ __all__ = [
     "TokenCounts",
     "TopicNames",
     "ce_headers",
+    "decode_record",
     "decode_request",
     "parse_ce_headers",
     "parse_key",

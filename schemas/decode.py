@@ -1,7 +1,12 @@
 """Turn raw request bytes into an OcrRequest or a precise, coded refusal.
 
-The guarantee the consumer loop relies on: for ANY bytes, `decode_request` returns an
-OcrRequest or raises RequestDecodeError. Anything else escaping would stop the consumer on
+`decode_record` reads any record of the requests topic: one that names an `action` is a
+control record (schemas/control.py), anything else a request. `decode_request` reads
+requests only (tools that re-send requests): a control record is refused there.
+
+The guarantee the consumer loop relies on: for ANY bytes, `decode_record` returns an
+OcrRequest or a control record, or raises RequestDecodeError (and `decode_request` an
+OcrRequest or RequestDecodeError). Anything else escaping would stop the consumer on
 a record it can never get past, and every consumer that reads the record next (a crash
 loop for the whole group). Known hostile inputs get their own message; whatever else a
 parser throws is still turned into a refusal (tests/unit/test_fuzz_decode.py).
@@ -18,6 +23,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas.common import MAX_TASK_ID_LENGTH, SCHEMA_VERSION, ErrorCode
+from schemas.control import CancelRequest, ControlAction
 from schemas.request import OcrRequest
 
 # A little over the largest inline document plus envelope; bigger records are refused unread.
@@ -101,8 +107,11 @@ def _registry_framed(raw: bytes) -> RequestDecodeError:
     )
 
 
-def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> OcrRequest:
-    """The request in `raw`, or RequestDecodeError; never any other exception."""
+def decode_record(
+    raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES
+) -> OcrRequest | CancelRequest:
+    """The request or control record in `raw` (a control record names an `action`), or
+    RequestDecodeError; never any other exception."""
     try:
         return _decode(raw, max_bytes)
     except RequestDecodeError:
@@ -118,7 +127,36 @@ def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> 
         ) from exc
 
 
-def _decode(raw: bytes | None, max_bytes: int) -> OcrRequest:
+def decode_request(raw: bytes | None, *, max_bytes: int = MAX_REQUEST_BYTES) -> OcrRequest:
+    """A request; a control record is refused (REQUEST_INVALID) like any other non-request."""
+    decoded = decode_record(raw, max_bytes=max_bytes)
+    if isinstance(decoded, CancelRequest):
+        raise RequestDecodeError(
+            ErrorCode.REQUEST_INVALID,
+            f"record is a control record (action {decoded.action.value!r}), not a request",
+            decoded.task_id,
+        )
+    return decoded
+
+
+def _control_record(text: str, action: Any, task_id: str | None) -> CancelRequest:
+    """A record naming an `action`: the control record of that action."""
+    known = [item.value for item in ControlAction]
+    if action not in known:
+        shown = repr(action)[:64]
+        raise RequestDecodeError(
+            ErrorCode.REQUEST_INVALID,
+            f"action {shown} is not one this consumer knows ({', '.join(known)}); a request "
+            "names no action",
+            task_id,
+        )
+    try:
+        return CancelRequest.model_validate_json(text)
+    except ValidationError as exc:
+        raise RequestDecodeError(ErrorCode.REQUEST_INVALID, _describe(exc), task_id) from exc
+
+
+def _decode(raw: bytes | None, max_bytes: int) -> OcrRequest | CancelRequest:
     if raw is None:
         raise RequestDecodeError(ErrorCode.REQUEST_INVALID, "record has no value (tombstone)")
     if len(raw) > max_bytes:
@@ -167,6 +205,8 @@ def _decode(raw: bytes | None, max_bytes: int) -> OcrRequest:
             f"{SCHEMA_VERSION}",
             task_id,
         )
+    if "action" in document:
+        return _control_record(text, document["action"], task_id)
     try:
         return OcrRequest.model_validate_json(text)
     except ValidationError as exc:

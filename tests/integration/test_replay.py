@@ -304,6 +304,8 @@ async def test_republish_time_range_of_the_requests_topic(
         # A second copy of in-1 in the window: only the latest is republished.
         (b"in-1", request("in-1", attempt=1).model_dump_json().encode(), None, T0_MS + 3500),
         (b"junk", b"\xff\xfe", None, T0_MS + 3600),
+        # A cancel is not replayed: computing again is the point of a replay.
+        (b"in-2", b'{"action": "cancel", "task_id": "in-2"}', None, T0_MS + 3700),
         (b"late", request("late").model_dump_json().encode(), None, T0_MS + 9000),
     ]
     await produce(settings, settings.topic_requests, items)
@@ -313,6 +315,7 @@ async def test_republish_time_range_of_the_requests_topic(
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "1 older copies superseded" in out and "REQUEST_NOT_UTF8" in out
+    assert "a cancel of in-2, not sent" in out
     records = await read_all(settings, settings.topic_requests, len(items) + 2)
     sent = [OcrRequest.model_validate_json(r.value or b"") for r in records
             if REPLAY_OF in r.headers]

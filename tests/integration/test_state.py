@@ -106,3 +106,42 @@ async def test_task_lease_is_retaken_after_redis_lost_it(
             assert await client.get(f"{redis_prefix}task:s5:lease") == "owner"
     finally:
         await client.aclose()
+
+
+async def test_a_cancel_is_a_marker_that_expires_with_the_state_and_a_notice_to_all(
+    store: TaskStateStore, stack: Settings, redis_prefix: str
+) -> None:
+    heard: list[tuple[str, str]] = []
+    listeners = [
+        asyncio.create_task(store.listen_for_cancels(lambda *notice: heard.append(notice)))
+        for _ in range(2)  # two members
+    ]
+    try:
+        await asyncio.sleep(0.5)  # subscribed
+        client = redis_client(stack)
+        await client.publish(f"{redis_prefix}cancels", "not json")  # ignored, not a crash
+        await client.aclose()
+        await store.request_cancel("c1", "sent by mistake")
+        await store.request_cancel("c2", "")
+        for _ in range(100):
+            if len(heard) == 4:
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        for listener in listeners:
+            listener.cancel()
+        await asyncio.gather(*listeners, return_exceptions=True)
+    assert sorted(heard) == [("c1", "sent by mistake")] * 2 + [("c2", "")] * 2
+    assert await store.cancel_reasons(["c1", "c2", "c3"]) == {"c1": "sent by mistake", "c2": ""}
+    assert await store.cancel_reasons([]) == {}
+    client = redis_client(stack)
+    try:
+        ttl_ms = await client.pttl(f"{redis_prefix}task:c1:cancel")
+        assert 590_000 < ttl_ms <= 600_000  # state_ttl_s, like the task's own keys
+    finally:
+        await client.aclose()
+    await store.clear_cancel("c1")
+    assert await store.cancel_reasons(["c1", "c2"]) == {"c2": ""}
+    assert await store.lease_holder("c1") is None
+    assert await store.acquire_lease("c1", "member-a") is None
+    assert await store.lease_holder("c1") == "member-a"

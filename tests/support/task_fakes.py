@@ -5,6 +5,7 @@ the real Redis, Kafka and render workers."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +28,7 @@ class MemoryStore:
 
     states: dict[str, TaskState] = field(default_factory=dict)
     leases: dict[str, str] = field(default_factory=dict)
+    cancels: dict[str, str] = field(default_factory=dict)  # cancel markers: task id -> reason
     calls: list[str] = field(default_factory=list)  # "begin t", "finish t failed", ...
 
     async def load(self, task_id: str) -> TaskState | None:
@@ -70,6 +72,20 @@ class MemoryStore:
     async def release_lease(self, task_id: str, owner: str) -> None:
         if self.leases.get(task_id) == owner:
             del self.leases[task_id]
+
+    async def lease_holder(self, task_id: str) -> str | None:
+        return self.leases.get(task_id)
+
+    async def request_cancel(self, task_id: str, reason: str) -> None:
+        self.calls.append(f"cancel {task_id}")
+        self.cancels[task_id] = reason
+
+    async def cancel_reasons(self, task_ids: Sequence[str]) -> dict[str, str]:
+        return {task_id: self.cancels[task_id] for task_id in task_ids if task_id in self.cancels}
+
+    async def clear_cancel(self, task_id: str) -> None:
+        self.calls.append(f"clear cancel {task_id}")
+        self.cancels.pop(task_id, None)
 
 
 @dataclass

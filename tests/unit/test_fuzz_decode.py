@@ -1,6 +1,7 @@
 """Fuzzing the request decoder (and the grounding parser on raw engine bytes).
 
-`decode_request` sits in the consumer loop's hot path: whatever it raises besides
+`decode_request` (through `decode_record`, which it wraps and the consumer loop calls, so
+fuzzing one covers both) sits in the consumer loop's hot path: whatever it raises besides
 RequestDecodeError escapes the loop and kills the consumer, and because the record is then
 never committed, every consumer that reads it next dies too. So the property is absolute:
 for any bytes, it returns an OcrRequest or raises RequestDecodeError. And what it accepts

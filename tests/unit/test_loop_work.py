@@ -23,6 +23,7 @@ from consumer.scheduler import PageScheduler
 from consumer.tasks import TaskInterrupted
 from consumer.workbook import WorkBook
 from schemas.common import ErrorCode
+from schemas.control import CancelRequest
 from schemas.request import OcrRequest
 
 TOPIC = "ocr.requests"
@@ -138,6 +139,9 @@ class StubRunner:
 
     async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None:
         return None
+
+    async def cancel(self, cancel: CancelRequest, record: RequestRecord) -> None:
+        self.events.append(f"cancel {cancel.task_id}@{record.offset}")
 
     async def dead_letter(
         self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
@@ -262,3 +266,24 @@ async def test_an_assignment_cancels_only_the_runs_of_lost_partitions(
     assert running.loop.inflight_tasks == 1
     running.runner.let_go("b")
     assert await running.committed({1: 1}) == {1: 1}
+
+
+async def test_a_cancel_record_runs_beside_its_task_and_commits_behind_it(
+    running: Running,
+) -> None:
+    running.consumer.feed(0, 0, _value("t"))
+    running.consumer.feed(0, 1, b'{"schema_version": 1, "action": "cancel", "task_id": "t"}')
+    for _ in range(100):
+        if "cancel t@1" in running.runner.events:
+            break
+        await asyncio.sleep(0.01)
+    assert running.runner.events == ["start t@0", "cancel t@1"], "no wait for the run"
+    assert await running.committed({0: 0}) == {0: 0}, "the task's offset is still open"
+    running.runner.let_go("t")
+    assert await running.committed({0: 2}) == {0: 2}
+
+
+async def test_an_unknown_action_is_dead_lettered(running: Running) -> None:
+    running.consumer.feed(1, 0, b'{"action": "pause", "task_id": "t"}')
+    assert await running.committed({1: 1}) == {1: 1}
+    assert running.runner.dead_letters == [(1, 0, ErrorCode.REQUEST_INVALID)]

@@ -22,7 +22,7 @@ from schemas.cloudevents import (
 )
 from schemas.common import ErrorCode
 from schemas.control import CancelRequest
-from schemas.decode import RequestDecodeError, decode_request
+from schemas.decode import RequestDecodeError, decode_record, decode_request
 from schemas.dlq import MAX_ORIGINAL_BASE64, DlqEnvelope
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import MAX_REQUEST_RECORD_BYTES, OcrRequest, PageRange, parse_page_ranges
@@ -315,6 +315,63 @@ def test_decode_keeps_no_task_id_longer_than_a_task_id() -> None:
     error = refusal(b'{"task_id": "%s", "dpi": 10}' % (b"x" * 129))
     assert error.code is ErrorCode.REQUEST_INVALID and error.task_id is None
     assert refusal(b'{"task_id": "%s", "dpi": 10}' % (b"x" * 128)).task_id == "x" * 128
+
+
+# -- decode_record: a record with `action` is a control record -----------------------------
+
+
+def test_a_record_with_an_action_is_a_control_record() -> None:
+    cancel = decode_record(b'{"action": "cancel", "task_id": "doc-1", "reason": "oops"}')
+    assert isinstance(cancel, CancelRequest)
+    assert (cancel.task_id, cancel.reason) == ("doc-1", "oops")
+    request = decode_record(json.dumps(VALID["request"][1]).encode())
+    assert isinstance(request, OcrRequest)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message", "task_id"),
+    [
+        (b'{"action": "pause", "task_id": "doc-1"}',
+         "action 'pause' is not one this consumer knows (cancel); a request names no action",
+         "doc-1"),
+        (b'{"action": null, "task_id": "doc-1"}',
+         "action None is not one this consumer knows (cancel); a request names no action",
+         "doc-1"),
+        (b'{"action": "cancel"}', "task_id: Field required", None),
+        (b'{"action": "cancel", "task_id": "a", "force": true}',
+         "force: Extra inputs are not permitted", "a"),
+    ],
+)
+def test_control_record_refusals(raw: bytes, message: str, task_id: str | None) -> None:
+    with pytest.raises(RequestDecodeError) as refused:
+        decode_record(raw)
+    assert (refused.value.code, refused.value.message, refused.value.task_id) == (
+        ErrorCode.REQUEST_INVALID, message, task_id,
+    )
+
+
+def test_decode_request_refuses_a_control_record() -> None:
+    error = refusal(b'{"action": "cancel", "task_id": "doc-1"}')
+    assert (error.code, error.task_id) == (ErrorCode.REQUEST_INVALID, "doc-1")
+    assert error.message == "record is a control record (action 'cancel'), not a request"
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["action", "task_id", "reason", "schema_version", "source"]),
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20)
+        | st.sampled_from(["cancel", "doc-1"]),
+    )
+)
+def test_any_object_decodes_to_a_request_a_control_record_or_a_refusal(
+    document: dict[str, Any],
+) -> None:
+    raw = json.dumps(document).encode()
+    try:
+        decoded = decode_record(raw)
+    except RequestDecodeError:
+        return
+    assert isinstance(decoded, CancelRequest) == ("action" in document)
 
 
 # -- dead letters hold at most one request record ------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from consumer import lease as lease_module
 from consumer.artifacts.store import ArtifactError, ArtifactStore, StoredFile, open_artifact_store
+from consumer.cancel import RunningTasks
 from consumer.config import Settings
 from consumer.engines.base import Engine, EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.errors import OcrError
@@ -45,13 +46,14 @@ class Bench:
     scheduler: PageScheduler = field(default_factory=lambda: PageScheduler(2))
     settings: Settings = field(default_factory=Settings)
     artifacts: ArtifactStore | None = None
+    running: RunningTasks = field(default_factory=RunningTasks)
 
     @property
     def runner(self) -> TaskRunner:
         return TaskRunner(
             settings=self.settings, engine=self.engine, scheduler=self.scheduler,
             store=self.store, events=self.sink, metrics=self.metrics, consumer_id="unit",
-            documents=self.documents, artifacts=self.artifacts,
+            documents=self.documents, artifacts=self.artifacts, running=self.running,
         )
 
     def metric(self, name: str, **labels: str) -> float:

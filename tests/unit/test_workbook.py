@@ -78,6 +78,22 @@ def test_an_unreadable_record_starts_its_dead_letter() -> None:
     assert book.to_commit(force=False) == {0: 1}
 
 
+def test_a_cancel_runs_beside_the_run_of_its_task_and_finishes_on_its_own() -> None:
+    book = _book()
+    task = _started(_task(book, 0, 0))
+    decision = book.receive_control(0, 1, "cancel t")
+    assert decision.reason is Reason.CONTROL and decision.cancel == ()
+    cancel = _started(decision)
+    assert (cancel.work.kind, cancel.work.task_id, cancel.after) == (WorkKind.CANCEL, None, None)
+    assert book.running("t") == task.run, "the task-id index still names the task's run"
+    book.finished(cancel.run)
+    assert book.pending(0) == [0], "the cancel's offset waits for the task's before it"
+    book.finished(task.run)
+    assert book.to_commit(force=False) == {0: 2}
+    assert book.receive_control(0, 1, "again").reason is Reason.REDELIVERED
+    assert book.receive_control(5, 0, "elsewhere").reason is Reason.NOT_ASSIGNED
+
+
 def test_records_not_ours_or_seen_before_are_ignored() -> None:
     book = _book(0)
     assert _task(book, 5, 0).reason is Reason.NOT_ASSIGNED
