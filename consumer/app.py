@@ -191,7 +191,9 @@ class App:
         store = TaskStateStore(
             redis_client(settings), settings, on_error=self.metrics.redis_error
         )
-        publisher = EventPublisher(settings, source=f"ocr-stream/{self.consumer_id}")
+        publisher = EventPublisher(
+            settings, source=f"ocr-stream/{self.consumer_id}", on_retry=self.metrics.publish_retry
+        )
         await self._until_connected("producer", publisher.start)
         running = RunningTasks()
         runner = TaskRunner(

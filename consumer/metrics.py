@@ -205,8 +205,7 @@ class ConsumerMetrics:
         self.redis_errors.labels(operation=operation).inc()
 
     def publish_retry(self, topic: str) -> None:
-        """One call in EventPublisher._send's retry branch (phase 2: publisher.py is being
-        redesigned; until then the counter stays at 0 and `publish_retry` logs count)."""
+        """One call per record sent again, from EventPublisher._send's retry branch."""
         self.publish_retries.labels(topic=topic).inc()
 
     # Engine and identity ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
@@ -92,9 +93,17 @@ def dead_letter_envelope(
 class EventPublisher:
     """One idempotent producer for all output topics; every send waits for the broker ack."""
 
-    def __init__(self, settings: Settings, source: str) -> None:
+    # The first wait before sending again to a broker that is away; it doubles up to 10 s.
+    retry_delay_s = 0.5
+
+    def __init__(
+        self, settings: Settings, source: str, on_retry: Callable[[str], None] | None = None
+    ) -> None:
+        """`on_retry(topic)` is told of every record sent again (the consumer counts them:
+        ocr_publish_retries_total)."""
         self._settings = settings
         self._source = source
+        self._on_retry = on_retry
         self._producer = AIOKafkaProducer(
             **producer_kwargs(settings),
             client_id=f"ocr-stream-{source}",
@@ -122,7 +131,7 @@ class EventPublisher:
         if extra_headers:
             headers.extend(extra_headers)
         value = event.model_dump_json().encode()
-        delay = 0.5
+        delay = self.retry_delay_s
         while True:
             try:
                 await self._producer.send_and_wait(
@@ -134,6 +143,8 @@ class EventPublisher:
                 # The broker is away (restart, leader move): keep the page's work and retry;
                 # keys make a duplicate harmless, a dropped record would be loss.
                 log.warning("publish_retry", topic=topic, error=repr(exc), retry_in=delay)
+                if self._on_retry is not None:
+                    self._on_retry(topic)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
