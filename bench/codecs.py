@@ -200,7 +200,7 @@ def topic_bytes(data_dir: Path, topic: str) -> int:
 
 async def publish(settings: Settings, results: list[PageResult]) -> float:
     """As the consumer publishes: one page at a time, each send waiting for its ack."""
-    publisher = EventPublisher(settings, source="ocr-stream/bench-codecs")
+    publisher = EventPublisher(settings, consumer_id="bench-codecs")
     await publisher.start()
     try:
         start = time.process_time()

@@ -192,7 +192,7 @@ class App:
             redis_client(settings), settings, on_error=self.metrics.redis_error
         )
         publisher = EventPublisher(
-            settings, source=f"ocr-stream/{self.consumer_id}", on_retry=self.metrics.publish_retry
+            settings, consumer_id=self.consumer_id, on_retry=self.metrics.publish_retry
         )
         await self._until_connected("producer", publisher.start)
         running = RunningTasks()

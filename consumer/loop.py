@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from consumer import tracing
 from consumer.config import Settings
 from consumer.lag import LagReporter
 from consumer.log import get_logger
@@ -210,6 +211,7 @@ class ConsumerLoop:
             timestamp_ms=record.timestamp,
             key=record.key,
             value=record.value,
+            headers=tuple((name, value or b"") for name, value in record.headers or ()),
         )
         try:
             request = decode_record(record.value, max_bytes=self._settings.max_request_bytes)
@@ -270,6 +272,7 @@ class ConsumerLoop:
     async def _do(self, work: Work[TopicPartition, Job]) -> None:
         """The work itself, from the beginning, every time it runs."""
         record, request = work.job.record, work.job.request
+        tracing.follow(record)  # what is published for this work carries the request's trace
         if isinstance(request, RequestDecodeError):
             log.warning(
                 "request_dead_lettered", partition=record.partition, offset=record.offset,

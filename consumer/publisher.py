@@ -2,6 +2,9 @@
 
 The wire rules (keys and the partitioner, event ids, header names) are the contract's, in
 schemas/keys.py, schemas/event_ids.py and schemas/headers.py; this module sends by them.
+Every record carries the deployment's `ce_source` (OCR_EVENT_SOURCE), this consumer's id as
+the `ce_ocrconsumer` extension, and the trace context of the request it answers
+(consumer/tracing.py; a dead letter's from the refused record itself).
 """
 
 from __future__ import annotations
@@ -20,12 +23,14 @@ from aiokafka.errors import (
 )
 from pydantic import BaseModel
 
+from consumer import tracing
 from consumer.config import Settings
 from consumer.log import get_logger
 from consumer.records import RequestRecord
 from consumer.settings.kafka import producer_kwargs
 from schemas import headers as header_names
 from schemas.cloudevents import (
+    CE_EXTENSION_CONSUMER,
     CE_TYPE_DLQ,
     CE_TYPE_PROGRESS,
     CE_TYPE_RESULT,
@@ -97,16 +102,18 @@ class EventPublisher:
     retry_delay_s = 0.5
 
     def __init__(
-        self, settings: Settings, source: str, on_retry: Callable[[str], None] | None = None
+        self, settings: Settings, *, consumer_id: str,
+        on_retry: Callable[[str], None] | None = None,
     ) -> None:
         """`on_retry(topic)` is told of every record sent again (the consumer counts them:
         ocr_publish_retries_total)."""
         self._settings = settings
-        self._source = source
+        self._source = settings.ce_source
+        self._consumer_id = consumer_id
         self._on_retry = on_retry
         self._producer = AIOKafkaProducer(
             **producer_kwargs(settings),
-            client_id=f"ocr-stream-{source}",
+            client_id=f"ocr-stream-{consumer_id}",
             acks="all",
             enable_idempotence=settings.kafka_idempotence,
             linger_ms=5,
@@ -123,13 +130,15 @@ class EventPublisher:
 
     async def _send(
         self, topic: str, key: str, event: BaseModel, event_id: str, ce_type: str,
-        subject: str, extra_headers: Headers | None = None,
+        subject: str, *, trace: Headers, extra_headers: Headers | None = None,
     ) -> None:
         headers = ce_headers(
-            event_id=event_id, event_type=ce_type, source=self._source, subject=subject
+            event_id=event_id, event_type=ce_type, source=self._source, subject=subject,
+            extensions={CE_EXTENSION_CONSUMER: self._consumer_id},
         )
         if extra_headers:
             headers.extend(extra_headers)
+        headers.extend(trace)
         value = event.model_dump_json().encode()
         delay = self.retry_delay_s
         while True:
@@ -160,6 +169,7 @@ class EventPublisher:
             result_event_id(result, run_tag),
             CE_TYPE_RESULT,
             result.task_id,
+            trace=tracing.current(),
         )
 
     async def progress(self, event: ProgressEvent, *, run_tag: str = "") -> None:
@@ -170,6 +180,7 @@ class EventPublisher:
             progress_event_id(event, run_tag),
             CE_TYPE_PROGRESS,
             event.task_id,
+            trace=tracing.current(),
         )
 
     async def timing(self, event: TimingEvent, *, run_tag: str = "") -> None:
@@ -180,6 +191,7 @@ class EventPublisher:
             timing_event_id(event, run_tag),
             CE_TYPE_TIMING,
             event.task_id,
+            trace=tracing.current(),
         )
 
     async def dead_letter(
@@ -190,7 +202,7 @@ class EventPublisher:
         envelope = dead_letter_envelope(
             code=code, message=message, topic=topic, partition=partition, offset=offset,
             timestamp_ms=record.timestamp_ms, key=key, value=record.value, task_id=task_id,
-            consumer_id=self._source,
+            consumer_id=self._consumer_id,
         )
         task_id = envelope.task_id
         dlq_key = task_id or (key.decode("utf-8", "replace") if key else f"{partition}:{offset}")
@@ -201,6 +213,7 @@ class EventPublisher:
             dead_letter_event_id(topic, partition, offset),
             CE_TYPE_DLQ,
             task_id or dlq_key,
+            trace=record.trace_context,
             extra_headers=[
                 (header_names.DLQ_ERROR_CODE, code.value.encode()),
                 (header_names.DLQ_ERROR_MESSAGE, message[:1024].encode("utf-8", "replace")),

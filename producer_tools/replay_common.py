@@ -218,7 +218,7 @@ async def read_range(
                     yield TopicRecord(
                         topic=record.topic, partition=record.partition, offset=record.offset,
                         timestamp_ms=record.timestamp, key=record.key, value=record.value,
-                        headers=tuple((k, bytes(v)) for k, v in record.headers or ()),
+                        headers=tuple((k, bytes(v or b"")) for k, v in record.headers or ()),
                     )
             progressed = bool(batch)
             for tp in list(active):

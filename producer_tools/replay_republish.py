@@ -2,10 +2,13 @@
 
 republish   reads the DLQ (envelopes holding the refused request bytes) or the requests topic
             in a time range, and sends each still-valid request back to the requests topic
-            with attempt + 1 (and force=true with --force), keyed by task id.
-side-by-side copies requests to `<prefix>.<requests topic>` and prints the settings of a
-            second consumer group that writes to `<prefix>.*` topics, for comparing a model
-            or resolution mode on real traffic without touching production outputs.
+            with attempt + 1 (and force=true with --force), keyed by task id, with the
+            W3C trace context of the record it came from (a dead letter carries its
+            request's), so the replay shows in the same trace.
+side-by-side copies requests to `<prefix>.<requests topic>` (headers and all) and prints the
+            settings of a second consumer group that writes to `<prefix>.*` topics, for
+            comparing a model or resolution mode on real traffic without touching
+            production outputs.
 
 Both are dry runs unless --execute: they print what would be sent and change nothing.
 """
@@ -25,7 +28,7 @@ from consumer.settings import KafkaConnection, ResolutionMode, Topics, producer_
 from producer_tools import UsageError
 from producer_tools.replay_common import ReplaySettings, TopicRecord, read_range
 from producer_tools.topic_admin import ensure_topics
-from schemas.cloudevents import CE_TYPE_REQUEST, Headers, ce_headers
+from schemas.cloudevents import CE_TYPE_REQUEST, Headers, ce_headers, trace_context
 from schemas.control import CancelRequest
 from schemas.decode import RequestDecodeError, decode_record, decode_request
 from schemas.dlq import DlqEnvelope
@@ -47,6 +50,8 @@ class Candidate:
     origin: str
     raw: bytes  # the request bytes as found (side-by-side copies these unchanged)
     key: bytes | None
+    # The request's headers; from a dead letter, only its trace context (the others are
+    # the dead letter's own: its ce_* and ocr_error_*).
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
@@ -106,7 +111,7 @@ def _from_dlq_record(
         return
     if not _wanted(request.task_id, tasks):
         return
-    selection.add(Candidate(request, where, raw, key))
+    selection.add(Candidate(request, where, raw, key, tuple(trace_context(record.headers))))
 
 
 def _from_request_record(
@@ -167,12 +172,13 @@ def rebuilt(request: OcrRequest, *, force: bool) -> OcrRequest:
     return OcrRequest.model_validate_json(request.model_copy(update=update).model_dump_json())
 
 
-def _request_headers(request: OcrRequest, origin: str) -> Headers:
+def _request_headers(request: OcrRequest, candidate: Candidate) -> Headers:
     headers = ce_headers(
         event_id=replayed_request_event_id(request), event_type=CE_TYPE_REQUEST,
         source=REPLAY_SOURCE, subject=request.task_id,
     )
-    headers.append((REPLAY_OF, origin.encode()))
+    headers.append((REPLAY_OF, candidate.origin.encode()))
+    headers.extend(trace_context(candidate.headers))
     return headers
 
 
@@ -216,7 +222,7 @@ async def republish(
         for request, candidate in outgoing:
             await producer.send_and_wait(
                 settings.topic_requests, value=request.model_dump_json().encode(),
-                key=request.task_id.encode(), headers=_request_headers(request, candidate.origin),
+                key=request.task_id.encode(), headers=_request_headers(request, candidate),
             )
     finally:
         await producer.stop()
@@ -246,6 +252,9 @@ class SidePipeline:
         values: dict[str, object] = {
             **{name: getattr(side, name) for name in Topics.model_fields},
             "group_id": side.group_id,
+            # Its own ce_source: the same (source, id) as production's would make its
+            # events duplicates of production's to any reader that sees both.
+            "event_source": side.ce_source,
             "redis_key_prefix": side.redis_key_prefix,
             "model": self.model,
             "resolution_mode": self.resolution_mode,
@@ -277,6 +286,7 @@ def side_pipeline(
             ) from exc
     side = settings.with_topic_names(names).model_copy(update={
         "group_id": group_id or f"{prefix}.{settings.group_id}",
+        "event_source": None,  # the side group's default: ocr-stream/<side group id>
         # Task state in Redis is keyed by task id: sharing the prefix with production would
         # make the comparison consumer see every copied task as already completed.
         "redis_key_prefix": f"{prefix}:{settings.redis_key_prefix}",

@@ -6,6 +6,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from schemas import headers as names
 
@@ -28,6 +29,62 @@ EXTENSION_NAME = re.compile(r"[a-z0-9]{1,20}")
 # The consumer that published an event, as an extension: `ce_source` names the deployment
 # and stays the same whichever consumer re-sends an event, so (source, id) identifies it.
 CE_EXTENSION_CONSUMER = "ocrconsumer"
+
+
+# RFC 3986 URI-reference (section 4.1), the type of `ce_source`, written from its ABNF.
+_UNRESERVED_SUB = r"A-Za-z0-9\-._~!$&'()*+,;="  # unreserved and sub-delims
+_PCT = "%[0-9A-Fa-f]{2}"
+_PCHAR = f"(?:[{_UNRESERVED_SUB}:@]|{_PCT})"
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+
+
+def _ipv6() -> str:
+    """The nine forms of IPv6address: n groups, "::", then the rest."""
+    h16 = "[0-9A-Fa-f]{1,4}"
+    ls32 = f"(?:{h16}:{h16}|{_IPV4})"
+    forms = [f"(?:{h16}:){{6}}{ls32}", f"::(?:{h16}:){{5}}{ls32}"]
+    for most_before, after in ((0, 4), (1, 3), (2, 2), (3, 1), (4, 0)):
+        forms.append(f"(?:(?:{h16}:){{0,{most_before}}}{h16})?::(?:{h16}:){{{after}}}{ls32}")
+    forms.append(f"(?:(?:{h16}:){{0,5}}{h16})?::{h16}")
+    forms.append(f"(?:(?:{h16}:){{0,6}}{h16})?::")
+    return "|".join(forms)
+
+
+_HOST = (
+    rf"(?:\[(?:{_ipv6()}|v[0-9A-Fa-f]+\.[{_UNRESERVED_SUB}:]+)\]"
+    f"|{_IPV4}|(?:[{_UNRESERVED_SUB}]|{_PCT})*)"
+)
+_AUTHORITY = f"(?:(?:[{_UNRESERVED_SUB}:]|{_PCT})*@)?{_HOST}(?::[0-9]*)?"
+_SEGMENTS = f"(?:/{_PCHAR}*)*"
+_PATH_ABSOLUTE = f"/(?:{_PCHAR}+{_SEGMENTS})?"
+_FIRST_SEGMENT_NO_COLON = f"(?:[{_UNRESERVED_SUB}@]|{_PCT})+"  # else it reads as a scheme
+_QUERY = f"(?:{_PCHAR}|[/?])*"
+_QUERY_FRAGMENT = rf"(?:\?{_QUERY})?(?:#{_QUERY})?"
+_URI = (
+    rf"[A-Za-z][A-Za-z0-9+\-.]*:"
+    f"(?://{_AUTHORITY}{_SEGMENTS}|{_PATH_ABSOLUTE}|{_PCHAR}+{_SEGMENTS}|){_QUERY_FRAGMENT}"
+)
+_RELATIVE_REF = (
+    f"(?://{_AUTHORITY}{_SEGMENTS}|{_PATH_ABSOLUTE}|{_FIRST_SEGMENT_NO_COLON}{_SEGMENTS}|)"
+    f"{_QUERY_FRAGMENT}"
+)
+_URI_REFERENCE = re.compile(f"(?:{_URI})|(?:{_RELATIVE_REF})")
+
+
+def is_source(value: str) -> bool:
+    """A valid `ce_source`: a non-empty URI-reference (CloudEvents 1.0), so ASCII with
+    anything else percent-encoded; SDKs parse it as a URI (the Java SDK's getSource() is a
+    java.net.URI), and one that does not parse costs a reader the event."""
+    return bool(value) and _URI_REFERENCE.fullmatch(value) is not None
+
+
+def deployment_source(group_id: str) -> str:
+    """The default `ce_source` of a deployment: `ocr-stream/<group id>`, percent-encoded.
+    Every consumer of a group says the same, so a page re-sent by another consumer after a
+    rebalance keeps its (source, id): the same event, as CloudEvents counts them."""
+    return f"ocr-stream/{quote(group_id, safe='')}"
+
 
 # W3C Trace Context, carried as plain Kafka headers (OpenTelemetry's Kafka convention): a
 # request's are copied onto every output of its task and its dead letter.

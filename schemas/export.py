@@ -16,7 +16,9 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from schemas import headers as header_names
 from schemas.cloudevents import (
+    CE_EXTENSION_CONSUMER,
     CE_TYPE_CANCEL,
     CE_TYPE_DLQ,
     CE_TYPE_PROGRESS,
@@ -106,30 +108,89 @@ def _message(
     }
 
 
-def asyncapi_document() -> dict[str, Any]:
-    ce_headers = {
+# W3C Trace Context headers (schemas/cloudevents.py trace_context): read on requests,
+# copied onto every output of the task and its dead letter.
+TRACE_HEADERS: dict[str, Any] = {
+    header_names.TRACEPARENT: {
+        "type": "string", "pattern": "^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$",
+        "description": "W3C traceparent (version 00) of the request this answers; absent "
+        "when the request had none or an invalid one.",
+    },
+    header_names.TRACESTATE: {
+        "type": "string", "maxLength": 512,
+        "description": "W3C tracestate of the request, only together with its traceparent.",
+    },
+}
+# The reasons a dead letter carries as headers, so tools filter without parsing the value.
+DLQ_HEADERS: dict[str, Any] = {
+    header_names.DLQ_ERROR_CODE: {"type": "string", "description": "ErrorCode of the refusal."},
+    header_names.DLQ_ERROR_MESSAGE: {
+        "type": "string", "description": "The error message, cut to 1024 bytes."
+    },
+    header_names.DLQ_ORIGINAL_TOPIC: {"type": "string", "description": "Topic of the record."},
+    header_names.DLQ_ORIGINAL_PARTITION: {
+        "type": "string", "description": "Its partition, in decimal."
+    },
+    header_names.DLQ_ORIGINAL_OFFSET: {"type": "string", "description": "Its offset, in decimal."},
+}
+
+
+def _output_headers(ce_type: str, extra: dict[str, Any]) -> dict[str, Any]:
+    """Kafka headers of a record the consumer publishes: CloudEvents binary mode, the
+    consumer extension, the request's trace context, and `extra`."""
+    required = ["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "content-type"]
+    return {
         "type": "object",
-        "required": ["ce_specversion", "ce_id", "ce_type", "ce_source", "ce_time", "content-type"],
+        "required": [*required, f"ce_{CE_EXTENSION_CONSUMER}", *extra],
         "properties": {
             "ce_specversion": {"type": "string", "const": "1.0"},
             "ce_id": {"type": "string", "description": "Deterministic per event, for dedup."},
-            "ce_type": {"type": "string"},
-            "ce_source": {"type": "string", "description": "ocr-stream/<consumer id>"},
+            "ce_type": {"type": "string", "const": ce_type},
+            "ce_source": {
+                "type": "string", "format": "uri-reference",
+                "description": "The deployment (OCR_EVENT_SOURCE, default ocr-stream/<group "
+                "id>): the same from every consumer, so (ce_source, ce_id) names one event.",
+            },
             "ce_time": {"type": "string", "format": "date-time"},
             "ce_subject": {"type": "string", "description": "The task id."},
             "content-type": {"type": "string", "const": "application/json"},
+            f"ce_{CE_EXTENSION_CONSUMER}": {
+                "type": "string",
+                "description": "CloudEvents extension attribute: the consumer that published "
+                "it (OCR_CONSUMER_ID).",
+            },
+            **TRACE_HEADERS,
+            **extra,
         },
     }
+
+
+def _request_headers() -> dict[str, Any]:
+    """Headers of a request record the consumer reads; any others are allowed and ignored."""
+    return {
+        "type": "object",
+        "properties": {
+            **TRACE_HEADERS,
+            header_names.REPLAY_OF: {
+                "type": "string",
+                "description": "Set by ocr-replay: topic/partition/offset of the record it "
+                "sent again.",
+            },
+        },
+    }
+
+
+def asyncapi_document() -> dict[str, Any]:
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
     messages: dict[str, Any] = {}
     for stem, model, topic, key, ce_type in EVENTS:
         name = "".join(part.title() for part in stem.split("_"))
-        headers = json.loads(json.dumps(ce_headers))
-        headers["properties"]["ce_type"]["const"] = ce_type
-        messages[name] = _message(
-            stem, model, headers if stem != "request" else {"type": "object"}, key
-        )
+        if stem == "request":
+            headers = _request_headers()
+        else:
+            headers = _output_headers(ce_type, DLQ_HEADERS if stem == "dlq" else {})
+        messages[name] = _message(stem, model, headers, key)
         channels[stem] = {
             "address": topic,
             "description": f"Default topic {topic}; keyed by {key}.",
@@ -142,7 +203,7 @@ def asyncapi_document() -> dict[str, Any]:
         }
     for stem, model, channel, _ce_type in CONTROL_MESSAGES:
         name = "".join(part.title() for part in stem.split("_"))
-        messages[name] = _message(stem, model, {"type": "object"}, "task_id")
+        messages[name] = _message(stem, model, _request_headers(), "task_id")
         channels[channel]["messages"][name] = {"$ref": f"#/components/messages/{name}"}
     return {
         "asyncapi": "3.0.0",

@@ -4,10 +4,12 @@ metrics and logs."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from pydantic import Field, field_validator
 
-from consumer.settings.base import SettingsPart
+from consumer.settings.base import SettingsPart, empty_is_unset
+from schemas.cloudevents import deployment_source, is_source
 
 
 class GroupMembership(SettingsPart):
@@ -22,6 +24,8 @@ class GroupMembership(SettingsPart):
 
 
 class ConsumerGroup(GroupMembership):
+    """The group, which is the deployment: its members share its work and its name in events."""
+
     part_title = "Consumer group"
 
     group_id: str = Field("ocr-stream", description="Consumer group id.")
@@ -29,6 +33,32 @@ class ConsumerGroup(GroupMembership):
         None, description="Static membership id: a quick restart causes no rebalance."
     )
     commit_interval_s: float = Field(1.0, gt=0, description="How often finished offsets commit.")
+    event_source: str | None = Field(
+        None,
+        description="CloudEvents `ce_source` of every output: the deployment's name, the same "
+        "on every consumer of the group (a URI-reference); default `ocr-stream/<group id>`.",
+        json_schema_extra={"short": "ce_source of every output; default ocr-stream/<group id>."},
+    )
+
+    @field_validator("event_source", mode="before")
+    @classmethod
+    def _event_source(cls, value: Any) -> Any:
+        value = empty_is_unset(value)
+        if isinstance(value, str) and not is_source(value):
+            # CloudEvents readers refuse an event whose source is no URI-reference; better
+            # one clear refusal at start than every output unreadable downstream.
+            raise ValueError(
+                f"{value[:80]!r} is not a URI-reference (RFC 3986); use e.g. "
+                "`urn:example:ocr:prod`, `https://ocr.example.com/eu` or `ocr-stream/prod`, "
+                "with spaces and non-ASCII characters percent-encoded"
+            )
+        return value
+
+    @property
+    def ce_source(self) -> str:
+        """What outputs carry as `ce_source`: the setting, or the group's default (derived
+        when asked, so a copy with another group id gets its own)."""
+        return self.event_source or deployment_source(self.group_id)
 
 
 class RequestLimits(SettingsPart):
@@ -60,7 +90,10 @@ class Service(SettingsPart):
     part_title = "Service"
 
     consumer_id: str | None = Field(
-        None, description="Name in events and Redis ownership; default host-pid."
+        None,
+        description="This process's name in events (the `ce_ocrconsumer` extension, "
+        "`consumer_id` fields) and Redis ownership; default host-pid.",
+        json_schema_extra={"short": "Name in events and Redis ownership; default host-pid."},
     )
     metrics_host: str = Field("127.0.0.1", description="Metrics/health HTTP bind address.")
     metrics_port: int = Field(9400, ge=0, le=65535, description="Metrics/health port (0: off).")

@@ -5,7 +5,8 @@ the five codecs, with and without headers; Java's default partitioner, and librd
 which hashes keys with CRC32 instead of murmur2), and the consumer under test must complete
 every one and keep running. Then a Java consumer reads the output topics following only the
 README's "Reading results" recipe, through the CloudEvents Java SDK's Kafka binding, and
-must hold every page exactly as `ocr-collect` writes it.
+must hold every page exactly as `ocr-collect` writes it, see one `ce_source` for the
+deployment, the consumer as the `ocrconsumer` extension, and each request's traceparent.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from tests.support.kafka import TopicReader
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_DATA = Path(os.environ.get("OCR_RUN_DIR", REPO / ".run")) / "kafka-data"
+# What each client sends on its requests with headers (InteropProducer.java has Java's).
+JAVA_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+LIBRDKAFKA_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 @pytest.fixture(scope="session")
@@ -74,7 +78,7 @@ def produce_with_librdkafka(
         for request_codec, with_headers, task_id, value in requests:
             if request_codec != codec:
                 continue
-            headers = ([("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            headers = ([("traceparent", LIBRDKAFKA_TRACEPARENT.encode()),
                         ("x-origin", b"librdkafka"), ("x-empty", b"")] if with_headers else None)
             producer.produce(settings.topic_requests, key=task_id.encode(), value=value.encode(),
                              headers=headers, on_delivery=delivered)
@@ -170,6 +174,16 @@ async def test_foreign_producers_every_codec_and_a_java_reader(
     report = json.loads(report_file.read_text())
     assert report["cloudevent_errors"] == []
     assert {t: v["done"] for t, v in report["tasks"].items()} == dict.fromkeys(task_ids, True)
+    # What a tracing estate sees through the SDK: one source for the deployment, the
+    # consumer as the `ocrconsumer` extension, and the request's W3C traceparent on every
+    # record of a task sent with one (each client sends its own), none on the others.
+    parents = {"java": JAVA_TRACEPARENT, "librdkafka": LIBRDKAFKA_TRACEPARENT}
+    for task_id, seen in report["tasks"].items():
+        assert seen["sources"] == [settings.ce_source], task_id
+        assert seen["consumers"] == [app.consumer_id], task_id
+        assert "ocrconsumer" in seen["extensions"], task_id
+        traced = "-h-" in task_id
+        assert seen["traceparents"] == [parents[task_id.split("-")[0]] if traced else ""], task_id
 
     # ocr-collect, the reader we wrote, must hold exactly the same pages.
     out = tmp_path / "collected"

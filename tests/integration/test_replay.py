@@ -19,7 +19,7 @@ from producer_tools.topic_admin import delete_topics
 from schemas.cloudevents import CE_TYPE_REQUEST, parse_ce_headers
 from schemas.common import ErrorCode
 from schemas.dlq import DlqEnvelope
-from schemas.headers import REPLAY_OF
+from schemas.headers import DLQ_ERROR_CODE, REPLAY_OF, TRACEPARENT, TRACESTATE
 from schemas.request import OcrRequest, Source
 from tests.support.apps import running_app
 from tests.support.engines import ScriptedEngine
@@ -30,6 +30,9 @@ pytestmark = pytest.mark.integration
 # Records an hour old: well inside the topics' 7-day retention, and never "in the future"
 # for the broker's message.timestamp.after.max.ms check.
 T0_MS = (int(time.time()) - 3600) * 1000
+# The W3C trace context of the original requests, which every replay must keep.
+PARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+TRACE = [(TRACEPARENT, PARENT), (TRACESTATE, b"rojo=00f067aa0ba902b7")]
 
 
 def iso(ms: int) -> str:
@@ -257,8 +260,10 @@ async def test_republish_from_dlq_with_attempt_plus_one_and_force(
                  "dlq-conflict", 4),
         b"not an envelope",
     ]
+    # Dead letters carry their request's trace context (and their own reason headers).
     await produce(settings, settings.topic_dlq,
-                  [(None, value, 0, T0_MS + i) for i, value in enumerate(letters)])
+                  [(None, value, 0, T0_MS + i) for i, value in enumerate(letters)],
+                  headers=[*TRACE, (DLQ_ERROR_CODE, b"TASK_ID_CONFLICT")])
 
     rc = await replay.run(["republish", "--from-dlq", "--force", *flags(settings)])
     out = capsys.readouterr().out
@@ -283,6 +288,9 @@ async def test_republish_from_dlq_with_attempt_plus_one_and_force(
     assert record.key == "dlq-good"
     assert parse_ce_headers(list(record.headers.items())).type == CE_TYPE_REQUEST
     assert record.headers[REPLAY_OF].startswith(settings.topic_dlq.encode())
+    # The replay stays in the request's trace; the dead letter's own headers stay behind.
+    assert [(k, v) for k, v in record.headers.items() if k in (TRACEPARENT, TRACESTATE)] == TRACE
+    assert DLQ_ERROR_CODE not in record.headers
 
     # Without --force the flag stays as it was; --code filters envelopes.
     rc = await replay.run(["republish", "--from-dlq", "--code", "TASK_ID_CONFLICT",
@@ -308,7 +316,7 @@ async def test_republish_time_range_of_the_requests_topic(
         (b"in-2", b'{"action": "cancel", "task_id": "in-2"}', None, T0_MS + 3700),
         (b"late", request("late").model_dump_json().encode(), None, T0_MS + 9000),
     ]
-    await produce(settings, settings.topic_requests, items)
+    await produce(settings, settings.topic_requests, items, headers=[*TRACE, ("x", b"y")])
     window = ["--since", iso(T0_MS + 1000), "--until", iso(T0_MS + 5000)]
 
     rc = await replay.run(["republish", *window, "--execute", *flags(settings)])
@@ -317,9 +325,13 @@ async def test_republish_time_range_of_the_requests_topic(
     assert "1 older copies superseded" in out and "REQUEST_NOT_UTF8" in out
     assert "a cancel of in-2, not sent" in out
     records = await read_all(settings, settings.topic_requests, len(items) + 2)
-    sent = [OcrRequest.model_validate_json(r.value or b"") for r in records
-            if REPLAY_OF in r.headers]
+    replayed = [r for r in records if REPLAY_OF in r.headers]
+    sent = [OcrRequest.model_validate_json(r.value or b"") for r in replayed]
     assert sorted((r.task_id, r.attempt) for r in sent) == [("in-1", 2), ("in-2", 5)]
+    for record in replayed:  # the trace context goes along; other headers do not
+        assert (record.headers[TRACEPARENT], record.headers[TRACESTATE]) == (
+            TRACE[0][1], TRACE[1][1])
+        assert "x" not in record.headers
     assert all(r.force is False for r in sent)
 
 
@@ -363,7 +375,7 @@ async def test_side_by_side_copies_requests_and_prints_overrides(
         (b"new-2", request("new-2").model_dump_json().encode(), None, T0_MS + 6000),
     ]
     await produce(settings, settings.topic_requests, items,
-                  headers=[("content-type", b"application/json")])
+                  headers=[("content-type", b"application/json"), *TRACE])
     args = ["side-by-side", "--target-prefix", side_prefix, "--since", iso(T0_MS + 1000),
             "--target-model", "deepseek-ai/DeepSeek-OCR", "--target-resolution-mode", "base",
             *flags(settings)]
@@ -394,6 +406,8 @@ async def test_side_by_side_copies_requests_and_prints_overrides(
     assert env["OCR_MODEL"] == "deepseek-ai/DeepSeek-OCR"
     assert env["OCR_RESOLUTION_MODE"] == "base"
     assert env["OCR_REDIS_KEY_PREFIX"].startswith(side_prefix)
+    # Its events name the comparison group, not production's deployment.
+    assert env["OCR_EVENT_SOURCE"] == f"ocr-stream/{side_prefix}.{settings.group_id}"
     # Every printed override is a real setting and parses.
     Settings.model_validate({k.removeprefix("OCR_").lower(): v for k, v in env.items()})
 
@@ -403,6 +417,7 @@ async def test_side_by_side_copies_requests_and_prints_overrides(
     assert set(copied) == {"new-1", "new-2"}
     assert copied["new-1"].value == items[1][1]  # bytes copied unchanged
     assert copied["new-1"].headers["content-type"] == b"application/json"
+    assert copied["new-1"].headers[TRACEPARENT] == PARENT  # headers are copied as they are
 
     # A consumer started with exactly those overrides (the engine apart: a test double)
     # works the copies and answers on the side topics, the main ones untouched.

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 
+from consumer import tracing
 from consumer.config import Settings
 from consumer.loop import ConsumerLoop
 from consumer.metrics import ConsumerMetrics
@@ -37,6 +38,7 @@ class _Record:  # what the loop reads of aiokafka's ConsumerRecord
     value: bytes
     key: bytes | None = None
     timestamp: int = 0
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 @dataclass
@@ -51,8 +53,11 @@ class FakeConsumer:
     _queue: list[_Record] = field(default_factory=list)
     _fed: asyncio.Event = field(default_factory=asyncio.Event)
 
-    def feed(self, partition: int, offset: int, value: bytes) -> None:
-        self._queue.append(_Record(TOPIC, partition, offset, value))
+    def feed(
+        self, partition: int, offset: int, value: bytes,
+        headers: tuple[tuple[str, bytes | None], ...] = (),
+    ) -> None:
+        self._queue.append(_Record(TOPIC, partition, offset, value, headers=headers))
         self._fed.set()
 
     async def start(self) -> None:
@@ -112,12 +117,16 @@ class StubRunner:
         self.release: dict[str, asyncio.Event] = {}
         self.outcomes: dict[str, list[str]] = {}  # per task: "ok", "raise", "interrupt"
         self.dead_letters: list[tuple[int, int, ErrorCode]] = []
+        # The trace context each run saw: in the run, then in a task it started (a page).
+        self.traces: dict[str, tuple[object, object]] = {}
 
     def let_go(self, task_id: str) -> None:
         self.release.setdefault(task_id, asyncio.Event()).set()
 
     async def run(self, request: OcrRequest, record: RequestRecord) -> None:
         self.started.append((request.task_id, record.partition, record.offset))
+        page = asyncio.create_task(asyncio.sleep(0, tracing.current()))
+        self.traces[request.task_id] = (tracing.current(), await page)
         name = f"{request.task_id}@{record.offset}"
         self.events.append(f"start {name}")
         try:
@@ -147,6 +156,7 @@ class StubRunner:
         self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
     ) -> None:
         self.dead_letters.append((record.partition, record.offset, code))
+        self.traces[f"dead@{record.offset}"] = (tracing.current(), record.trace_context)
 
 
 def _value(task_id: str, **extra: object) -> bytes:
@@ -287,3 +297,26 @@ async def test_an_unknown_action_is_dead_lettered(running: Running) -> None:
     running.consumer.feed(1, 0, b'{"action": "pause", "task_id": "t"}')
     assert await running.committed({1: 1}) == {1: 1}
     assert running.runner.dead_letters == [(1, 0, ErrorCode.REQUEST_INVALID)]
+
+
+PARENT_A = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+PARENT_B = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+async def test_each_work_publishes_under_its_own_records_trace(running: Running) -> None:
+    for task_id in ("a", "b", "plain"):
+        running.runner.let_go(task_id)
+    running.consumer.feed(0, 0, _value("a"), headers=(("traceparent", PARENT_A),
+                                                      ("tracestate", b"k=v"), ("x", None)))
+    running.consumer.feed(1, 0, _value("b"), headers=(("traceparent", PARENT_B),))
+    running.consumer.feed(0, 1, _value("plain"))
+    running.consumer.feed(1, 1, b"{not json", headers=(("traceparent", PARENT_B),))
+    assert await running.committed({0: 2, 1: 2}) == {0: 2, 1: 2}
+    traces = running.runner.traces
+    # Concurrent runs each see their own, and so do the tasks they start (their pages).
+    a = [("traceparent", PARENT_A), ("tracestate", b"k=v")]
+    assert traces["a"] == (a, a)
+    assert traces["b"] == ([("traceparent", PARENT_B)], [("traceparent", PARENT_B)])
+    assert traces["plain"] == ([], [])
+    assert traces["dead@1"] == ([("traceparent", PARENT_B)], [("traceparent", PARENT_B)])
+    assert tracing.current() == [], "nothing leaks into the loop's own context"

@@ -614,3 +614,46 @@ def test_trace_context_passes_on_only_valid_w3c_headers(
     from schemas.cloudevents import trace_context
 
     assert trace_context(headers) == kept
+
+
+# -- ce_source: a URI-reference (RFC 3986), checked against a validator we did not write ----
+
+URI_ALPHABET = "aZ09-._~!$&'()*+,;=:@/?#[]%eF é\\\"<>{}|^`"
+
+
+def _standard_uri_reference(value: str) -> bool:
+    from rfc3986_validator import validate_rfc3986  # jsonschema's "uri-reference" checker
+
+    return bool(value) and bool(validate_rfc3986(value, rule="URI_reference"))
+
+
+@given(st.text(alphabet=URI_ALPHABET, max_size=40))
+def test_the_source_check_agrees_with_a_standard_validator(value: str) -> None:
+    from schemas.cloudevents import is_source
+
+    assert is_source(value) == _standard_uri_reference(value), value
+
+
+@given(st.text(alphabet="0123456789abcdefABCDEF:.v", max_size=45),
+       st.sampled_from(["http://[{}]/x", "//[{}]:80", "urn:x#[{}]"]))
+def test_the_source_check_agrees_on_ip_literals(inner: str, shape: str) -> None:
+    from schemas.cloudevents import is_source
+
+    value = shape.format(inner)
+    assert is_source(value) == _standard_uri_reference(value), value
+
+
+@given(st.ip_addresses(v=6))
+def test_every_ipv6_address_is_a_host(address: Any) -> None:
+    from schemas.cloudevents import is_source
+
+    assert is_source(f"https://[{address.compressed}]:8443/ocr")
+    assert is_source(f"https://[{address.exploded}]/")
+
+
+@given(st.text(max_size=60))
+def test_the_default_source_of_any_group_is_valid(group_id: str) -> None:
+    from schemas.cloudevents import deployment_source, is_source
+
+    source = deployment_source(group_id)
+    assert is_source(source) and source.startswith("ocr-stream/")

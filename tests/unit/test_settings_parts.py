@@ -114,3 +114,31 @@ def test_a_composition_that_would_hide_a_validator_is_refused() -> None:
 
     with pytest.raises(TypeError, match="'_check' is defined by both One and Two"):
         type("Both", (One, Two), {"__module__": __name__})
+
+
+# -- the deployment's name in events (OCR_EVENT_SOURCE) -------------------------------------
+
+
+def test_the_event_source_defaults_to_the_group_and_follows_a_copy_of_it(
+    clean_env: pytest.MonkeyPatch,
+) -> None:
+    assert Settings().ce_source == "ocr-stream/ocr-stream"
+    assert Settings(group_id="ocr eu/1").ce_source == "ocr-stream/ocr%20eu%2F1"
+    clean_env.setenv("OCR_EVENT_SOURCE", "")  # a blank ConfigMap key: unset
+    settings = Settings(group_id="prod")
+    # A copy for another group (ocr-replay side-by-side, tests) names that group.
+    assert settings.model_copy(update={"group_id": "cmp.prod"}).ce_source == "ocr-stream/cmp.prod"
+    clean_env.setenv("OCR_EVENT_SOURCE", "https://ocr.example.com/eu")
+    assert Settings(group_id="prod").ce_source == "https://ocr.example.com/eu"
+
+
+@pytest.mark.parametrize("source", ["has space", "é/x", "a:b c", "ht tp://x",
+                                    "http://[1::2::3]/", "%zz"])
+def test_an_event_source_that_is_no_uri_reference_is_refused_at_load(
+    clean_env: pytest.MonkeyPatch, source: str,
+) -> None:
+    clean_env.setenv("OCR_EVENT_SOURCE", source)
+    with pytest.raises(ValueError, match="event_source") as caught:
+        Settings()
+    assert "is not a URI-reference (RFC 3986)" in str(caught.value)
+

@@ -12,6 +12,7 @@ import java.util.Map;
 import java.util.Properties;
 import java.util.Set;
 import java.util.TreeMap;
+import java.util.TreeSet;
 
 import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
@@ -26,6 +27,7 @@ import org.apache.kafka.clients.consumer.ConsumerConfig;
 import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.ConsumerRecords;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
+import org.apache.kafka.common.header.Header;
 import org.apache.kafka.common.serialization.StringDeserializer;
 
 /**
@@ -43,11 +45,14 @@ import org.apache.kafka.common.serialization.StringDeserializer;
  * Values are read through the CloudEvents Java SDK's Kafka binding (CloudEventDeserializer,
  * binary content mode), which refuses a record whose ce_* headers break the spec; each
  * event's attributes are checked besides (spec version, id, source, type, time, subject,
- * data content type).
+ * data content type). For each task the report also lists what a tracing estate looks at:
+ * the sources, the `ocrconsumer` extension values, the extension names the SDK saw, and the
+ * W3C traceparent header of every record ("" for a record without).
  *
  * Usage: java ResultsReader BOOTSTRAP PROGRESS_TOPIC RESULTS_TOPIC GROUP TIMEOUT_S OUT TASK...
- * Writes OUT: {"tasks": {id: {"status", "pages_total", "replayed", "pages": [result...]}},
- * "events": n, "cloudevent_errors": [...]}.
+ * Writes OUT: {"tasks": {id: {"done", "final", "pages": [result...], "sources": [...],
+ * "consumers": [...], "extensions": [...], "traceparents": [...]}}, "events": n,
+ * "cloudevent_errors": [...]}.
  */
 public final class ResultsReader {
     private static final ObjectMapper JSON = new ObjectMapper();
@@ -56,6 +61,10 @@ public final class ResultsReader {
         JsonNode finalEvent;
         final Map<Integer, JsonNode> pages = new TreeMap<>();
         final Map<Integer, long[]> rank = new HashMap<>();
+        final Set<String> sources = new TreeSet<>();
+        final Set<String> consumers = new TreeSet<>();
+        final Set<String> extensions = new TreeSet<>();
+        final Set<String> traceparents = new TreeSet<>();
 
         boolean done() {
             if (finalEvent == null) return false;
@@ -114,6 +123,13 @@ public final class ResultsReader {
                     String taskId = value.get("task_id").asText();
                     Task task = tasks.get(taskId);
                     if (task == null) continue;
+                    task.sources.add(String.valueOf(event.getSource()));
+                    Object consumerId = event.getExtension("ocrconsumer");
+                    task.consumers.add(consumerId == null ? "" : consumerId.toString());
+                    task.extensions.addAll(event.getExtensionNames());
+                    Header traceparent = record.headers().lastHeader("traceparent");
+                    task.traceparents.add(traceparent == null || traceparent.value() == null
+                            ? "" : new String(traceparent.value(), StandardCharsets.UTF_8));
                     if (record.topic().equals(progressTopic)) {
                         String status = value.get("status").asText();
                         if (status.equals("completed") || status.equals("failed")) {
@@ -142,6 +158,10 @@ public final class ResultsReader {
             node.set("final", task.finalEvent);
             ArrayNode pages = node.putArray("pages");
             task.pages.values().forEach(pages::add);
+            task.sources.forEach(node.putArray("sources")::add);
+            task.consumers.forEach(node.putArray("consumers")::add);
+            task.extensions.forEach(node.putArray("extensions")::add);
+            task.traceparents.forEach(node.putArray("traceparents")::add);
         }
         report.put("events", events);
         ArrayNode errorList = report.putArray("cloudevent_errors");
