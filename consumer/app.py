@@ -1,9 +1,10 @@
 """Wiring: engine, Redis state, artifact store, publisher, scheduler, Kafka loop, cancel
 watch, health; the entry point.
 
-Start-up order matters: the artifact store is checked first (seconds), then the engine
-loads (minutes for vLLM), so the consumer joins the group only when it can work; otherwise
-it would hold partitions it cannot serve.
+Start-up order matters: the artifact store is checked, and Redis and the Kafka producer are
+reached (seconds, or exit 4 after OCR_START_TIMEOUT_S), before minutes of engine loading
+are spent; then the engine loads (minutes for vLLM), and only then the consumer joins the
+group: otherwise it would hold partitions it cannot serve.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from aiokafka.errors import KafkaError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumer import __version__
 from consumer.artifacts.store import (
@@ -37,6 +40,7 @@ from consumer.metrics import ConsumerMetrics
 from consumer.publisher import EventPublisher
 from consumer.scheduler import PageScheduler
 from consumer.settings import add_version_argument
+from consumer.startup import Service, Unreachable, kafka_service, reach, redis_service
 from consumer.state import TaskStateStore, redis_client
 from consumer.tasks import TaskRunner
 
@@ -48,7 +52,7 @@ ENGINE_STATS_INTERVAL_S = 2.0
 # compose's restart policy, systemd) restarts the process, and its open tasks resume.
 EXIT_SETTINGS = 2  # invalid settings, or a store that refuses us (nothing a restart fixes)
 EXIT_ENGINE_DEAD = 3
-EXIT_UNREACHABLE = 4  # a service needed at start did not answer
+EXIT_UNREACHABLE = 4  # Kafka or Redis not reached within OCR_START_TIMEOUT_S at start
 # How long an artifact store that does not answer is waited for at start (it may be
 # starting beside us), before the process gives up with EXIT_UNREACHABLE.
 STORE_WAIT_S = 30.0
@@ -83,6 +87,7 @@ class App:
         self._loop: ConsumerLoop | None = None
         self._stop_requested = asyncio.Event()
         self.exit_code = 0
+        self._reached = False
         self._engine_ready = False
         self._serve_health = health_port is not None or settings.metrics_port != 0
         self.health = HealthServer(
@@ -108,6 +113,8 @@ class App:
         alive, reason = self.liveness()
         if not alive:
             return False, reason
+        if not self._reached:
+            return False, "reaching Kafka and Redis"
         if not self._engine_ready:
             return False, "engine starting"
         if self._loop is None or not self._loop.joined:
@@ -128,6 +135,29 @@ class App:
             if self._serve_health:
                 await self.health.stop()
             return
+        redis = redis_client(settings)
+        store = TaskStateStore(redis, settings, on_error=self.metrics.redis_error)
+        publisher = EventPublisher(
+            settings, consumer_id=self.consumer_id, on_retry=self.metrics.publish_retry
+        )
+        try:
+            if await self._reach(
+                self._reach_one(redis_service(settings), redis.ping,
+                                (RedisConnectionError, RedisTimeoutError, OSError)),
+                self._reach_one(kafka_service(settings), publisher.start, (KafkaError,)),
+            ):
+                await self._run_engine(store, publisher, artifacts)
+        finally:
+            await publisher.stop()
+            await store.close()
+            if self._serve_health:
+                await self.health.stop()
+
+    async def _run_engine(
+        self, store: TaskStateStore, publisher: EventPublisher,
+        artifacts: ArtifactStore | None,
+    ) -> None:
+        settings = self.settings
         engine = self._engine
         if engine is None:
             from consumer.engines.factory import create_engine
@@ -144,12 +174,10 @@ class App:
             self._engine_ready = True
             if self._stop_requested.is_set():
                 return
-            await self._serve(engine, artifacts)
+            await self._serve(engine, store, publisher, artifacts)
         finally:
             if self._owns_engine:
                 await engine.close()
-            if self._serve_health:
-                await self.health.stop()
 
     async def _artifact_store(self) -> ArtifactStore | None:
         """The store OCR_ARTIFACTS_URI names, written to once: a store that refuses us ends
@@ -184,26 +212,23 @@ class App:
                   code=exc.code.value, error=exc.message, exit_code=exit_code)
         self.exit_code = exit_code
 
-    async def _serve(self, engine: Engine, artifacts: ArtifactStore | None) -> None:
+    async def _serve(
+        self, engine: Engine, store: TaskStateStore, publisher: EventPublisher,
+        artifacts: ArtifactStore | None,
+    ) -> None:
         settings = self.settings
         budget = page_budget(settings, engine)
         scheduler = PageScheduler(budget)
-        store = TaskStateStore(
-            redis_client(settings), settings, on_error=self.metrics.redis_error
-        )
-        publisher = EventPublisher(
-            settings, consumer_id=self.consumer_id, on_retry=self.metrics.publish_retry
-        )
-        await self._until_connected("producer", publisher.start)
         running = RunningTasks()
         runner = TaskRunner(
             settings=settings, engine=engine, scheduler=scheduler, store=store,
             events=publisher, metrics=self.metrics, consumer_id=self.consumer_id,
             artifacts=artifacts, running=running,
         )
+        consumer = request_consumer(settings, self.consumer_id)
         self._loop = ConsumerLoop(
-            consumer=request_consumer(settings, self.consumer_id), settings=settings,
-            runner=runner, scheduler=scheduler, metrics=self.metrics,
+            consumer=consumer, settings=settings, runner=runner, scheduler=scheduler,
+            metrics=self.metrics,
         )
         stats = asyncio.create_task(self._pump_engine_stats(engine))
         # Before joining: a cancel of a task we are about to take finds its run registered
@@ -211,7 +236,11 @@ class App:
         cancels = asyncio.create_task(CancelWatch(store, running).run())
         await warm_up_renderers(settings)
         try:
-            await self._until_connected("consumer", self._loop.start)
+            if not await self._reach(
+                self._reach_one(kafka_service(settings), self._loop.start, (KafkaError,))
+            ):
+                await consumer.stop()  # never ran: nothing to drain or commit
+                return
             log.info(
                 "consumer_started", consumer_id=self.consumer_id, group=settings.group_id,
                 topic=settings.topic_requests, page_budget=budget, version=__version__,
@@ -223,24 +252,33 @@ class App:
             stats.cancel()
             cancels.cancel()
             await asyncio.gather(cancels, return_exceptions=True)
-            await publisher.stop()
-            await store.close()
             # Tasks have drained: no page is rendering any more.
             await asyncio.to_thread(shutdown_renderers)
 
-    async def _until_connected(self, what: str, start: Callable[[], Awaitable[None]]) -> None:
-        """A broker that is down at start-up is waited for, as it is during operation."""
-        delay = 1.0
-        while True:
-            try:
-                await start()
-                return
-            except KafkaError as exc:
-                if self._stop_requested.is_set():
-                    raise
-                log.warning("kafka_unreachable", client=what, error=repr(exc), retry_in=delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
+    def _reach_one(
+        self, service: Service, connect: Callable[[], Awaitable[object]],
+        retry_on: tuple[type[BaseException], ...],
+    ) -> Awaitable[bool]:
+        return reach(service, connect, timeout_s=self.settings.start_timeout_s,
+                     retry_on=retry_on, stopping=self._stop_requested)
+
+    async def _reach(self, *attempts: Awaitable[bool]) -> bool:
+        """Wait for services at start, together: True once all answered. False when a stop
+        was asked meanwhile, or when any could not be reached within OCR_START_TIMEOUT_S:
+        then the process ends with EXIT_UNREACHABLE, each of them named in the log."""
+        outcomes = await asyncio.gather(*attempts, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Unreachable):
+                raise outcome
+        failed = [outcome for outcome in outcomes if isinstance(outcome, Unreachable)]
+        for unreachable in failed:
+            log.error("unreachable_at_start", service=unreachable.service.name,
+                      message=str(unreachable), exit_code=EXIT_UNREACHABLE)
+        if failed:
+            self.exit_code = EXIT_UNREACHABLE
+            return False
+        self._reached = all(outcomes)
+        return self._reached
 
     async def _pump_engine_stats(self, engine: Engine) -> None:
         while True:

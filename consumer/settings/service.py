@@ -95,6 +95,12 @@ class Service(SettingsPart):
         "`consumer_id` fields) and Redis ownership; default host-pid.",
         json_schema_extra={"short": "Name in events and Redis ownership; default host-pid."},
     )
+    start_timeout_s: float = Field(
+        300.0, gt=0,
+        description="How long Kafka and Redis are waited for at start before the consumer "
+        "exits with status 4 (a supervisor then sees a crash loop, not a silent hang).",
+        json_schema_extra={"short": "Wait for Kafka and Redis at start, then exit 4."},
+    )
     metrics_host: str = Field("127.0.0.1", description="Metrics/health HTTP bind address.")
     metrics_port: int = Field(9400, ge=0, le=65535, description="Metrics/health port (0: off).")
 

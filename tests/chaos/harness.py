@@ -48,7 +48,7 @@ ROUND_TIMEOUT_S = 300.0
 MID_BATCH_TIMEOUT_S = 180.0
 # Warning-level events worth counting per scenario (what the faults should provoke).
 NOTABLE_EVENTS = (
-    "publish_retry", "redis_unavailable", "commit_failed", "kafka_unreachable",
+    "publish_retry", "redis_unavailable", "commit_failed", "service_unreachable",
     "task_lease_busy", "task_interrupted", "lease_refresh_failed", "task_crashed",
     "page_crashed", "page_failed", "task_failed", "render_worker_lost",
     "request_dead_lettered", "task_duplicate",

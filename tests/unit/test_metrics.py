@@ -9,7 +9,6 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry
 
-from consumer import __version__
 from consumer.app import App
 from consumer.config import Settings
 from consumer.engines.base import EngineStats
@@ -291,13 +290,25 @@ async def test_stop_does_not_wait_for_a_stalled_client(settings: Settings) -> No
     writer.close()
 
 
-# The App's probes and identity (no Kafka: the engine never finishes loading here) ---------
+# The App's probes (no Kafka, no Redis: it never gets past reaching them here; the probes
+# of the later phases and the identity metric are in tests/integration/test_start_deadline.py)
 
 
-async def test_app_probes_follow_the_engine_and_info_names_it(settings: Settings) -> None:
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_app_probes_follow_the_start_and_the_engine(settings: Settings) -> None:
     engine = ScriptedEngine(start_gate=asyncio.Event())
-    app = App(settings.model_copy(update={"consumer_id": "unit-1"}), engine=engine,
-              health_port=0)
+    alone = settings.model_copy(update={
+        "consumer_id": "unit-1", "kafka_bootstrap": f"127.0.0.1:{_closed_port()}",
+        "redis_url": f"redis://127.0.0.1:{_closed_port()}/0",
+    })
+    app = App(alone, engine=engine, health_port=0)
     run = asyncio.create_task(app.run())
     try:
         for _ in range(200):
@@ -308,13 +319,8 @@ async def test_app_probes_follow_the_engine_and_info_names_it(settings: Settings
         status, _, body = await _http(app.health.port, _get("/healthz"))
         assert status == 200, body
         status, _, body = await _http(app.health.port, _get("/readyz"))
-        assert status == 503 and json.loads(body)["reason"] == "engine starting"
-        info = app.metrics.registry.get_sample_value(
-            "ocr_consumer_info",
-            {"consumer_id": "unit-1", "engine": "scripted", "model": "test-double",
-             "engine_version": "0", "mode": "", "version": __version__},
-        )
-        assert info == 1.0
+        assert status == 503 and json.loads(body)["reason"] == "reaching Kafka and Redis"
+        assert not engine.started, "the engine loads only once Kafka and Redis answered"
 
         engine.dead = "engine core process exited"
         status, _, body = await _http(app.health.port, _get("/healthz"))

@@ -142,3 +142,9 @@ def test_an_event_source_that_is_no_uri_reference_is_refused_at_load(
         Settings()
     assert "is not a URI-reference (RFC 3986)" in str(caught.value)
 
+
+def test_the_start_deadline_is_positive(clean_env: pytest.MonkeyPatch) -> None:
+    assert Settings().start_timeout_s == 300
+    clean_env.setenv("OCR_START_TIMEOUT_S", "0")
+    with pytest.raises(ValueError, match="start_timeout_s"):
+        Settings()
