@@ -125,10 +125,10 @@ class StubRunner:
 
     async def run(self, request: OcrRequest, record: RequestRecord) -> None:
         self.started.append((request.task_id, record.partition, record.offset))
-        page = asyncio.create_task(asyncio.sleep(0, tracing.current()))
-        self.traces[request.task_id] = (tracing.current(), await page)
         name = f"{request.task_id}@{record.offset}"
         self.events.append(f"start {name}")
+        page = asyncio.create_task(asyncio.sleep(0, tracing.current()))
+        self.traces[request.task_id] = (tracing.current(), await page)
         try:
             await self.release.setdefault(request.task_id, asyncio.Event()).wait()
         except asyncio.CancelledError:
