@@ -11,11 +11,13 @@ from typing import Any
 from aiokafka.errors import KafkaError
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
 
 from consumer.errors import OcrError
 from consumer.log import get_logger
@@ -136,6 +138,7 @@ def create_app(gateway: Gateway, *, manage: bool = True) -> FastAPI:
         "progress and results topics. API keys (when configured): `Authorization: Bearer "
         "<key>` or `X-API-Key`. Errors: `{\"error\": {\"code\", \"message\"}}`.",
         lifespan=lifespan,
+        docs_url=None,  # served below from packaged assets, not FastAPI's default CDN
     )
     app.state.gateway = gateway
     app.include_router(routes_tasks.router)
@@ -181,6 +184,18 @@ def create_app(gateway: Gateway, *, manage: bool = True) -> FastAPI:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    # The API page's scripts come from the swagger-ui-bundle wheel, so /docs works in
+    # estates whose gateways cannot reach a CDN (FastAPI's default loads them from one).
+    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json", title="ocr-gateway API",
+            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+            swagger_css_url="/docs-assets/swagger-ui.css",
+            swagger_favicon_url="/docs-assets/favicon-32x32.png",
+        )
 
     @app.get("/healthz", tags=["operations"], summary="The process and its loops are alive")
     async def healthz() -> JSONResponse:

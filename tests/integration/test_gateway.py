@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import zipfile
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -256,6 +257,13 @@ async def test_keys_limits_and_codes(settings: Settings, tmp_path: Path, run_id:
         paths = (await client.get("/openapi.json")).json()["paths"]
         assert {"/v1/tasks", "/v1/ocr", "/v1/tasks/{task_id}/result.zip"} <= set(paths)
         assert set(paths["/v1/tasks/{task_id}"]) == {"get", "delete"}
+        # The API page loads nothing from outside the gateway (no CDN in closed estates).
+        page = (await client.get("/docs")).text
+        assert "http://" not in page and "https://" not in page
+        assets = re.findall(r'(?:src|href)="(/docs-assets/[^"]+)"', page)
+        assert len(assets) >= 2
+        for asset in assets:
+            assert (await client.get(asset)).status_code == 200, asset
         metrics = (await client.get("/metrics")).text
         assert 'ocr_gateway_refused_total{code="OPEN_TASKS_LIMIT"} 1.0' in metrics
         assert "key-one" not in metrics
