@@ -37,7 +37,7 @@ from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.settings.kafka import client_kwargs
 from consumer.tasks import TaskInterrupted
-from consumer.workbook import Decision, Request, Start, Work, WorkBook, WorkKind
+from consumer.workbook import Decision, Reason, Request, Start, Work, WorkBook, WorkKind
 from schemas.common import ErrorCode
 from schemas.control import CancelRequest
 from schemas.decode import RequestDecodeError, decode_record
@@ -173,12 +173,15 @@ class ConsumerLoop:
     async def _drain(self) -> None:
         grace = self._settings.shutdown_grace_s
         log.info("consumer_draining", tasks=self._book.runs, grace_s=grace)
+        # Whether stop() was called or run() is leaving through an exception, the book
+        # stops here: no run starts from now on (no retry, no hand-over to a copy).
+        left = self._book.drain()
         self._consumer.pause(*self._consumer.assignment())
         # Pages in the engine finish and are recorded; no new page starts.
         self._scheduler.close()
         if self._runs:
             await asyncio.wait(list(self._runs.values()), timeout=grace)
-        await self._cancel([task for task in self._runs.values() if not task.done()])
+        await self._cancel([self._runs[run] for run in left if run in self._runs])
         await self._commit(force=True)
         await self._consumer.stop()
         log.info("consumer_stopped")
@@ -237,16 +240,16 @@ class ConsumerLoop:
             self._launch(decision.start)
 
     def _launch(self, start: Start[TopicPartition, Job]) -> None:
-        after = self._runs.get(start.after) if start.after is not None else None
+        after = [self._runs[run] for run in start.after if run in self._runs]
         task = asyncio.create_task(self._perform(start, after))
         self._runs[start.run] = task
         task.add_done_callback(functools.partial(self._ended, start.run))
 
     async def _perform(
-        self, start: Start[TopicPartition, Job], after: asyncio.Task[None] | None
+        self, start: Start[TopicPartition, Job], after: list[asyncio.Task[None]]
     ) -> None:
-        if after is not None:
-            await asyncio.wait([after])  # the replaced run must have released the task
+        if after:
+            await asyncio.wait(after)  # runs of the same task must have released it
         if start.delay_s:
             await asyncio.sleep(start.delay_s)
         await self._do(start.work)
@@ -264,9 +267,16 @@ class ConsumerLoop:
         decision = self._book.raised(run)
         log.error(
             "work_failed", task_id=work.task_id, partition=work.partition.partition,
-            offset=work.offset, failures=work.failures, error=repr(error),
-            next=decision.reason.value,
+            offset=work.offset, kind=work.kind.value, failures=work.failures,
+            error=repr(error), next=decision.reason.value,
         )
+        self._metrics.work_failed(work.kind.value, decision.reason.value)
+        if decision.reason is Reason.GAVE_UP:
+            log.error(
+                "dead_letter_given_up", partition=work.partition.partition,
+                offset=work.offset, attempts=work.failures,
+                message="the record is skipped without a dead letter; its offset is committed",
+            )
         self._carry_out(decision)
 
     async def _do(self, work: Work[TopicPartition, Job]) -> None:
@@ -311,6 +321,8 @@ class ConsumerLoop:
     async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions_assigned", partitions=sorted(str(tp) for tp in assigned))
         change = self._book.assigned(assigned)
+        for start in change.start:
+            self._launch(start)  # work parked since the revoke, its partition still ours
         await self._cancel([self._runs[run] for run in change.cancel])
         for partition in change.lost:
             self._metrics.forget_partition(partition.topic, partition.partition)

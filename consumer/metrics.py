@@ -119,6 +119,23 @@ class ConsumerMetrics:
             "move), by topic.",
             ["topic"], registry=r,
         )
+        self.work_failures = Counter(
+            "ocr_work_failures",
+            "Runs of received work (task, dead letter, conflict report) that raised, by kind "
+            "and what followed (retry, parked, handed_over, gave_up, left_pending).",
+            ["kind", "next"], registry=r,
+        )
+        self.read_errors = Counter(
+            "ocr_kafka_read_errors",
+            "Errors fetching or decoding request batches, by class (unreadable, transient, "
+            "fatal).", ["kind"], registry=r,
+        )
+        self.records_skipped = Counter(
+            "ocr_records_skipped",
+            "Request offsets committed without their work: the batch could not be read "
+            "(unreadable_batch) or their dead letter could not be published (dead_letter).",
+            ["reason"], registry=r,
+        )
         self.engine_running = Gauge(
             "ocr_engine_running", "Sequences the engine is decoding now.", registry=r
         )
@@ -207,6 +224,17 @@ class ConsumerMetrics:
     def publish_retry(self, topic: str) -> None:
         """One call per record sent again, from EventPublisher._send's retry branch."""
         self.publish_retries.labels(topic=topic).inc()
+
+    def work_failed(self, kind: str, next_step: str) -> None:
+        self.work_failures.labels(kind=kind, next=next_step).inc()
+        if next_step == "gave_up":
+            self.records_skipped.labels(reason="dead_letter").inc()
+
+    def read_error(self, kind: str) -> None:
+        self.read_errors.labels(kind=kind).inc()
+
+    def record_skipped(self, reason: str) -> None:
+        self.records_skipped.labels(reason=reason).inc()
 
     # Engine and identity ----------------------------------------------------------------------
 

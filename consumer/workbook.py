@@ -14,24 +14,29 @@ Words:
 - copy (follower): a request for a task id that is running here, with the same content. It
   starts nothing: its offset is finished when the run it follows finishes.
 
-Invariants:
+Invariants (model-checked by tests/unit/test_workbook_machine.py, a hypothesis state machine
+that plays the loop and the group around the book):
 - A committed position never passes an unfinished offset: positions come from the
   OffsetTracker, and an offset is marked finished only when its own run, or the run it
-  follows, finished.
-- Every received offset ends finished or stays pending until its partition is revoked:
-  work that raised runs again with backoff while its partition is ours; a run that was
-  interrupted, or raised on a partition we no longer hold, hands its copies on partitions
-  still ours to the first of them.
-- One task id has at most one run admitted at a time, except while a forced run waits for
-  the run it replaces to stop; the task-id index then names the forced run.
+  follows, finished (or its dead letter was given up, below).
+- While a partition is ours, every offset the book holds pending has a run that will finish
+  it: its own, or the run it follows as a copy. Work that raised runs again with backoff; a
+  run that was cancelled or interrupted hands its copies on partitions still ours to the
+  first of them. Work that raised, or copies handed over, between a revoke and the
+  assignment that follows are parked until that assignment: they run again if their
+  partition stayed ours and are forgotten with it if it moved away. The one exception is a
+  run interrupted without being cancelled (the engine died): its offset stays pending, and
+  the process exits to be read again (consumer/app.py).
+- One task id has at most one run working on it, except while a forced run waits for the
+  run it replaces; the task-id index then names the forced run. A cancelled run never runs
+  again, however it ends: a replaced run that raises instead of stopping is not retried.
 - A run ends exactly once: `finished`, `raised` or `interrupted` forgets it.
+- Once `drain` was called, nothing starts.
 
-Known gaps, kept as they are until a state machine shows them (issue 16, defect 4):
-- Work that raises between a revoke and the assignment that follows is neither run again
-  nor forgotten; the same holds for a copy handed over in that window. If the partition
-  comes back, its offset stays pending, the record redelivered from the committed position
-  is ignored (offset <= last received), and the partition commits nothing more until a
-  restart.
+Bounds: a task that raises is tried again after 1, 2, 4 ... seconds, at most a minute apart,
+for as long as its partition is ours (a Redis or broker outage ends). A dead letter or
+conflict report that raised `DEAD_LETTER_ATTEMPTS` times is given up: its offset is finished
+without it, and the loop logs and counts that.
 """
 
 from __future__ import annotations
@@ -50,6 +55,10 @@ J = TypeVar("J")  # the loop's own payload for a work; the book never looks insi
 # Work that raised is tried again after 1, 2, 4 ... seconds, at most a minute apart.
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
+# Publishing a dead letter that failed this many times (after the producer's own retries)
+# will not succeed: the DLQ refuses it. Retrying it forever would stall the partition.
+# Tasks and cancels are not given up: what fails them (Redis, the broker away) ends.
+DEAD_LETTER_ATTEMPTS = 5
 
 
 class WorkKind(StrEnum):
@@ -57,6 +66,9 @@ class WorkKind(StrEnum):
     DEAD_LETTER = "dead_letter"  # the record cannot be read: publish it to the DLQ
     CONFLICT = "conflict"  # its task id runs here for other content: dead-letter it
     CANCEL = "cancel"  # a cancel record: mark the task cancelled (its run stops itself)
+
+
+_DEAD_LETTERS = frozenset({WorkKind.DEAD_LETTER, WorkKind.CONFLICT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,17 +109,20 @@ class Reason(StrEnum):
     FINISHED = "finished"  # the run's offset and its copies' are finished
     RETRY = "retry"  # the run raised: the same work runs again after a delay
     HANDED_OVER = "handed_over"  # the first copy still ours runs in the ended run's place
+    PARKED = "parked"  # revoked: runs again if the next assignment keeps its partition
+    GAVE_UP = "gave_up"  # a dead letter that kept failing: its offset finishes without it
     LEFT_PENDING = "left_pending"  # offsets stay pending for the partition's next reader
 
 
 @dataclass(frozen=True, slots=True)
 class Start(Generic[P, J]):
-    """Start run `run` of `work`: after `delay_s`, and once run `after` (cancelled) ended."""
+    """Start run `run` of `work`: after `delay_s`, and once the runs `after` ended (runs of
+    the same task, cancelled and winding down: two runs never work one task at once)."""
 
     run: int
     work: Work[P, J]
     delay_s: float = 0.0
-    after: int | None = None
+    after: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,27 +135,35 @@ class Decision(Generic[P, J]):
 
 
 @dataclass(frozen=True, slots=True)
-class Reassignment(Generic[P]):
+class Reassignment(Generic[P, J]):
     """After an assignment: cancel these runs (their partitions moved away) and wait for
-    them; `lost` are the partitions that moved away."""
+    them; `lost` are the partitions that moved away; `start` the work parked since the
+    revoke whose partitions stayed ours."""
 
     cancel: tuple[int, ...]
     lost: tuple[P, ...]
+    start: tuple[Start[P, J], ...] = ()
 
 
 class WorkBook(Generic[P, J]):
     """Admitted work, its copies, retries, the task-id index and offsets per partition."""
 
     def __init__(
-        self, *, retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S
+        self, *, retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S,
+        dead_letter_attempts: int = DEAD_LETTER_ATTEMPTS,
     ) -> None:
         self._retry_first_s = retry_first_s
         self._retry_max_s = retry_max_s
+        self._dead_letter_attempts = dead_letter_attempts
         self._offsets: OffsetTracker[P] = OffsetTracker()
         self._runs: dict[int, Work[P, J]] = {}
+        self._cancelled: set[int] = set()  # runs the book asked the loop to cancel
         self._by_task_id: dict[str, int] = {}
         self._assigned: set[P] = set()
         self._orphans: set[P] = set()  # revoked, not yet known whether they come back
+        # Work that ended between a revoke and the next assignment and must run again if
+        # its partition stays ours: each with the copies that follow it.
+        self._parked: list[Work[P, J]] = []
         self._stopping = False
         self._run_ids = itertools.count(1)
 
@@ -217,9 +240,8 @@ class WorkBook(Generic[P, J]):
             # it has; the stopped run's offset and its copies finish with the new run.
             work.followers = [leader, *leader.followers]
             leader.followers = []
-            return Decision(
-                Reason.REPLACES, self._start(work, after=running), cancel=(running,)
-            )
+            self._cancelled.add(running)
+            return Decision(Reason.REPLACES, self._start(work), cancel=(running,))
         if leader.fingerprint != request.fingerprint:
             conflict = Work(partition, offset, WorkKind.CONFLICT, job)
             return Decision(Reason.CONFLICT, self._start(conflict))
@@ -252,15 +274,28 @@ class WorkBook(Generic[P, J]):
         return self._hand_over(self._end(run).followers)
 
     def raised(self, run: int) -> Decision[P, J]:
-        """The run raised (a publish that kept failing, a bug): run it again after a delay,
-        unless its partition is no longer ours or we are stopping."""
+        """The run raised (a publish that kept failing, a bug): run it again after a delay
+        while its partition is ours; parked if it was revoked and may come back."""
+        cancelled = run in self._cancelled
         work = self._end(run)
-        work.failures += 1
-        if self._stopping or work.partition not in self._assigned:
-            # Its own offset stays uncommitted for the partition's next reader; copies
-            # waiting on it elsewhere must not wait for a retry that will not come.
+        if cancelled:
+            # Replaced by a forced run (which finishes this offset), or its partition moved
+            # away: it raised on its way out. Running it again would work the task twice.
             return self._hand_over(work.followers)
-        return Decision(Reason.RETRY, self._start(work))
+        work.failures += 1
+        if work.kind in _DEAD_LETTERS and work.failures >= self._dead_letter_attempts:
+            self._offsets.done(work.partition, work.offset)
+            return Decision(Reason.GAVE_UP)
+        if self._stopping:
+            return Decision(Reason.LEFT_PENDING)  # uncommitted, so read again after restart
+        if work.partition in self._assigned:
+            return Decision(Reason.RETRY, self._start(work))
+        if work.partition in self._orphans:
+            # A copy still ours runs now and finishes this offset too, should its partition
+            # come back; with none, the work waits for the assignment to tell.
+            return self._hand_over([work, *work.followers])
+        # Its partition moved away: its own offset is the next owner's; its copies are not.
+        return self._hand_over(work.followers)
 
     # -- rebalances and shutdown ---------------------------------------------------------
 
@@ -270,24 +305,41 @@ class WorkBook(Generic[P, J]):
         self._assigned -= revoked
         self._orphans |= revoked
 
-    def assigned(self, partitions: Iterable[P]) -> Reassignment[P]:
-        """Second half: partitions we got back keep their runs and offsets; runs of the
-        partitions that moved away are cancelled (resumable from the pages Redis holds)."""
+    def assigned(self, partitions: Iterable[P]) -> Reassignment[P, J]:
+        """Second half: partitions we got back keep their runs and offsets, and the work
+        parked since the revoke runs again; runs of the partitions that moved away are
+        cancelled (resumable from the pages Redis holds)."""
         assigned = set(partitions)
         lost = self._orphans - assigned
         self._orphans.clear()
         self._assigned = assigned
         cancel = tuple(run for run, work in self._runs.items() if work.partition in lost)
+        self._cancelled.update(cancel)
         for partition in lost:
             self._offsets.revoke(partition)
         for partition in assigned:
             self._offsets.assign(partition)
-        return Reassignment(cancel=cancel, lost=tuple(lost))
+        parked, self._parked = self._parked, []
+        starts = []
+        for work in parked:
+            decision = self._hand_over([work, *work.followers])
+            if decision.start is not None:
+                starts.append(decision.start)
+        return Reassignment(cancel=cancel, lost=tuple(lost), start=tuple(starts))
 
     def stop(self) -> None:
         """Shutting down: nothing is started any more; what is unfinished is read again
         after the restart."""
         self._stopping = True
+
+    def drain(self) -> tuple[int, ...]:
+        """Shutting down (`stop`), whatever the reason: the runs to cancel, all of them.
+        The loop drains through this one call, so that no path forgets to stop the book."""
+        self.stop()
+        self._parked.clear()
+        runs = tuple(self._runs)
+        self._cancelled.update(runs)
+        return runs
 
     # -- commits -------------------------------------------------------------------------
 
@@ -305,7 +357,14 @@ class WorkBook(Generic[P, J]):
 
     # -- internals -----------------------------------------------------------------------
 
-    def _start(self, work: Work[P, J], *, after: int | None = None) -> Start[P, J]:
+    def _start(self, work: Work[P, J]) -> Start[P, J]:
+        # Runs of the same task still live were cancelled (replaced, their partition moved
+        # away, or one of them raised on its way out) and are winding down: this one
+        # starts once they all ended, whatever order they end in.
+        after = (
+            tuple(run for run, live in self._runs.items() if live.task_id == work.task_id)
+            if work.task_id is not None else ()
+        )
         run = next(self._run_ids)
         self._runs[run] = work
         if work.task_id is not None:
@@ -314,16 +373,38 @@ class WorkBook(Generic[P, J]):
 
     def _end(self, run: int) -> Work[P, J]:
         work = self._runs.pop(run)
-        if work.task_id is not None and self._by_task_id.get(work.task_id) == run:
-            del self._by_task_id[work.task_id]
+        self._cancelled.discard(run)
+        task_id = work.task_id
+        if task_id is not None and self._by_task_id.get(task_id) == run:
+            # The index names the newest live run of the task, while there is one: a copy
+            # received now must follow a run that still ends.
+            newest = max(
+                (other for other, live in self._runs.items() if live.task_id == task_id),
+                default=None,
+            )
+            if newest is None:
+                del self._by_task_id[task_id]
+            else:
+                self._by_task_id[task_id] = newest
         return work
 
     def _hand_over(self, followers: list[Work[P, J]]) -> Decision[P, J]:
+        """The first of `followers` still ours runs, the others follow it. Copies on
+        partitions revoked and not yet reassigned follow it too; if none is ours now, they
+        are parked together until the assignment tells which stay ours."""
         if self._stopping:
             return Decision(Reason.LEFT_PENDING)  # uncommitted, so read again after restart
-        waiting = [copy for copy in followers if copy.partition in self._assigned]
-        if not waiting:
-            return Decision(Reason.LEFT_PENDING)
-        leader, *rest = waiting
-        leader.followers = rest
-        return Decision(Reason.HANDED_OVER, self._start(leader))
+        ours = [copy for copy in followers if copy.partition in self._assigned]
+        revoked = [copy for copy in followers if copy.partition in self._orphans]
+        for copy in followers:
+            copy.followers = []  # one leader holds the group's list
+        if ours:
+            leader, *rest = ours
+            leader.followers = [*rest, *revoked]
+            return Decision(Reason.HANDED_OVER, self._start(leader))
+        if revoked:
+            leader, *rest = revoked
+            leader.followers = rest
+            self._parked.append(leader)
+            return Decision(Reason.PARKED)
+        return Decision(Reason.LEFT_PENDING)

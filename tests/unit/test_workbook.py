@@ -6,8 +6,6 @@ The adapter that carries the decisions out is tested in tests/unit/test_loop_wor
 
 from __future__ import annotations
 
-import pytest
-
 from consumer.workbook import (
     Decision,
     Reason,
@@ -42,7 +40,7 @@ def test_a_new_request_starts_and_its_offset_commits_when_it_finishes() -> None:
     book = _book()
     start = _started(_task(book, 0, 0))
     assert (start.work.kind, start.work.task_id, start.delay_s, start.after) == (
-        WorkKind.TASK, "t", 0.0, None,
+        WorkKind.TASK, "t", 0.0, (),
     )
     assert book.to_commit(force=False) == {0: 0} and book.run_ids == (start.run,)
     assert book.finished(start.run).reason is Reason.FINISHED
@@ -84,7 +82,7 @@ def test_a_cancel_runs_beside_the_run_of_its_task_and_finishes_on_its_own() -> N
     decision = book.receive_control(0, 1, "cancel t")
     assert decision.reason is Reason.CONTROL and decision.cancel == ()
     cancel = _started(decision)
-    assert (cancel.work.kind, cancel.work.task_id, cancel.after) == (WorkKind.CANCEL, None, None)
+    assert (cancel.work.kind, cancel.work.task_id, cancel.after) == (WorkKind.CANCEL, None, ())
     assert book.running("t") == task.run, "the task-id index still names the task's run"
     book.finished(cancel.run)
     assert book.pending(0) == [0], "the cancel's offset waits for the task's before it"
@@ -111,7 +109,7 @@ def test_a_forced_copy_cancels_the_run_and_starts_once_it_stopped() -> None:
     decision = _task(book, 0, 1, force=True)
     assert decision.reason is Reason.REPLACES and decision.cancel == (first,)
     forced = _started(decision)
-    assert forced.after == first and book.running("t") == forced.run
+    assert forced.after == (first,) and book.running("t") == forced.run
     # The replaced run stops: it hands nothing over (its copies follow the forced run) and
     # does not take the task id from the forced run.
     assert book.interrupted(first).reason is Reason.LEFT_PENDING
@@ -209,16 +207,85 @@ def test_a_forced_commit_includes_partitions_being_revoked() -> None:
     assert book.to_commit(force=True) == {0: 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 defect 4: work that raises between revoke and assign strands its "
-    "offset when the partition comes back (kept for the state machine to find first)",
-)
-def test_work_raising_between_revoke_and_assign_does_not_stall_its_partition() -> None:
+# Counterexamples the state machine (test_workbook_machine.py) found in the book before
+# these fixes, pinned as plain tests.
+
+
+def test_work_raising_between_revoke_and_assign_runs_again_if_the_partition_stays() -> None:
+    """Issue 16, defect 4: it was neither run again nor forgotten, its redelivery was taken
+    for a duplicate, and the partition committed nothing more until a restart."""
     book = _book(0)
     run = _started(_task(book, 0, 0)).run
     book.revoked([0])
+    assert book.raised(run).reason is Reason.PARKED
+    change = book.assigned([0])  # the partition came back
+    [retry] = change.start
+    assert (retry.work.partition, retry.work.offset, retry.delay_s) == (0, 0, 1.0)
+    assert _task(book, 0, 0).reason is Reason.REDELIVERED  # read again: already running
+    book.finished(retry.run)
+    assert book.to_commit(force=False) == {0: 1}
+
+
+def test_parked_work_is_forgotten_with_a_partition_that_moved_away() -> None:
+    book = _book(0, 1)
+    run = _started(_task(book, 0, 0)).run
+    _task(book, 1, 0)  # a copy on partition 1
+    book.revoked([0, 1])
     book.raised(run)
-    book.assigned([0])  # the partition came back
-    redelivered = _task(book, 0, 0)  # read again from the committed position
-    assert redelivered.start is not None or book.runs == 1
+    [heir] = book.assigned([1]).start  # 0 moved away: its copy on 1 runs in its place
+    assert (heir.work.partition, heir.work.offset, heir.delay_s) == (1, 0, 0.0)
+    assert book.resume_offset(0) is None
+
+
+def test_copies_handed_over_between_revoke_and_assign_wait_for_the_assignment() -> None:
+    book = _book(0, 1)
+    run = _started(_task(book, 0, 0)).run
+    _task(book, 1, 0)
+    book.revoked([0, 1])
+    assert book.interrupted(run).reason is Reason.PARKED
+    [heir] = book.assigned([0, 1]).start
+    assert (heir.work.partition, heir.work.offset) == (1, 0)
+    book.finished(heir.run)
+    assert book.pending(1) == [] and book.pending(0) == [0]
+
+
+def test_a_replaced_run_that_raises_is_not_retried() -> None:
+    """Before: retried, it worked the task a second time beside the forced run and took the
+    task-id index from it."""
+    book = _book()
+    first = _started(_task(book, 0, 0)).run
+    forced = _started(_task(book, 0, 1, force=True))
+    decision = book.raised(first)  # cancelled, it raised on its way out
+    assert decision.start is None and book.running("t") == forced.run
+    book.finished(forced.run)
+    assert book.to_commit(force=False) == {0: 2}
+
+
+def test_nothing_starts_once_drained_whoever_drains() -> None:
+    """Before: when run() left through an exception the loop cancelled every run without
+    stopping the book, and a cancelled run handed its copy over to a new run."""
+    book = _book()
+    run = _started(_task(book, 0, 0)).run
+    _task(book, 1, 0)
+    assert book.drain() == (run,)
+    assert book.interrupted(run).start is None and book.runs == 0
+
+
+def test_a_run_waits_for_every_run_of_its_task_still_winding_down() -> None:
+    book = _book()
+    first = _started(_task(book, 0, 0)).run
+    second = _started(_task(book, 0, 1, force=True)).run  # waits for first
+    third = _started(_task(book, 0, 2, force=True))  # replaces second, which waits
+    assert third.after == (first, second)
+    assert book.interrupted(second).start is None
+    assert book.running("t") == third.run
+
+
+def test_a_dead_letter_that_keeps_failing_is_given_up_and_committed() -> None:
+    book: Book = WorkBook(dead_letter_attempts=3)
+    book.assigned([0])
+    run = _started(book.receive(0, 0, None, "junk")).run
+    run = _started(book.raised(run)).run
+    run = _started(book.raised(run)).run
+    assert book.raised(run).reason is Reason.GAVE_UP
+    assert book.to_commit(force=False) == {0: 1}
