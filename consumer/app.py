@@ -38,6 +38,13 @@ from consumer.log import configure_logging, get_logger
 from consumer.loop import ConsumerLoop, request_consumer
 from consumer.metrics import ConsumerMetrics
 from consumer.publisher import EventPublisher
+from consumer.read_errors import (
+    EXIT_KAFKA_REFUSED,
+    Identity,
+    KafkaRefused,
+    ReadErrorKind,
+    classify,
+)
 from consumer.scheduler import PageScheduler
 from consumer.settings import add_version_argument
 from consumer.startup import Service, Unreachable, kafka_service, reach, redis_service
@@ -144,9 +151,16 @@ class App:
             if await self._reach(
                 self._reach_one(redis_service(settings), redis.ping,
                                 (RedisConnectionError, RedisTimeoutError, OSError)),
-                self._reach_one(kafka_service(settings), publisher.start, (KafkaError,)),
+                self._reach_one(kafka_service(settings), self._refusing(publisher.start),
+                                (KafkaError,)),
             ):
                 await self._run_engine(store, publisher, artifacts)
+        except KafkaRefused as exc:
+            # Kafka refuses us for good (authorization, a fenced static member, a missing
+            # topic): restarting as is cannot help, and the status says so to a supervisor.
+            log.error("consumer_exiting", cause=exc.error.cause, message=exc.error.message,
+                      exit_code=EXIT_KAFKA_REFUSED)
+            self.exit_code = EXIT_KAFKA_REFUSED
         finally:
             await publisher.stop()
             await store.close()
@@ -237,7 +251,9 @@ class App:
         await warm_up_renderers(settings)
         try:
             if not await self._reach(
-                self._reach_one(kafka_service(settings), self._loop.start, (KafkaError,))
+                self._reach_one(
+                    kafka_service(settings), self._refusing(self._loop.start), (KafkaError,)
+                )
             ):
                 await consumer.stop()  # never ran: nothing to drain or commit
                 return
@@ -279,6 +295,24 @@ class App:
             return False
         self._reached = all(outcomes)
         return self._reached
+
+    def _refusing(self, connect: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        """`connect`, with the Kafka errors no retry fixes (authorization, authentication)
+        raised as KafkaRefused: `reach` then stops at once instead of retrying them until
+        OCR_START_TIMEOUT_S and exiting 4."""
+        settings = self.settings
+        who = Identity(settings.topic_requests, settings.group_id, settings.group_instance_id)
+
+        async def attempt() -> None:
+            try:
+                await connect()
+            except KafkaError as exc:
+                error = classify(exc, who)
+                if error.kind is ReadErrorKind.FATAL:
+                    raise KafkaRefused(error) from exc
+                raise
+
+        return attempt
 
     async def _pump_engine_stats(self, engine: Engine) -> None:
         while True:

@@ -7,6 +7,10 @@ out with asyncio tasks and the Kafka consumer it is given.
 Invariants of the adapter:
 - `getmany()` is called at least every ~200 ms whatever the load, so the group never
   evicts us for not polling; backpressure is `pause()`, never "stop polling".
+- No record or batch stops a partition: polls go through the BatchReader
+  (consumer/batches.py), which turns every read error into a skipped, dead-lettered offset,
+  a retry, or `KafkaRefused` (exit 5); a record that cannot be decoded, for whatever reason,
+  is dead-lettered with its bytes.
 - Pause state is re-applied on every iteration because a rebalance forgets it.
 - Every event reaches the book in the order the loop saw it, and every decision is carried
   out before the next event: runs are started and cancelled only on the book's word.
@@ -29,10 +33,12 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from consumer import tracing
+from consumer.batches import BatchReader, Unreadable
 from consumer.config import Settings
 from consumer.lag import LagReporter
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
+from consumer.read_errors import Identity
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.settings.kafka import client_kwargs
@@ -47,6 +53,8 @@ log = get_logger(__name__)
 
 POLL_TIMEOUT_MS = 200
 REVOKE_WAIT_S = 10.0
+# At start, how long the requests topic may take to appear (a job creating it beside us).
+TOPIC_WAIT_S = 30.0
 
 
 class TaskHandler(Protocol):
@@ -114,6 +122,7 @@ class ConsumerLoop:
         scheduler: PageScheduler,
         metrics: ConsumerMetrics,
         book: WorkBook[TopicPartition, Job] | None = None,
+        topic_wait_s: float | None = None,
     ) -> None:
         """`consumer` is not started yet (see `request_consumer`); `start()` starts it."""
         self._consumer = consumer
@@ -124,8 +133,15 @@ class ConsumerLoop:
         self._book: WorkBook[TopicPartition, Job] = book if book is not None else WorkBook()
         self._runs: dict[int, asyncio.Task[None]] = {}  # the book's runs, as asyncio tasks
         self._stopping = asyncio.Event()
+        self._broken: Exception | None = None  # bookkeeping failed: run() raises it
         self._joined = asyncio.Event()
         self._last_commit = 0.0
+        self._topic_wait_s = TOPIC_WAIT_S if topic_wait_s is None else topic_wait_s
+        self._reader = BatchReader(
+            consumer,
+            Identity(settings.topic_requests, settings.group_id, settings.group_instance_id),
+            next_offset=self._book.next_offset, metrics=metrics,
+        )
         self._lag = LagReporter(
             self._consumer, metrics, assigned=lambda: set(self._book.owned),
             resume_offset=self._book.resume_offset,
@@ -142,29 +158,40 @@ class ConsumerLoop:
         return self._book.runs
 
     async def start(self) -> None:
+        """Raises KafkaRefused when the requests topic does not exist."""
         await self._consumer.start()
         self._consumer.subscribe(
             topics=[self._settings.topic_requests], listener=_RebalanceListener(self)
         )
+        try:
+            await self._reader.ensure_topic(self._topic_wait_s)
+        except BaseException:
+            await self._consumer.stop()
+            raise
 
     def stop(self) -> None:
         self._stopping.set()
         self._book.stop()
 
     async def run(self) -> None:
-        """Poll until stop(); then drain within the shutdown grace and commit."""
+        """Poll until stop(); then drain within the shutdown grace and commit. Raises
+        KafkaRefused when Kafka refuses us for good (after the drain)."""
         lag = asyncio.create_task(self._lag.run())
         try:
             while not self._stopping.is_set():
                 self._apply_backpressure()
-                batch = await self._consumer.getmany(
+                batch = await self._reader.read(
                     timeout_ms=POLL_TIMEOUT_MS, max_records=self._room()
                 )
-                for partition, records in batch.items():
+                for partition, records in batch.records.items():
                     for record in records:
                         self._admit(partition, record)
+                for unreadable in batch.unreadable:
+                    self._admit_unreadable(unreadable)
                 await self._maybe_commit()
                 self._metrics.set_inflight(self._scheduler.in_use, self._book.runs)
+            if self._broken is not None:
+                raise self._broken
         finally:
             lag.cancel()
             await asyncio.gather(lag, return_exceptions=True)
@@ -218,18 +245,53 @@ class ConsumerLoop:
         )
         try:
             request = decode_record(record.value, max_bytes=self._settings.max_request_bytes)
-        except RequestDecodeError as exc:
-            self._carry_out(
-                self._book.receive(partition, record.offset, None, Job(received, exc))
+            about = (
+                None if isinstance(request, CancelRequest)
+                else Request(request.task_id, request.content_fingerprint(), request.force)
             )
+        except RequestDecodeError as exc:
+            self._dead_letter(partition, received, exc)
             return
-        if isinstance(request, CancelRequest):
+        except Exception as exc:
+            # A decoder failure nobody foresaw: the record is refused, never the consumer
+            # (an exception here used to end the process on every redelivery).
+            log.exception("request_decode_crashed", partition=record.partition,
+                          offset=record.offset)
+            self._dead_letter(partition, received, RequestDecodeError(
+                ErrorCode.REQUEST_INVALID,
+                f"request could not be read ({type(exc).__name__}: {str(exc)[:200]}); send "
+                "a JSON object as the request schema describes",
+            ))
+            return
+        if about is None:  # a control record (cancel)
             self._carry_out(
                 self._book.receive_control(partition, record.offset, Job(received, request))
             )
             return
-        about = Request(request.task_id, request.content_fingerprint(), request.force)
         self._carry_out(self._book.receive(partition, record.offset, about, Job(received, request)))
+
+    def _admit_unreadable(self, unreadable: Unreadable) -> None:
+        """An offset whose batch no read returns: dead-lettered without its bytes."""
+        partition, offset, error = unreadable.partition, unreadable.offset, unreadable.error
+        if not self._book.wants(partition, offset):
+            return
+        received = RequestRecord(
+            topic=partition.topic, partition=partition.partition, offset=offset,
+            timestamp_ms=None, key=None, value=None,
+        )
+        self._dead_letter(partition, received, RequestDecodeError(
+            ErrorCode.REQUEST_UNREADABLE,
+            f"the record at offset {offset} could not be read: its batch is {error.cause} "
+            f"({error.message}); the consumer skipped it, so this dead letter holds no "
+            "value: re-send the request, and check the producer's compression codec",
+        ))
+
+    def _dead_letter(
+        self, partition: TopicPartition, received: RequestRecord, refusal: RequestDecodeError
+    ) -> None:
+        self._carry_out(
+            self._book.receive(partition, received.offset, None, Job(received, refusal))
+        )
 
     # -- carrying out the book's decisions -----------------------------------------------
 
@@ -255,6 +317,17 @@ class ConsumerLoop:
         await self._do(start.work)
 
     def _ended(self, run: int, task: asyncio.Task[None]) -> None:
+        try:
+            self._account(run, task)
+        except Exception as exc:
+            # asyncio would log an exception of a done callback and go on, and the run's
+            # offset would stay pending for good: a silent stall. End the loop instead (a
+            # bug escaped: exit 1); the restart reads the unfinished work again.
+            log.exception("loop_bookkeeping_failed", run=run)
+            self._broken = exc
+            self._stopping.set()
+
+    def _account(self, run: int, task: asyncio.Task[None]) -> None:
         del self._runs[run]
         error = None if task.cancelled() else task.exception()
         if task.cancelled() or isinstance(error, TaskInterrupted):

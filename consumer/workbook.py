@@ -197,6 +197,14 @@ class WorkBook(Generic[P, J]):
         offsets = self._offsets.get(partition)
         return offsets.position() if offsets is not None else None
 
+    def next_offset(self, partition: P) -> int | None:
+        """The first offset of the partition not received yet; None when none was (since
+        it was assigned)."""
+        offsets = self._offsets.get(partition)
+        if offsets is None or offsets.last_received is None:
+            return None
+        return offsets.last_received + 1
+
     def pending(self, partition: P) -> list[int]:
         """Received offsets of the partition that are not finished yet, oldest first."""
         offsets = self._offsets.get(partition)

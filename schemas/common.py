@@ -73,6 +73,9 @@ class ErrorCode(StrEnum):
     REQUEST_UNSUPPORTED_VERSION = "REQUEST_UNSUPPORTED_VERSION"
     REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
     REQUEST_SCHEMA_REGISTRY_FRAMED = "REQUEST_SCHEMA_REGISTRY_FRAMED"
+    # The broker handed over a batch no read returns (corrupt, a codec the consumer cannot
+    # read, a payload that does not decompress): the dead letter has no original value.
+    REQUEST_UNREADABLE = "REQUEST_UNREADABLE"
     TASK_ID_CONFLICT = "TASK_ID_CONFLICT"
     # Fetching the claim check.
     SOURCE_SCHEME_NOT_ALLOWED = "SOURCE_SCHEME_NOT_ALLOWED"

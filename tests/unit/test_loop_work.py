@@ -14,11 +14,14 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
+from aiokafka import errors as kafka_errors
 
+import consumer.loop
 from consumer import tracing
 from consumer.config import Settings
 from consumer.loop import ConsumerLoop
 from consumer.metrics import ConsumerMetrics
+from consumer.read_errors import KafkaRefused
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.tasks import TaskInterrupted
@@ -44,12 +47,13 @@ class _Record:  # what the loop reads of aiokafka's ConsumerRecord
 @dataclass
 class FakeConsumer:
     """The part of AIOKafkaConsumer the loop uses, in memory: `feed()` queues records for
-    the next poll, `committed` holds what commits said per partition."""
+    the next poll, `commits` holds what commits said per partition."""
 
     assigned: set[TopicPartition] = field(default_factory=set)
     paused_now: set[TopicPartition] = field(default_factory=set)
-    committed: dict[int, int] = field(default_factory=dict)
+    commits: dict[int, int] = field(default_factory=dict)
     polls: int = 0
+    fail_next: list[Exception] = field(default_factory=list)  # raised by the next polls
     _queue: list[_Record] = field(default_factory=list)
     _fed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -68,6 +72,8 @@ class FakeConsumer:
 
     async def getmany(self, *, timeout_ms: int, max_records: int) -> dict[TopicPartition, Any]:
         self.polls += 1
+        if self.fail_next:
+            raise self.fail_next.pop(0)
         if not self._queue:
             try:
                 await asyncio.wait_for(self._fed.wait(), timeout_ms / 1000)
@@ -96,7 +102,13 @@ class FakeConsumer:
         self.paused_now -= set(partitions)
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
-        self.committed.update({tp.partition: meta.offset for tp, meta in offsets.items()})
+        self.commits.update({tp.partition: meta.offset for tp, meta in offsets.items()})
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.commits.get(tp.partition)
+
+    async def topics(self) -> set[str]:
+        return {TOPIC}
 
     async def end_offsets(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         return dict.fromkeys(partitions, 0)
@@ -169,11 +181,12 @@ class Running:
     loop: ConsumerLoop
     consumer: FakeConsumer
     runner: StubRunner
+    task: asyncio.Task[None]
 
     async def committed(self, expected: dict[int, int]) -> dict[int, int]:
         """The committed positions once they equal `expected` (or after ~2 s)."""
         for _ in range(200):
-            got = {p: self.consumer.committed.get(p, -1) for p in expected}
+            got = {p: self.consumer.commits.get(p, -1) for p in expected}
             if got == expected:
                 break
             await asyncio.sleep(0.01)
@@ -194,9 +207,9 @@ async def running() -> AsyncIterator[Running]:
     consumer.assigned = partitions
     await loop.partitions_assigned(partitions)  # as the rebalance listener would
     task = asyncio.create_task(loop.run())
-    yield Running(loop, consumer, runner)
+    yield Running(loop, consumer, runner, task)
     loop.stop()
-    await asyncio.wait_for(task, 5)
+    await asyncio.wait([task], timeout=5)
 
 
 async def test_a_copy_on_another_partition_finishes_there(running: Running) -> None:
@@ -320,3 +333,48 @@ async def test_each_work_publishes_under_its_own_records_trace(running: Running)
     assert traces["plain"] == ([], [])
     assert traces["dead@1"] == ([("traceparent", PARENT_B)], [("traceparent", PARENT_B)])
     assert tracing.current() == [], "nothing leaks into the loop's own context"
+
+
+async def test_a_decoder_crash_dead_letters_the_record_not_the_consumer(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16, defect 1: an exception the decoder did not turn into a refusal (a plain
+    ValueError from json) ended the loop, and again on every redelivery."""
+    decode = consumer.loop.decode_record
+
+    def crashing(raw: bytes | None, *, max_bytes: int) -> OcrRequest | CancelRequest:
+        if raw == b"crash":
+            raise ValueError("Exceeds the limit (4300 digits) for integer string conversion")
+        return decode(raw, max_bytes=max_bytes)
+
+    monkeypatch.setattr(consumer.loop, "decode_record", crashing)
+    running.runner.let_go("t")
+    running.consumer.feed(0, 0, b"crash")
+    running.consumer.feed(0, 1, _value("t"))
+    assert await running.committed({0: 2}) == {0: 2}
+    assert running.runner.dead_letters == [(0, 0, ErrorCode.REQUEST_INVALID)]
+
+
+async def test_an_unreadable_record_is_dead_lettered_without_its_bytes(
+    running: Running,
+) -> None:
+    running.consumer.fail_next = [
+        kafka_errors.RecordTooLargeError("too large", TopicPartition(TOPIC, 1), 0, 1024)
+    ]
+    assert await running.committed({1: 1}) == {1: 1}
+    assert running.runner.dead_letters == [(1, 0, ErrorCode.REQUEST_UNREADABLE)]
+
+
+async def test_kafka_refusing_us_ends_the_loop_and_starts_nothing_more(
+    running: Running,
+) -> None:
+    """The drain after a fatal error stops the book first: the cancelled run does not hand
+    its copy over to a new run on its way out (it did when run() left by an exception)."""
+    running.consumer.feed(0, 0, _value("t"))
+    running.consumer.feed(1, 0, _value("t"))  # a copy, waiting for the run
+    assert await running.committed({0: 0, 1: 0}) == {0: 0, 1: 0}
+    running.consumer.fail_next = [kafka_errors.TopicAuthorizationFailedError(TOPIC)]
+    with pytest.raises(KafkaRefused):
+        await asyncio.wait_for(running.task, 5)
+    assert running.runner.started == [("t", 0, 0)]
+    assert running.loop.inflight_tasks == 0

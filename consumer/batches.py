@@ -1,0 +1,275 @@
+"""Reading the requests topic so that no batch can stop it: the consumer's poll, with every
+error from fetching or decoding a batch caught, classified (consumer/read_errors.py), logged
+with its partition and offset, and counted.
+
+What it guarantees:
+- An UNREADABLE batch (corrupt, a codec we cannot read, a payload that does not decompress)
+  costs the offsets it holds, never the partition: the reader finds the partition and the
+  offset that fail and hands them to the loop as `Unreadable` (which dead-letters each one
+  without its bytes, since aiokafka never hands them over, and commits past it), then seeks
+  past it. A batch of n records is skipped in n steps, one fetch each: aiokafka raises with
+  neither partition nor offset, and a fetch from any offset inside a batch returns the whole
+  batch, so there is no shorter safe way past it.
+- Nothing is lost on the way: aiokafka advances the position of every partition it drained
+  in a `getmany()` that then raised, and drops those records. After such an error every
+  assigned partition is sought back to the first offset the loop has not received
+  (`next_offset`), or to its committed offset when it received none.
+- A FATAL error raises `KafkaRefused` (the process exits 5); so does a requests topic that
+  is missing (checked at start, and again whenever nothing is assigned).
+- TRANSIENT errors are retried with a backoff of 0.1 s doubling to 5 s, counted and logged
+  each time.
+
+What it does not guarantee: a record inside an unreadable batch is gone for this consumer
+group; its dead letter holds where it was (topic, partition, offset), not its bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiokafka import TopicPartition
+from aiokafka.errors import RecordTooLargeError
+
+from consumer.log import get_logger
+from consumer.metrics import ConsumerMetrics
+from consumer.read_errors import (
+    Identity,
+    KafkaRefused,
+    ReadError,
+    ReadErrorKind,
+    classify,
+    topic_missing,
+)
+
+log = get_logger(__name__)
+
+# After an unreadable batch, partitions are read one record at a time, each on its own,
+# until no read error came for this long: that finds the partition and offset that fail.
+ISOLATE_S = 2.0
+# A partition stepping past an unreadable batch waits this long for each refetch.
+STEP_WAIT_MS = 100
+TRANSIENT_FIRST_S = 0.1
+TRANSIENT_MAX_S = 5.0
+# With nothing assigned, whether the topic still exists is asked at most this often.
+TOPIC_CHECK_S = 10.0
+
+
+class Consumer(Protocol):
+    """The part of AIOKafkaConsumer the reader uses."""
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]: ...
+
+    def assignment(self) -> set[TopicPartition]: ...
+
+    def paused(self) -> set[TopicPartition]: ...
+
+    def seek(self, partition: TopicPartition, offset: int) -> None: ...
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> bool: ...
+
+    async def position(self, partition: TopicPartition) -> int: ...
+
+    async def committed(self, partition: TopicPartition) -> int | None: ...
+
+    async def topics(self) -> set[str]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """An offset whose record no read can return: skipped, to be dead-lettered bare."""
+
+    partition: TopicPartition
+    offset: int
+    error: ReadError
+
+
+@dataclass(slots=True)
+class Batch:
+    records: dict[TopicPartition, list[Any]] = field(default_factory=dict)
+    unreadable: list[Unreadable] = field(default_factory=list)
+
+
+class BatchReader:
+    def __init__(
+        self, consumer: Consumer, who: Identity, *,
+        next_offset: Callable[[TopicPartition], int | None], metrics: ConsumerMetrics,
+    ) -> None:
+        """`next_offset(tp)`: the first offset of `tp` the loop has not received yet, or
+        None when it received none since the partition was assigned."""
+        self._consumer = consumer
+        self._who = who
+        self._next_offset = next_offset
+        self._metrics = metrics
+        self._isolate_until: float | None = None
+        self._stepping: set[TopicPartition] = set()
+        self._rewind_due = False
+        self._transient_delay = TRANSIENT_FIRST_S
+        self._topic_checked = 0.0
+
+    async def ensure_topic(self, wait_s: float) -> None:
+        """Raise KafkaRefused unless the requests topic exists within `wait_s` (it may be
+        created by a job started beside the consumer)."""
+        deadline = time.monotonic() + wait_s
+        while self._who.topic not in await self._consumer.topics():
+            if time.monotonic() >= deadline:
+                self._refuse(topic_missing(self._who), None)
+            await asyncio.sleep(1.0)
+        self._topic_checked = time.monotonic()
+
+    async def read(self, *, timeout_ms: int, max_records: int) -> Batch:
+        """The next records (at most `max_records`), and offsets found unreadable."""
+        if self._rewind_due:
+            await self._rewind()
+        if not self._consumer.assignment():
+            await self._check_topic()
+        if self._isolate_until is not None:
+            return await self._isolate(max_records)
+        try:
+            records = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        except Exception as exc:  # every error of a poll is classified, none escapes as is
+            return await self._failed(exc)
+        self._transient_delay = TRANSIENT_FIRST_S
+        return Batch(records)
+
+    # -- errors --------------------------------------------------------------------------
+
+    async def _failed(self, exc: Exception) -> Batch:
+        error = classify(exc, self._who)
+        self._metrics.read_error(error.kind.value)
+        if error.kind is ReadErrorKind.FATAL:
+            self._refuse(error, exc)
+        if error.kind is ReadErrorKind.TRANSIENT:
+            delay = self._transient_delay
+            self._transient_delay = min(delay * 2, TRANSIENT_MAX_S)
+            log.warning("kafka_read_retry", error=error.message, retry_in=delay)
+            await asyncio.sleep(delay)
+            return Batch()
+        too_large = _too_large_at(exc)
+        if too_large is not None:
+            # aiokafka names the place and has already moved past it (never with a broker
+            # that speaks fetch v3 or later, which returns oversized batches whole).
+            partition, offset = too_large
+            return Batch(unreadable=[self._skipped(partition, offset, error)])
+        log.warning(
+            "kafka_batch_unreadable", cause=error.cause, error=error.message,
+            action="reading each partition on its own to find the offset",
+        )
+        self._isolate_until = time.monotonic() + ISOLATE_S
+        await self._rewind()
+        return Batch()
+
+    def _refuse(self, error: ReadError, exc: BaseException | None) -> None:
+        log.error(
+            "kafka_refused", cause=error.cause, message=error.message,
+            error=repr(exc) if exc is not None else None,
+        )
+        raise KafkaRefused(error) from exc
+
+    def _skipped(self, partition: TopicPartition, offset: int, error: ReadError) -> Unreadable:
+        self._metrics.record_skipped("unreadable_batch")
+        log.error(
+            "request_unreadable", topic=partition.topic, partition=partition.partition,
+            offset=offset, cause=error.cause, error=error.message,
+        )
+        return Unreadable(partition, offset, error)
+
+    # -- finding the offset that fails ---------------------------------------------------
+
+    async def _isolate(self, max_records: int) -> Batch:
+        """One partition at a time, one record at a time: an error now names its place."""
+        assert self._isolate_until is not None
+        if time.monotonic() > self._isolate_until:
+            log.info("kafka_read_errors_over", stepped=len(self._stepping))
+            self._isolate_until = None
+            self._stepping.clear()
+            return Batch()
+        batch = Batch()
+        room = max_records
+        paused = self._consumer.paused()
+        readable = sorted(self._consumer.assignment() - paused, key=lambda tp: tp.partition)
+        for partition in readable:
+            wait_ms = STEP_WAIT_MS if partition in self._stepping else 0
+            try:
+                while room > 0:
+                    got = await self._consumer.getmany(
+                        partition, timeout_ms=wait_ms, max_records=1
+                    )
+                    records = got.get(partition, [])
+                    if not records:
+                        break
+                    self._stepping.discard(partition)  # past the unreadable batch
+                    batch.records.setdefault(partition, []).extend(records)
+                    room -= len(records)
+                    wait_ms = 0
+            except Exception as exc:
+                error = classify(exc, self._who)
+                self._metrics.read_error(error.kind.value)
+                if error.kind is ReadErrorKind.FATAL:
+                    self._refuse(error, exc)
+                if error.kind is ReadErrorKind.TRANSIENT:
+                    log.warning("kafka_read_retry", error=error.message)
+                    return batch
+                batch.unreadable.append(await self._step_past(partition, exc, error))
+                return batch
+        if not batch.records:
+            await asyncio.sleep(STEP_WAIT_MS / 1000)
+        return batch
+
+    async def _step_past(
+        self, partition: TopicPartition, exc: Exception, error: ReadError
+    ) -> Unreadable:
+        too_large = _too_large_at(exc)
+        if too_large is not None:
+            return self._skipped(*too_large, error)
+        # Read one at a time, the partition's position is the first offset not handed
+        # over: the unreadable batch starts there.
+        offset = await self._consumer.position(partition)
+        self._consumer.seek(partition, offset + 1)
+        self._stepping.add(partition)
+        self._isolate_until = time.monotonic() + ISOLATE_S
+        return self._skipped(partition, offset, error)
+
+    async def _rewind(self) -> None:
+        """Every assigned partition back to the first offset the loop has not received."""
+        self._rewind_due = True
+        try:
+            for partition in self._consumer.assignment():
+                offset = self._next_offset(partition)
+                if offset is None:
+                    offset = await self._consumer.committed(partition)
+                if offset is None:
+                    await self._consumer.seek_to_beginning(partition)
+                else:
+                    self._consumer.seek(partition, offset)
+        except Exception as exc:  # a coordinator away: the next read tries again
+            log.warning("kafka_rewind_retry", error=repr(exc))
+            await asyncio.sleep(TRANSIENT_FIRST_S)
+            return
+        self._rewind_due = False
+
+    async def _check_topic(self) -> None:
+        if time.monotonic() - self._topic_checked < TOPIC_CHECK_S:
+            return
+        self._topic_checked = time.monotonic()
+        try:
+            topics = await self._consumer.topics()
+        except Exception as exc:  # the broker away: asked again later
+            log.warning("kafka_metadata_retry", error=repr(exc))
+            return
+        if self._who.topic not in topics:
+            self._refuse(topic_missing(self._who), None)
+
+
+def _too_large_at(exc: BaseException) -> tuple[TopicPartition, int] | None:
+    """aiokafka's RecordTooLargeError carries (message, partition, offset, fetch size)."""
+    if isinstance(exc, RecordTooLargeError) and len(exc.args) >= 3:
+        partition, offset = exc.args[1], exc.args[2]
+        if isinstance(partition, TopicPartition) and isinstance(offset, int):
+            return partition, offset
+    return None

@@ -1,0 +1,200 @@
+"""The BatchReader (consumer/batches.py) around an in-memory consumer that fails as aiokafka
+does: a `getmany()` that meets an unreadable batch raises with neither partition nor offset,
+after advancing the positions of the partitions it drained before (whose records are lost
+with the exception). The batches on the real broker are in
+tests/integration/test_poison_batches.py."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import TopicPartition
+from aiokafka import errors as kafka_errors
+
+import consumer.batches
+from consumer.batches import BatchReader
+from consumer.metrics import ConsumerMetrics
+from consumer.read_errors import Identity, KafkaRefused
+
+TOPIC = "ocr.requests"
+WHO = Identity(TOPIC, "group", None)
+
+
+def tp(partition: int) -> TopicPartition:
+    return TopicPartition(TOPIC, partition)
+
+
+@dataclass
+class Record:
+    partition: int
+    offset: int
+
+
+@dataclass
+class FailingConsumer:
+    ends: dict[TopicPartition, int]  # records 0 .. end-1 per partition
+    bad: dict[TopicPartition, set[int]] = field(default_factory=dict)
+    error: Exception = field(default_factory=lambda: RuntimeError("lz4: checksum invalid"))
+    fail_next: list[Exception] = field(default_factory=list)  # raised by the next getmany
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    commits: dict[TopicPartition, int] = field(default_factory=dict)
+    topic_names: set[str] = field(default_factory=lambda: {TOPIC})
+
+    async def getmany(
+        self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        if self.fail_next:
+            raise self.fail_next.pop(0)
+        room = max_records or 10**6
+        drained: dict[TopicPartition, list[Any]] = {}
+        for partition in sorted(partitions or self.ends, key=lambda p: p.partition):
+            position = self.positions.setdefault(partition, 0)
+            records = []
+            while position < self.ends[partition] and room:
+                if position in self.bad.get(partition, set()):
+                    raise self.error  # what was drained is lost, positions stay advanced
+                records.append(Record(partition.partition, position))
+                position += 1
+                room -= 1
+            self.positions[partition] = position
+            if records:
+                drained[partition] = records
+        return drained
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(self.ends)
+
+    def paused(self) -> set[TopicPartition]:
+        return set()
+
+    def seek(self, partition: TopicPartition, offset: int) -> None:
+        self.positions[partition] = offset
+
+    async def seek_to_beginning(self, *partitions: TopicPartition) -> bool:
+        for partition in partitions:
+            self.positions[partition] = 0
+        return True
+
+    async def position(self, partition: TopicPartition) -> int:
+        return self.positions.setdefault(partition, 0)
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        return self.commits.get(partition)
+
+    async def topics(self) -> set[str]:
+        return set(self.topic_names)
+
+
+@dataclass
+class Loop:
+    """What the loop does with reads: records and skipped offsets, in order."""
+
+    consumer: FailingConsumer
+    received: dict[TopicPartition, list[int]] = field(default_factory=dict)
+    skipped: list[tuple[int, int, str]] = field(default_factory=list)
+    metrics: ConsumerMetrics = field(default_factory=ConsumerMetrics)
+
+    def __post_init__(self) -> None:
+        self.reader = BatchReader(
+            self.consumer, WHO, next_offset=self.next_offset, metrics=self.metrics
+        )
+
+    def next_offset(self, partition: TopicPartition) -> int | None:
+        seen = self.received.get(partition)
+        return seen[-1] + 1 if seen else None
+
+    async def read_all(self, reads: int = 60, max_records: int = 10) -> None:
+        for _ in range(reads):
+            batch = await self.reader.read(timeout_ms=0, max_records=max_records)
+            for partition, records in batch.records.items():
+                for record in records:
+                    if record.offset >= (self.next_offset(partition) or 0):
+                        self.received.setdefault(partition, []).append(record.offset)
+            for unreadable in batch.unreadable:
+                self.skipped.append((unreadable.partition.partition, unreadable.offset,
+                                     unreadable.error.cause))
+                self.received.setdefault(unreadable.partition, []).append(unreadable.offset)
+
+
+@pytest.fixture(autouse=True)
+def quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer.batches, "STEP_WAIT_MS", 0)
+    monkeypatch.setattr(consumer.batches, "TRANSIENT_FIRST_S", 0.0)
+
+
+async def test_an_unreadable_batch_is_skipped_and_nothing_around_it_lost() -> None:
+    # Partition 0 is drained first in each poll, then partition 1 raises: without the
+    # rewind, partition 0's records of that poll would be gone.
+    failing = FailingConsumer({tp(0): 5, tp(1): 6}, bad={tp(1): {2, 3, 4}})
+    loop = Loop(failing)
+    await loop.read_all()
+    assert loop.received == {tp(0): [0, 1, 2, 3, 4], tp(1): [0, 1, 2, 3, 4, 5]}
+    assert loop.skipped == [(1, 2, "undecodable_batch"), (1, 3, "undecodable_batch"),
+                            (1, 4, "undecodable_batch")]
+    sample = loop.metrics.registry.get_sample_value
+    assert sample("ocr_records_skipped_total", {"reason": "unreadable_batch"}) == 3
+    assert (sample("ocr_kafka_read_errors_total", {"kind": "unreadable"}) or 0) >= 3
+
+
+async def test_a_partition_that_received_nothing_rewinds_to_its_commit() -> None:
+    failing = FailingConsumer({tp(0): 4, tp(1): 1}, bad={tp(1): {0}},
+                              commits={tp(0): 2})
+    failing.positions[tp(0)] = 2
+    loop = Loop(failing)
+    await loop.read_all()
+    assert loop.received == {tp(0): [2, 3], tp(1): [0]}
+    assert loop.skipped == [(1, 0, "undecodable_batch")]
+
+
+async def test_corrupt_records_and_unknown_codecs_are_skipped_alike() -> None:
+    for error in (kafka_errors.CorruptRecordException("Invalid CRC"),
+                  kafka_errors.UnsupportedCodecError("Libraries for zstd not found")):
+        loop = Loop(FailingConsumer({tp(0): 3}, bad={tp(0): {1}}, error=error))
+        await loop.read_all()
+        assert loop.received == {tp(0): [0, 1, 2]}
+        assert [skip[:2] for skip in loop.skipped] == [(0, 1)]
+
+
+async def test_a_record_too_large_is_skipped_where_aiokafka_says() -> None:
+    failing = FailingConsumer({tp(0): 3})
+    failing.fail_next = [kafka_errors.RecordTooLargeError("too large", tp(0), 1, 1024)]
+    failing.positions[tp(0)] = 0
+    loop = Loop(failing)
+    batch = await loop.reader.read(timeout_ms=0, max_records=10)
+    assert [(u.partition, u.offset, u.error.cause) for u in batch.unreadable] == [
+        (tp(0), 1, "record_too_large")
+    ]
+
+
+async def test_transient_errors_are_retried() -> None:
+    failing = FailingConsumer({tp(0): 2})
+    failing.fail_next = [kafka_errors.KafkaError("heartbeat"), kafka_errors.RequestTimedOutError()]
+    loop = Loop(failing)
+    await loop.read_all(reads=4)
+    assert loop.received == {tp(0): [0, 1]} and loop.skipped == []
+    sample = loop.metrics.registry.get_sample_value
+    assert sample("ocr_kafka_read_errors_total", {"kind": "transient"}) == 2
+
+
+@pytest.mark.parametrize("error", [
+    kafka_errors.TopicAuthorizationFailedError(TOPIC),
+    kafka_errors.GroupAuthorizationFailedError("group"),
+    kafka_errors.KafkaError("FencedInstanceIdError()"),
+])
+async def test_errors_no_retry_fixes_raise_kafka_refused(error: Exception) -> None:
+    failing = FailingConsumer({tp(0): 1})
+    failing.fail_next = [error]
+    with pytest.raises(KafkaRefused):
+        await Loop(failing).reader.read(timeout_ms=0, max_records=10)
+
+
+async def test_a_missing_topic_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(consumer.batches, "TOPIC_CHECK_S", 0.0)
+    failing = FailingConsumer({}, topic_names=set())
+    reader = Loop(failing).reader
+    with pytest.raises(KafkaRefused, match="does not exist"):
+        await reader.ensure_topic(0.0)
+    with pytest.raises(KafkaRefused, match="does not exist"):
+        await reader.read(timeout_ms=0, max_records=1)
