@@ -26,7 +26,7 @@ from pydantic import BaseModel
 from consumer import tracing
 from consumer.config import Settings
 from consumer.log import get_logger
-from consumer.records import RequestRecord
+from consumer.records import RequestRecord, kafka_time
 from consumer.settings.kafka import producer_kwargs
 from schemas import headers as header_names
 from schemas.cloudevents import (
@@ -39,7 +39,7 @@ from schemas.cloudevents import (
     ce_headers,
 )
 from schemas.common import MAX_TASK_ID_LENGTH, ErrorCode
-from schemas.dlq import DlqEnvelope
+from schemas.dlq import DlqEnvelope, dead_letter_key, fit_originals
 from schemas.event_ids import (
     dead_letter_event_id,
     progress_event_id,
@@ -48,7 +48,6 @@ from schemas.event_ids import (
 )
 from schemas.keys import TaskPartitioner, result_key
 from schemas.progress import ProgressEvent
-from schemas.request import MAX_REQUEST_RECORD_BYTES
 from schemas.result import PageResult
 from schemas.timing import TimingEvent
 
@@ -63,32 +62,26 @@ def dead_letter_envelope(
     timestamp_ms: int | None, key: bytes | None, value: bytes | None, task_id: str | None,
     consumer_id: str,
 ) -> DlqEnvelope:
-    """The envelope of a refused record, always within the contract's bounds: one that
-    failed validation would leave its offset unfinished and stall the partition for good."""
-    cut = [
-        f"{what} cut to its first {MAX_REQUEST_RECORD_BYTES} of {len(raw)} bytes"
-        for what, raw in (("key", key), ("value", value))
-        if raw is not None and len(raw) > MAX_REQUEST_RECORD_BYTES
-    ]
-    note = f" [dead letter: {'; '.join(cut)}]" if cut else ""
+    """The envelope of a refused record, always within the contract's bounds and, with its
+    key and headers, within MAX_DLQ_RECORD_BYTES: one that failed validation, or that the
+    producer or broker refused as too large, would never be published (issue 16, defect 2:
+    a 1.9 MiB key and a 2 MiB value made a 6.5 MB record)."""
+    originals = fit_originals(key, value)
+    note = f" [dead letter: {'; '.join(originals.cut)}]" if originals.cut else ""
     room = _MAX_DLQ_MESSAGE - len(note)
     # The note must survive: the message gives way before it.
     shown = message if len(message) <= room else message[: room - 3] + "..."
-    if key is not None:
-        key = key[:MAX_REQUEST_RECORD_BYTES]
     return DlqEnvelope(
         error_code=code,
         error_message=shown + note,
         original_topic=topic,
         original_partition=partition,
         original_offset=offset,
-        original_timestamp=(
-            datetime.fromtimestamp(timestamp_ms / 1000, UTC) if timestamp_ms else None
+        original_timestamp=kafka_time(timestamp_ms),
+        original_key_base64=(
+            base64.b64encode(originals.key).decode() if originals.key is not None else None
         ),
-        original_key_base64=base64.b64encode(key).decode() if key is not None else None,
-        original_value_base64=base64.b64encode(
-            (value or b"")[:MAX_REQUEST_RECORD_BYTES]
-        ).decode(),
+        original_value_base64=base64.b64encode(originals.value).decode(),
         task_id=task_id if task_id is None or len(task_id) <= MAX_TASK_ID_LENGTH else None,
         consumer_id=consumer_id[:128],
         failed_at=datetime.now(UTC),
@@ -205,7 +198,7 @@ class EventPublisher:
             consumer_id=self._consumer_id,
         )
         task_id = envelope.task_id
-        dlq_key = task_id or (key.decode("utf-8", "replace") if key else f"{partition}:{offset}")
+        dlq_key = dead_letter_key(task_id, key, partition, offset)
         await self._send(
             self._settings.topic_dlq,
             dlq_key,

@@ -8,6 +8,17 @@ from datetime import UTC, datetime
 from schemas.cloudevents import Headers, trace_context
 
 
+def kafka_time(timestamp_ms: int | None) -> datetime | None:
+    """A record's Kafka timestamp as a datetime; None when it has none (-1) or names no
+    time a datetime holds (a producer's clock or value gone wild: year 10,000 or later)."""
+    if timestamp_ms is None or timestamp_ms < 0:
+        return None
+    try:
+        return datetime.fromtimestamp(timestamp_ms / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class RequestRecord:
     topic: str
@@ -21,10 +32,12 @@ class RequestRecord:
 
     @property
     def queued_at(self) -> datetime:
-        """The Kafka timestamp of the request: when it was queued for us."""
-        if self.timestamp_ms is None or self.timestamp_ms < 0:
-            return datetime.now(UTC)
-        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+        """The Kafka timestamp of the request: when it was queued for us. A missing one,
+        or one later than now (a topic that accepts producer clocks in the future), reads
+        as now: the request cannot have waited less than nothing."""
+        now = datetime.now(UTC)
+        queued = kafka_time(self.timestamp_ms)
+        return queued if queued is not None and queued <= now else now
 
     @property
     def trace_context(self) -> Headers:

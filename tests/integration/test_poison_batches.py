@@ -29,7 +29,9 @@ from pathlib import Path
 import aiokafka.codec
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
+from aiokafka import errors as kafka_errors
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.protocol.admin import CreateAclsRequest
 from structlog.testing import capture_logs
 
@@ -195,6 +197,83 @@ async def test_a_request_with_a_5000_digit_number_is_dead_lettered(
     [envelope] = dead(reader, settings)
     assert envelope.error_code is ErrorCode.REQUEST_INVALID
     assert base64.b64decode(envelope.original_value_base64) == poison
+
+
+# -- records the broker accepts that used to stall a partition or fail a task ---------------
+
+
+async def test_a_dead_letter_too_large_for_the_dlq_is_bounded_and_published(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Issue 16, defect 2: a non-JSON value with a 1.9 MiB key (both compress, so the batch
+    fits the requests topic's 2 MiB) made a 6.5 MB dead letter; the producer refused it
+    for ever, the partition committed nothing more and SIGTERM waited out its grace."""
+    pdf = make_pdf(tmp_path / "doc.pdf", pages=1)
+    key, value = "k" * 1_900_000, b"\xff" * (2 * 1024 * 1024)
+    producer = AIOKafkaProducer(
+        **client_kwargs(settings), compression_type="gzip", max_request_size=8 * 1024 * 1024
+    )
+    await producer.start()
+    try:
+        await producer.send_and_wait(settings.topic_requests, value=value, key=key.encode(),
+                                     partition=0)
+    finally:
+        await producer.stop()
+    await produce_to(settings, 0, [("behind", request("behind", pdf))])
+    async with (
+        running_app(settings, ScriptedEngine()) as app,
+        TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader,
+    ):
+        await reader.wait_for(
+            lambda r: bool(r.final(settings, "behind")) and bool(dead(r, settings)), timeout=60
+        )
+        await wait_until_committed(settings, {0: 2})
+        assert app.ready
+    [envelope] = dead(reader, settings)
+    assert envelope.error_code is ErrorCode.REQUEST_TOO_LARGE  # over OCR_MAX_REQUEST_BYTES
+    assert base64.b64decode(envelope.original_value_base64) == value
+    assert envelope.original_key_base64 is not None
+    assert "[dead letter: key cut to its first" in envelope.error_message
+    [record] = reader.on(settings.topic_dlq)
+    assert record.key == "k" * 256
+
+
+async def test_a_far_future_timestamp_is_read_as_now(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Issue 16, defect 9: a record timestamp no datetime holds ended its task INTERNAL.
+    Kafka 4 refuses timestamps more than an hour ahead unless the topic allows them."""
+    admin = AIOKafkaAdminClient(**client_kwargs(settings))
+    await admin.start()
+    try:
+        await admin.alter_configs([ConfigResource(
+            ConfigResourceType.TOPIC, settings.topic_requests,
+            {"message.timestamp.after.max.ms": str(2**63 - 1)},
+        )])
+    finally:
+        await admin.close()
+    pdf = make_pdf(tmp_path / "doc.pdf", pages=1)
+    producer = AIOKafkaProducer(**client_kwargs(settings))
+    await producer.start()
+    try:
+        for _ in range(20):  # the new topic config reaches the broker's log shortly
+            try:
+                await producer.send_and_wait(
+                    settings.topic_requests, value=request("future", pdf), key=b"future",
+                    timestamp_ms=253_402_300_800_000,  # 10000-01-01
+                )
+                break
+            except kafka_errors.InvalidTimestampError:
+                await asyncio.sleep(0.5)
+    finally:
+        await producer.stop()
+    async with (
+        running_app(settings, ScriptedEngine()),
+        TopicReader(settings, settings.topic_progress, settings.topic_timing) as reader,
+    ):
+        await reader.wait_for(lambda r: bool(r.final(settings, "future")), timeout=60)
+    [final] = reader.final(settings, "future")
+    assert final.status is TaskStatus.COMPLETED, final
 
 
 # -- errors no retry fixes -------------------------------------------------------------------

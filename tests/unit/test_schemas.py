@@ -23,12 +23,18 @@ from schemas.cloudevents import (
 from schemas.common import ErrorCode
 from schemas.control import CancelRequest
 from schemas.decode import RequestDecodeError, decode_record, decode_request
-from schemas.dlq import MAX_ORIGINAL_BASE64, DlqEnvelope
+from schemas.dlq import (
+    MAX_DLQ_KEY_CHARS,
+    MAX_DLQ_RECORD_BYTES,
+    MAX_ORIGINAL_BASE64,
+    DlqEnvelope,
+    dead_letter_key,
+)
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import MAX_REQUEST_RECORD_BYTES, OcrRequest, PageRange, parse_page_ranges
 from schemas.result import PageResult
 from schemas.timing import TimingEvent
-from schemas.topics import REQUEST_RECORD_BYTES
+from schemas.topics import LARGE_RECORD_BYTES, REQUEST_RECORD_BYTES
 
 NOW = "2026-11-24T10:00:00Z"
 VERSION_MESSAGE = (
@@ -409,19 +415,57 @@ def test_a_record_beyond_the_bound_is_cut_and_the_message_says_so() -> None:
     # Only a requests topic configured beyond what ocr-topics sets can deliver this; the
     # envelope must still be valid, or its offset would never finish.
     value = b"y" * (MAX_REQUEST_RECORD_BYTES + 10)
-    made = envelope(value=value, key=b"k" * (MAX_REQUEST_RECORD_BYTES + 1),
-                    message="m" * 5000, task_id="t" * 129)
+    key = b"k" * (MAX_REQUEST_RECORD_BYTES + 1)
+    made = envelope(value=value, key=key, message="m" * 5000, task_id="t" * 129)
     assert base64.b64decode(made.original_value_base64) == value[:MAX_REQUEST_RECORD_BYTES]
     assert made.original_key_base64 is not None
-    assert len(base64.b64decode(made.original_key_base64)) == MAX_REQUEST_RECORD_BYTES
+    kept_key = len(base64.b64decode(made.original_key_base64))
     assert made.task_id is None
     assert len(made.error_message) == 4096
     assert made.error_message.endswith(
-        f"[dead letter: key cut to its first {MAX_REQUEST_RECORD_BYTES} of "
-        f"{MAX_REQUEST_RECORD_BYTES + 1} bytes; value cut to its first "
-        f"{MAX_REQUEST_RECORD_BYTES} of {MAX_REQUEST_RECORD_BYTES + 10} bytes]"
+        f"[dead letter: key cut to its first {kept_key} of {MAX_REQUEST_RECORD_BYTES + 1} "
+        f"bytes; value cut to its first {MAX_REQUEST_RECORD_BYTES} of "
+        f"{MAX_REQUEST_RECORD_BYTES + 10} bytes]"
     )
     assert DlqEnvelope.model_validate_json(made.model_dump_json()) == made
+
+
+def dlq_record_bytes(made: DlqEnvelope, key: bytes | None) -> int:
+    """What the DLQ record weighs: its key, the envelope, and (at most) its headers."""
+    record_key = dead_letter_key(made.task_id, key, made.original_partition,
+                                 made.original_offset).encode()
+    return len(record_key) + len(made.model_dump_json().encode()) + 4096
+
+
+@pytest.mark.parametrize(("key_bytes", "value_bytes"), [
+    (1_900_000, MAX_REQUEST_RECORD_BYTES),  # issue 16, defect 2: 6.5 MB before
+    (MAX_REQUEST_RECORD_BYTES, MAX_REQUEST_RECORD_BYTES),
+    (MAX_REQUEST_RECORD_BYTES + 10**6, 0),
+    (0, MAX_REQUEST_RECORD_BYTES + 10**6),
+    (3, 3),
+])
+def test_a_dead_letter_record_fits_what_the_dlq_topic_takes(
+    key_bytes: int, value_bytes: int
+) -> None:
+    key, value = b"\xfe" * key_bytes, b"\xff" * value_bytes
+    made = envelope(key=key, value=value, code=ErrorCode.REQUEST_NOT_UTF8)
+    assert dlq_record_bytes(made, key) <= MAX_DLQ_RECORD_BYTES < LARGE_RECORD_BYTES
+    # The value is kept whole whenever a request record can hold it.
+    kept = base64.b64decode(made.original_value_base64)
+    assert kept == value[:MAX_REQUEST_RECORD_BYTES]
+    assert DlqEnvelope.model_validate_json(made.model_dump_json()) == made
+
+
+def test_a_dead_letter_key_is_the_task_id_or_a_bounded_original_key() -> None:
+    assert dead_letter_key("t-1", b"x" * 10, 1, 2) == "t-1"
+    assert dead_letter_key(None, b"x" * 10_000, 1, 2) == "x" * MAX_DLQ_KEY_CHARS
+    assert dead_letter_key(None, None, 1, 2) == "1:2"
+
+
+def test_a_timestamp_no_datetime_holds_is_left_out() -> None:
+    """Issue 16, defect 9: a far-future record timestamp ended the task INTERNAL."""
+    assert envelope(timestamp_ms=2**62).original_timestamp is None
+    assert envelope(timestamp_ms=253_402_300_800_000).original_timestamp is None
 
 
 def test_decode_describes_invalid_fields() -> None:
