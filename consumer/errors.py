@@ -17,6 +17,14 @@ class OcrError(Exception):
         return ErrorInfo(code=self.code, message=self.message[:2048])
 
 
+class RecordTooLarge(OcrError):
+    """A topic refused one of our records as too large (the producer's max_request_size or
+    the topic's max.message.bytes): resending it cannot succeed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.PAGE_OUTPUT_TOO_LARGE, message)
+
+
 class EngineError(OcrError):
     def __init__(self, message: str, code: ErrorCode = ErrorCode.ENGINE_ERROR) -> None:
         super().__init__(code, message)

@@ -35,6 +35,7 @@ from aiokafka.structs import OffsetAndMetadata
 from consumer import tracing
 from consumer.batches import BatchReader, Unreadable
 from consumer.config import Settings
+from consumer.errors import RecordTooLarge
 from consumer.lag import LagReporter
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
@@ -356,20 +357,33 @@ class ConsumerLoop:
         """The work itself, from the beginning, every time it runs."""
         record, request = work.job.record, work.job.request
         tracing.follow(record)  # what is published for this work carries the request's trace
-        if isinstance(request, RequestDecodeError):
-            log.warning(
-                "request_dead_lettered", partition=record.partition, offset=record.offset,
-                code=request.code.value, message=request.message,
+        try:
+            if isinstance(request, RequestDecodeError):
+                log.warning(
+                    "request_dead_lettered", partition=record.partition, offset=record.offset,
+                    code=request.code.value, message=request.message,
+                )
+                await self._runner.dead_letter(
+                    record, code=request.code, message=request.message, task_id=request.task_id
+                )
+            elif isinstance(request, CancelRequest):
+                await self._runner.cancel(request, record)
+            elif work.kind is WorkKind.CONFLICT:
+                await self._runner.reject_conflict(request, record)
+            else:
+                await self._run_task(request, record)
+        except RecordTooLarge as exc:
+            if work.kind not in (WorkKind.DEAD_LETTER, WorkKind.CONFLICT):
+                raise
+            # The DLQ refuses this dead letter for good (the envelope is bounded to what
+            # the topic takes as ocr-topics makes it; this one is configured smaller):
+            # sending it again cannot help, and its offset must not stall the partition.
+            log.error(
+                "dead_letter_dropped", partition=record.partition, offset=record.offset,
+                error=exc.message,
+                message="the record is skipped without a dead letter; its offset is committed",
             )
-            await self._runner.dead_letter(
-                record, code=request.code, message=request.message, task_id=request.task_id
-            )
-        elif isinstance(request, CancelRequest):
-            await self._runner.cancel(request, record)
-        elif work.kind is WorkKind.CONFLICT:
-            await self._runner.reject_conflict(request, record)
-        else:
-            await self._run_task(request, record)
+            self._metrics.record_skipped("dead_letter")
 
     async def _run_task(self, request: OcrRequest, record: RequestRecord) -> None:
         try:

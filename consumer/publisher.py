@@ -15,19 +15,26 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     KafkaConnectionError,
+    KafkaError,
     KafkaTimeoutError,
+    MessageSizeTooLargeError,
     NotLeaderForPartitionError,
+    OutOfOrderSequenceNumber,
     RequestTimedOutError,
 )
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic import BaseModel
 
 from consumer import tracing
 from consumer.config import Settings
+from consumer.errors import RecordTooLarge
 from consumer.log import get_logger
 from consumer.records import RequestRecord, kafka_time
-from consumer.settings.kafka import producer_kwargs
+from consumer.settings.kafka import client_kwargs, producer_kwargs
 from schemas import headers as header_names
 from schemas.cloudevents import (
     CE_EXTENSION_CONSUMER,
@@ -50,11 +57,28 @@ from schemas.keys import TaskPartitioner, result_key
 from schemas.progress import ProgressEvent
 from schemas.result import PageResult
 from schemas.timing import TimingEvent
+from schemas.topics import TopicNames, topic_specs
 
 log = get_logger(__name__)
 
 
 _MAX_DLQ_MESSAGE = 4096
+MAX_REQUEST_SIZE = 4 * 1024 * 1024  # the producer's max_request_size: our largest record
+# A broker's default max.message.bytes, for a topic whose own setting cannot be read.
+BROKER_DEFAULT_RECORD_BYTES = 1_048_588
+
+
+def contract_record_limits(settings: Settings) -> dict[str, int]:
+    """The largest record each output topic takes as `ocr-topics create` makes it
+    (schemas/topics.py): what the publisher assumes until the broker says otherwise."""
+    names = TopicNames(
+        requests=settings.topic_requests, results=settings.topic_results,
+        progress=settings.topic_progress, timing=settings.topic_timing, dlq=settings.topic_dlq,
+    )
+    return {
+        spec.name: int(spec.configs.get("max.message.bytes", BROKER_DEFAULT_RECORD_BYTES))
+        for spec in topic_specs(names, partitions=1, replication=1)
+    }
 
 
 def dead_letter_envelope(
@@ -104,22 +128,64 @@ class EventPublisher:
         self._source = settings.ce_source
         self._consumer_id = consumer_id
         self._on_retry = on_retry
-        self._producer = AIOKafkaProducer(
-            **producer_kwargs(settings),
-            client_id=f"ocr-stream-{consumer_id}",
+        self._producer = self._new_producer()
+        self._replacing = asyncio.Lock()
+        # The largest record each topic takes (max.message.bytes). A record the broker
+        # refuses as too large leaves aiokafka's idempotent producer with a gap in its
+        # sequence numbers (every later send fails OutOfOrderSequenceNumber), so records are
+        # measured against these before they are sent.
+        self._limits = contract_record_limits(settings)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **producer_kwargs(self._settings),
+            client_id=f"ocr-stream-{self._consumer_id}",
             acks="all",
-            enable_idempotence=settings.kafka_idempotence,
+            enable_idempotence=self._settings.kafka_idempotence,
             linger_ms=5,
-            max_request_size=4 * 1024 * 1024,
+            max_request_size=MAX_REQUEST_SIZE,
             request_timeout_ms=30_000,
             partitioner=TaskPartitioner(),
         )
 
     async def start(self) -> None:
         await self._producer.start()
+        await self._read_limits()
 
     async def stop(self) -> None:
         await self._producer.stop()
+
+    async def _read_limits(self) -> None:
+        """Each output topic's max.message.bytes as the broker has it."""
+        admin = AIOKafkaAdminClient(**client_kwargs(self._settings))
+        try:
+            await admin.start()
+            responses = await admin.describe_configs([
+                ConfigResource(ConfigResourceType.TOPIC, topic, {"max.message.bytes": None})
+                for topic in self._limits
+            ])
+            for response in responses:
+                for error_code, _, _, name, configs, *_ in response.resources:
+                    for config, value, *_ in configs if error_code == 0 else ():
+                        if config == "max.message.bytes" and value is not None:
+                            self._limits[name] = int(value)
+        except Exception as exc:  # no DescribeConfigs permission: the contract's figures
+            log.warning("topic_limits_unread", error=repr(exc), assumed=self._limits)
+        finally:
+            await admin.close()
+
+    async def _replace_producer(self, broken: AIOKafkaProducer, why: str) -> None:
+        """A new producer (new producer id, sequence numbers from 0) for a broken one."""
+        async with self._replacing:
+            if self._producer is not broken:
+                return  # another send replaced it already
+            log.error("producer_replaced", why=why)
+            self._producer = self._new_producer()
+            await self._producer.start()
+        try:
+            await broken.stop()
+        except Exception as exc:  # its sender died with the error that broke it
+            log.warning("producer_stop_failed", error=repr(exc))
 
     async def _send(
         self, topic: str, key: str, event: BaseModel, event_id: str, ce_type: str,
@@ -133,10 +199,18 @@ class EventPublisher:
             headers.extend(extra_headers)
         headers.extend(trace)
         value = event.model_dump_json().encode()
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key.encode(), value, headers)
+        limit = min(self._limits.get(topic, BROKER_DEFAULT_RECORD_BYTES), MAX_REQUEST_SIZE)
+        if size > limit:
+            raise RecordTooLarge(
+                f"a record of {size} bytes is larger than {topic} takes ({limit} bytes: its "
+                "max.message.bytes, at most the producer's 4 MiB)"
+            )
         delay = self.retry_delay_s
         while True:
+            producer = self._producer
             try:
-                await self._producer.send_and_wait(
+                await producer.send_and_wait(
                     topic, value=value, key=key.encode(), headers=headers
                 )
                 return
@@ -149,6 +223,22 @@ class EventPublisher:
                     self._on_retry(topic)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
+            except MessageSizeTooLargeError as exc:
+                # The producer measured it (a message in args), or the broker refused it
+                # (its max.message.bytes shrank since start): then the producer's sequence
+                # numbers have a gap and it is replaced. Resending cannot help either way.
+                if not exc.args:
+                    await self._replace_producer(producer, f"{topic} refused a record")
+                raise RecordTooLarge(
+                    f"{topic} refused a record of {size} bytes as too large ({exc!r})"
+                ) from exc
+            except OutOfOrderSequenceNumber as exc:
+                # Sent beside a record the broker refused: not this record's fault.
+                await self._replace_producer(producer, repr(exc))
+            except KafkaError:
+                if producer is self._producer:
+                    raise
+                # Caught in the replacement of a broken producer: sent again on the new one.
 
     # `run_tag` (schemas.event_ids.event_run_tag) keeps the event ids of a forced
     # recomputation apart from the first run's: consumers that drop CloudEvents by id would

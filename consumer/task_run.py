@@ -18,7 +18,7 @@ from consumer.engines.base import EngineOutput
 from consumer.progress import PageRate, describe
 from consumer.records import RequestRecord
 from consumer.stages import StageRecorder, StageTimes
-from schemas.common import ErrorInfo, MetadataValue
+from schemas.common import ErrorCode, ErrorInfo, MetadataValue
 from schemas.event_ids import event_run_tag
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest
@@ -32,6 +32,23 @@ from schemas.result import (
     TokenCounts,
 )
 from schemas.timing import TimingEvent, TimingKind
+
+# A page result, with its key and headers, stays within the publisher's 4 MiB records (the
+# results topic takes 5 MiB); 64 KiB are kept for the key, headers and Kafka's overhead.
+MAX_RESULT_BYTES = 4 * 1024 * 1024 - 64 * 1024
+MAX_BLOCKS = 4096  # PageResult.blocks
+
+
+def oversized(output: EngineOutput) -> str | None:
+    """Why the engine's output cannot make a page result, or None when it can: checked
+    before validation, so that a page too large fails alone (ValidationError used to read
+    as an engine error) instead of with its task."""
+    for name, text in (("markdown", output.markdown), ("text", output.text)):
+        if len(text) > MAX_PAGE_TEXT:
+            return f"its {name} is {len(text)} characters; a page result holds {MAX_PAGE_TEXT}"
+    if len(output.blocks) > MAX_BLOCKS:
+        return f"it has {len(output.blocks)} blocks; a page result holds {MAX_BLOCKS}"
+    return None
 
 
 def pages_failed(pages: Mapping[int, PageStatus]) -> int:
@@ -159,6 +176,8 @@ class TaskRun:
         """The page's result: the engine's output (its figures stored and linked by then),
         or the error that ended the page. The raw output is cut to the contract's bound."""
         request = self.request
+        if isinstance(outcome, EngineOutput) and (too_large := oversized(outcome)):
+            outcome = self.too_large(page, too_large)
         if isinstance(outcome, ErrorInfo):
             produced: dict[str, Any] = {
                 "status": PageStatus.FAILED, "finish_reason": FinishReason.ERROR,
@@ -172,7 +191,7 @@ class TaskRun:
                 "truncated": outcome.truncated,
                 "tokens": TokenCounts(prompt=outcome.prompt_tokens, output=outcome.output_tokens),
             }
-        return PageResult(
+        result = PageResult(
             task_id=request.task_id,
             page=page,
             page_count=max(self.page_count, page),
@@ -184,4 +203,17 @@ class TaskRun:
             metadata=request.metadata,
             produced_at=datetime.now(UTC),
             **produced,
+        )
+        size = len(result.model_dump_json().encode())
+        if result.status is PageStatus.OK and size > MAX_RESULT_BYTES:
+            reason = f"its result is {size} bytes; a page result record holds {MAX_RESULT_BYTES}"
+            return self.page_result(page, info, times, self.too_large(page, reason))
+        return result
+
+    @staticmethod
+    def too_large(page: int, reason: str) -> ErrorInfo:
+        return ErrorInfo(
+            code=ErrorCode.PAGE_OUTPUT_TOO_LARGE,
+            message=f"page {page} is too large to publish: {reason}; lower the request's "
+            "dpi, or send the page on its own",
         )

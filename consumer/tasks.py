@@ -33,7 +33,7 @@ from consumer.cancel import RunningTasks, TaskCancelled, cancel_error
 from consumer.config import Settings
 from consumer.documents.render import select_pages
 from consumer.engines.base import Engine, EngineOutput, PageRequest
-from consumer.errors import OcrError
+from consumer.errors import OcrError, RecordTooLarge
 from consumer.lease import TaskLease
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
@@ -320,7 +320,16 @@ class TaskRunner:
     ) -> None:
         page = result.page
         with run.stages.timed(Stage.PUBLISH, times):
-            await self._events.result(result, run_tag=run.run_tag)
+            try:
+                await self._events.result(result, run_tag=run.run_tag)
+            except RecordTooLarge as exc:
+                # The results topic refuses the page's result as too large: the page fails
+                # alone (it used to fail the task through the TaskGroup).
+                log.warning("page_failed", code=exc.code.value, message=exc.message)
+                self._metrics.error(exc.code.value)
+                refused = run.too_large(page, exc.message)
+                result = run.page_result(page, result.image, times, refused)
+                await self._events.result(result, run_tag=run.run_tag)
             await self._store.page_done(run.task_id, page, result.status)
         run.page_done(page, result.status)
         self._metrics.page_done(result.status.value, times[Stage.INFER] / 1000, queue_s)

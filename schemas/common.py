@@ -97,6 +97,9 @@ class ErrorCode(StrEnum):
     # Pages and the engine.
     PAGE_RENDER_FAILED = "PAGE_RENDER_FAILED"
     PAGE_TIMEOUT = "PAGE_TIMEOUT"
+    # The page's result would not fit a record of the results topic (or the broker refused
+    # it as too large): the page fails, the rest of the document goes on.
+    PAGE_OUTPUT_TOO_LARGE = "PAGE_OUTPUT_TOO_LARGE"
     ENGINE_ERROR = "ENGINE_ERROR"
     PROMPT_UNSUPPORTED = "PROMPT_UNSUPPORTED"
     RESOLUTION_MODE_UNSUPPORTED = "RESOLUTION_MODE_UNSUPPORTED"

@@ -19,6 +19,7 @@ from aiokafka import errors as kafka_errors
 import consumer.loop
 from consumer import tracing
 from consumer.config import Settings
+from consumer.errors import RecordTooLarge
 from consumer.loop import ConsumerLoop
 from consumer.metrics import ConsumerMetrics
 from consumer.read_errors import KafkaRefused
@@ -167,6 +168,8 @@ class StubRunner:
     async def dead_letter(
         self, record: RequestRecord, *, code: ErrorCode, message: str, task_id: str | None
     ) -> None:
+        if record.value == b"refused by the DLQ":
+            raise RecordTooLarge("t.ocr.requests.dlq refused a record of 6000000 bytes")
         self.dead_letters.append((record.partition, record.offset, code))
         self.traces[f"dead@{record.offset}"] = (tracing.current(), record.trace_context)
 
@@ -378,3 +381,16 @@ async def test_kafka_refusing_us_ends_the_loop_and_starts_nothing_more(
         await asyncio.wait_for(running.task, 5)
     assert running.runner.started == [("t", 0, 0)]
     assert running.loop.inflight_tasks == 0
+
+
+async def test_a_dead_letter_the_dlq_refuses_is_dropped_and_committed(
+    running: Running,
+) -> None:
+    """Issue 16, defect 2: a dead letter refused as too large was retried for ever and its
+    partition committed nothing more."""
+    running.consumer.feed(0, 0, b"refused by the DLQ")
+    running.runner.let_go("t")
+    running.consumer.feed(0, 1, _value("t"))
+    assert await running.committed({0: 2}) == {0: 2}
+    sample = running.loop._metrics.registry.get_sample_value
+    assert sample("ocr_records_skipped_total", {"reason": "dead_letter"}) == 1

@@ -5,7 +5,7 @@ stack run in tests/integration/test_pipeline.py and test_loop_guarantees.py."""
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ from consumer.artifacts.store import ArtifactError, ArtifactStore, StoredFile, o
 from consumer.cancel import RunningTasks
 from consumer.config import Settings
 from consumer.engines.base import Engine, EngineHealth, EngineOutput, EngineStats, PageRequest
-from consumer.errors import OcrError
+from consumer.errors import OcrError, RecordTooLarge
 from consumer.metrics import ConsumerMetrics
 from consumer.scheduler import PageScheduler
 from consumer.state import TaskState
@@ -23,7 +23,7 @@ from consumer.tasks import EngineDead, TaskInterrupted, TaskRunner
 from schemas.common import ErrorCode
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest
-from schemas.result import MAX_PAGE_TEXT, EngineIdentity, PageStatus
+from schemas.result import MAX_PAGE_TEXT, EngineIdentity, PageResult, PageStatus
 from schemas.timing import TimingKind
 from tests.support.engines import FaultyEngine, ScriptedEngine
 from tests.support.task_fakes import MemoryDocuments, MemorySink, MemoryStore, record
@@ -443,3 +443,38 @@ async def test_a_figure_the_store_refuses_does_not_fail_its_page() -> None:
     assert "not stored: ARTIFACT_STORE_FAILED: disk full (test)" in result.markdown
     assert all(block.artifact is None for block in result.blocks)
     assert bench.metric("ocr_errors_total", code="ARTIFACT_STORE_FAILED") == 2
+
+
+class HugeEngine(ScriptedEngine):
+    """Answers page 2 with more Markdown than a page result holds."""
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        output = await super().infer(request)
+        if request.page.page == 2:
+            output.markdown = "x" * (MAX_PAGE_TEXT + 1)
+        return output
+
+
+class RefusingSink(MemorySink):
+    """A results topic that refuses page 2's record as too large, as the broker does."""
+
+    async def result(self, result: PageResult, *, run_tag: str = "") -> None:
+        if result.page == 2 and result.status is PageStatus.OK:
+            raise RecordTooLarge("t.ocr.results refused a record of 6000000 bytes as too large")
+        await super().result(result, run_tag=run_tag)
+
+
+async def test_a_page_too_large_to_publish_fails_alone() -> None:
+    """Issue 16, defect 9: a page result the broker refused failed the whole task with an
+    ExceptionGroup; output beyond the schema's bounds read as an engine error."""
+    for bench in (_bench(HugeEngine()), replace(_bench(), sink=RefusingSink())):
+        status = await bench.runner.run(_request(), record())
+        assert status is TaskStatus.COMPLETED
+        by_page = {r.page: r for r in bench.sink.results}
+        assert by_page[1].status is PageStatus.OK and by_page[3].status is PageStatus.OK
+        error = by_page[2].error
+        assert error is not None and error.code is ErrorCode.PAGE_OUTPUT_TOO_LARGE, error
+        assert "page 2 is too large to publish" in error.message
+        final = bench.sink.progress_events[-1]
+        assert final.pages_failed == 1 and final.error is not None
+        assert final.error.code is ErrorCode.PAGES_FAILED
