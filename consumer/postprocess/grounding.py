@@ -49,7 +49,7 @@ _EOS = re.compile(r"[<＜][|｜]\s?end[▁_ ]?of[▁_ ]?sentence\s?[|｜][>＞]"
 # prints `<|endoftext|>` keeps it.
 _SPECIAL = re.compile(
     r"[<＜]｜(?!\s?/?\s?(?:ref|det)\s?[|｜])[^<>＜＞|｜\n]{0,40}｜[>＞]"
-    r"|<\|(?:[^<>|\n]*▁[^<>|\n]*|grounding|user|assistant|pad|bos|eos)\|>",
+    r"|<\|(?:[^<>|\n]{0,40}▁[^<>|\n]{0,40}|grounding|user|assistant|pad|bos|eos)\|>",
     re.IGNORECASE,
 )
 # A tag cut off by the end of the output: '<', '<|', '<|/de', '<｜end▁of', '<|ref|' ...
@@ -92,17 +92,37 @@ def strip_partial_tag_at_end(text: str) -> str:
     return _PARTIAL_TAG_AT_END.sub("", text)
 
 
+# The longest tag or special token the two patterns above match.
+_LONGEST_TAG = 90
+_OPENERS = frozenset("<＜")
+_CLOSERS = frozenset(">＞")
+
+
 def strip_tags(text: str) -> str:
     """Remove every ref/det tag and special token (for text that must not show them).
 
-    Repeated until nothing changes: removing `<|det|>` from `<|re<|det|>f|>` makes a new
-    `<|ref|>`. Each round removes at least one match, so this ends.
+    Removing one can form another (`<|re<|det|>f|>` holds `<|ref|>` once `<|det|>` is
+    gone), so the text is rebuilt left to right and a tag is removed as soon as its
+    closing bracket arrives. No tag contains an opening bracket, so the only candidate is
+    the one starting at the last opening bracket kept; and a removal takes only the end of
+    what was kept, so nothing before it can form a tag anew. One pass, where repeating the
+    regexes until nothing changed took one pass per nesting level (quadratic).
     """
-    while True:
-        stripped = _TAG.sub("", _SPECIAL.sub("", text))
-        if stripped == text:
-            return text
-        text = stripped
+    if not any(bracket in text for bracket in _CLOSERS):
+        return text
+    kept: list[str] = []
+    openers: list[int] = []  # indexes in `kept` of opening brackets
+    for char in text:
+        if char in _OPENERS:
+            openers.append(len(kept))
+        kept.append(char)
+        if char in _CLOSERS and openers and len(kept) - openers[-1] <= _LONGEST_TAG:
+            start = openers[-1]
+            candidate = "".join(kept[start:])
+            if _TAG.fullmatch(candidate) or _SPECIAL.fullmatch(candidate):
+                del kept[start:]
+                openers.pop()
+    return "".join(kept)
 
 
 def _tokens(raw: str) -> list[tuple[_Tok, str]]:
