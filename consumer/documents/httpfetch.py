@@ -106,6 +106,15 @@ async def _send_to_first_reachable(
             return await client.send(_pinned_request(client, url, address), stream=True)
         except httpx.ConnectError as exc:
             failure = exc
+        except httpx.InvalidURL as exc:
+            # httpx parses a redirect's Location inside send(), and a malformed one
+            # (`http:127.0.0.1/x`) raises InvalidURL, which is no HTTPError: the server's
+            # fault, so not INTERNAL.
+            raise OcrError(
+                ErrorCode.SOURCE_FETCH_FAILED,
+                f"{shown_url(url)} answered with a URL that cannot be used ({exc}), such as "
+                "a malformed redirect Location; fix the server or use the final URL",
+            ) from None
     assert failure is not None  # addresses is never empty
     raise failure
 
@@ -225,7 +234,8 @@ async def fetch_http(uri: str, settings: Settings) -> bytes:
         raise timed_out from None
     except httpx.TimeoutException:
         raise timed_out from None
-    except httpx.HTTPError as exc:
+    # InvalidURL is no HTTPError; any other place a server's URL can raise it ends here.
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise OcrError(
             ErrorCode.SOURCE_FETCH_FAILED,
             f"downloading {shown_url(start)} failed: {type(exc).__name__}: {exc}; check that "

@@ -531,6 +531,20 @@ async def test_redirect_to_another_scheme_is_refused(server: LocalServer) -> Non
     )
 
 
+async def test_redirect_to_a_malformed_url_is_a_fetch_failure(server: LocalServer) -> None:
+    # httpx raises InvalidURL (not an HTTPError) on this Location; it ended as INTERNAL.
+    server.routes["/bad"] = redirect("http:127.0.0.1/x")
+    error = await expect_error(
+        ErrorCode.SOURCE_FETCH_FAILED, Source(uri=server.url("/bad")), private_ok()
+    )
+    assert "malformed redirect Location" in error.message
+    for location in ("https:x", "http://["):
+        server.routes["/odd"] = redirect(location)
+        await expect_error(
+            ErrorCode.SOURCE_FETCH_FAILED, Source(uri=server.url("/odd")), private_ok()
+        )
+
+
 async def test_connection_refused_is_a_fetch_failure() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
