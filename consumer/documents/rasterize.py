@@ -48,6 +48,9 @@ _DECODE_ERRORS: Final = (
     struct.error,
 )
 _POINTS_PER_INCH: Final = 72.0
+# The lowest dpi a request may ask for (OcrRequest.dpi; a unit test keeps them equal):
+# advice to go below it could not be followed.
+MIN_REQUEST_DPI: Final = 36
 
 
 class RasterPage(NamedTuple):
@@ -95,6 +98,19 @@ def _too_many_pixels(
         ErrorCode.PAGE_TOO_MANY_PIXELS,
         f"page {page} is {width} x {height} = {width * height} pixels {how}, more than "
         f"OCR_MAX_PAGE_PIXELS={max_pixels}; {advice}",
+    )
+
+
+def _oversized_page_advice(width_pt: float, height_pt: float, max_pixels: int) -> str:
+    fitting_dpi = math.floor(_POINTS_PER_INCH * math.sqrt(max_pixels / (width_pt * height_pt)))
+    if fitting_dpi >= MIN_REQUEST_DPI:
+        return f"request at most {fitting_dpi} dpi or raise the limit"
+    scale = MIN_REQUEST_DPI / _POINTS_PER_INCH
+    needed = math.ceil(width_pt * scale) * math.ceil(height_pt * scale)
+    return (
+        f"the page ({width_pt / _POINTS_PER_INCH:.0f} x {height_pt / _POINTS_PER_INCH:.0f} "
+        f"inches) is too large even at {MIN_REQUEST_DPI} dpi, the lowest a request may ask "
+        f"for; crop or split the page, or raise the limit to at least {needed}"
     )
 
 
@@ -158,16 +174,13 @@ class PdfRaster:
         height = math.ceil(height_pt * scale)
         # Decided from the page box before MuPDF allocates anything.
         if width * height > max_pixels:
-            fitting_dpi = math.floor(
-                _POINTS_PER_INCH * math.sqrt(max_pixels / (width_pt * height_pt))
-            )
             raise _too_many_pixels(
                 page,
                 width,
                 height,
                 max_pixels,
                 how=f"at {dpi} dpi",
-                advice=f"request at most {fitting_dpi} dpi or raise the limit",
+                advice=_oversized_page_advice(width_pt, height_pt, max_pixels),
             )
         try:
             pixmap = pdf_page.get_pixmap(

@@ -33,7 +33,7 @@ from consumer.documents.render import (
 )
 from consumer.errors import OcrError
 from schemas.common import ErrorCode
-from schemas.request import PageRange
+from schemas.request import OcrRequest, PageRange
 from tests.support.documents import encrypted_pdf, many_pages_pdf, png_claiming
 
 # PyMuPDF's own annotations are partial; see consumer/documents/rasterize.py.
@@ -250,11 +250,30 @@ async def test_oversized_page_is_refused_before_rendering() -> None:
         start = time.perf_counter()
         error = await expect_error(ErrorCode.PAGE_TOO_MANY_PIXELS, opened.render_page(1, 144))
         assert time.perf_counter() - start < 1.0  # 829 Mpx would take far longer
-        # The advice names a dpi that fits: 72 * sqrt(40e6 / 14400^2) = 31.6.
-        assert "at most 31 dpi" in error.message
+        # 72 * sqrt(40e6 / 14400^2) = 31.6 dpi would fit, but requests may not go below
+        # 36 dpi: the advice must be one the sender can follow ("at most 31 dpi" was not).
+        assert "dpi or raise" not in error.message
+        assert "too large even at 36 dpi" in error.message
+        assert "raise the limit to at least 51840000" in error.message  # 7200 x 7200 px
         assert "OCR_MAX_PAGE_PIXELS=40000000" in error.message
     finally:
         await opened.close()
+
+
+async def test_oversized_page_advice_names_a_dpi_that_fits() -> None:
+    document = pymupdf.open()
+    document.new_page(width=7_200, height=7_200)  # 100 x 100 inches
+    opened = await open_(document.tobytes())
+    try:
+        error = await expect_error(ErrorCode.PAGE_TOO_MANY_PIXELS, opened.render_page(1, 144))
+        assert "request at most 63 dpi" in error.message  # 72 * sqrt(40e6 / 7200^2)
+    finally:
+        await opened.close()
+
+
+def test_the_lowest_dpi_in_the_advice_is_the_schemas() -> None:
+    schema = OcrRequest.model_json_schema()
+    assert schema["properties"]["dpi"]["minimum"] == rasterize.MIN_REQUEST_DPI
 
 
 async def test_page_out_of_range_and_render_after_close() -> None:
