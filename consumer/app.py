@@ -143,7 +143,9 @@ class App:
                 await self.health.stop()
             return
         redis = redis_client(settings)
-        store = TaskStateStore(redis, settings, on_error=self.metrics.redis_error)
+        store = TaskStateStore(
+            redis, settings, on_error=self.metrics.redis_error, outages=self.metrics,
+        )
         publisher = EventPublisher(
             settings, consumer_id=self.consumer_id, on_retry=self.metrics.publish_retry
         )

@@ -10,6 +10,11 @@ A lease is an optimisation against duplicate work, never a correctness condition
 is lost (Redis restarted empty, a refresh missed during an outage), the task runs on and
 at worst two consumers publish the same keyed pages, which the compacted results topic
 and the deterministic event ids absorb.
+
+During a Redis outage, taking the lease and refreshing it wait the outage out (the store's
+operations do; see `consumer.redis_outage`). Releasing it is best-effort and never raises,
+so an error on the way out (READONLY from a failover, a connection reset) cannot turn a
+task that ended into one that failed: the lease then simply expires after its lifetime.
 """
 
 from __future__ import annotations
@@ -73,6 +78,8 @@ class TaskLease:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._refresher
         # Also on interruption: the next owner should not wait for the lease to expire.
+        # Best-effort (the store logs and swallows every error): the task's outcome is
+        # recorded before this, and an error here must not be mistaken for the task's.
         await self._store.release_lease(self._task_id, self._owner)
 
     async def _keep(self) -> None:

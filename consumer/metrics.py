@@ -160,6 +160,19 @@ class ConsumerMetrics:
             "ocr_engine_stat", "Engine-specific numbers (EngineStats.extra), by name.",
             ["name"], registry=r,
         )
+        self.redis_available_gauge = Gauge(
+            "ocr_redis_available",
+            "0 while task-state operations wait out a Redis outage, else 1.", registry=r,
+        )
+        self.redis_outage_seconds = Counter(
+            "ocr_redis_outage_seconds",
+            "Seconds of Redis outages waited out (added when each ends).", registry=r,
+        )
+        self.redis_outages = Counter(
+            "ocr_redis_outages", "Redis outages that task-state operations waited out.",
+            registry=r,
+        )
+        self.redis_available_gauge.set(1)
         self.info = Info("ocr_consumer", "Identity of this consumer process.", registry=r)
         self._engine_totals = (0, 0, 0)
         self._lag_series: set[tuple[str, str]] = set()
@@ -235,6 +248,16 @@ class ConsumerMetrics:
 
     def record_skipped(self, reason: str) -> None:
         self.records_skipped.labels(reason=reason).inc()
+
+    # Redis outages (consumer.redis_outage.OutageListener) ------------------------------------
+
+    def redis_unavailable(self) -> None:
+        self.redis_available_gauge.set(0)
+        self.redis_outages.inc()
+
+    def redis_available(self, down_s: float) -> None:
+        self.redis_available_gauge.set(1)
+        self.redis_outage_seconds.inc(max(down_s, 0.0))
 
     # Engine and identity ----------------------------------------------------------------------
 

@@ -5,6 +5,21 @@ and recognise a re-sent duplicate of a finished task. It is not the source of tr
 results (Kafka is): if Redis loses its data, tasks are simply recomputed (duplicates, never
 loss). Every key expires after `state_ttl_s`.
 
+Guarantees:
+- Every operation but `ping` and `release_lease` waits out a Redis outage (see
+  `consumer.redis_outage`): it returns once Redis answers, never raises for an outage.
+- A final status (completed, failed) is never overwritten: `finish` and `begin` leave it
+  as it is, except `begin(reset_pages=True)`, which is how `force` recomputes a task.
+- `finish` writes the task's identity again (fingerprint, attempt, owner, page total, as
+  `begin` and `set_pages_total` gave them in this process), so a task whose state Redis
+  lost mid-run still ends with its fingerprint: a later request reusing the id for other
+  content is then a conflict, not a duplicate.
+- `release_lease` is best-effort and never raises: the lease expires by itself.
+
+Keys (P = settings.redis_key_prefix):
+  P task:<id>         hash   status, fingerprint, attempt, owner, pages_total, timings, error
+  P task:<id>:pages   hash   page -> PageStatus value ("ok" | "failed"), once published
+  P task:<id>:lease   string owner id, expires after lease_ttl_s unless refreshed
 Keys (P = settings.redis_key_prefix):
   P task:<id>         hash   status, fingerprint, attempt, owner, pages_total, timings, error
   P task:<id>:pages   hash   page -> PageStatus value ("ok" | "failed"), once published
@@ -22,22 +37,28 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Final
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from consumer.config import Settings
 from consumer.log import get_logger
+from consumer.redis_outage import OutageListener, OutageWaiter
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.progress import TaskStatus
 from schemas.result import PageStatus
 
 log = get_logger(__name__)
-T = TypeVar("T")
+
+FINAL_STATUSES: Final = tuple(status.value for status in TaskStatus if status.is_final)
+# A lease release is an optimisation (a takeover without waiting for the expiry): it must
+# not hold up a task's exit during an outage.
+RELEASE_TIMEOUT_S: Final = 2.0
 
 # Released only by its owner: compare-and-delete in one step.
 _RELEASE_LEASE = """
@@ -54,6 +75,29 @@ if (not holder) or holder == ARGV[1] then
 end
 return holder
 """
+# KEYS: task hash, pages hash. ARGV: reset ("1"/"0"), ttl, then field/value pairs. A final
+# status stays unless reset (force): nothing may overwrite it (0 = left as it was).
+_BEGIN = """
+local status = redis.call('hget', KEYS[1], 'status')
+local reset = ARGV[1] == '1'
+if (not reset) and status and FINAL[status] then return 0 end
+if reset then redis.call('del', KEYS[2]) end
+redis.call('hdel', KEYS[1], 'error_code', 'error_message', 'finished_at')
+for i = 3, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('expire', KEYS[1], ARGV[2])
+return 1
+"""
+# KEYS: task hash, pages hash. ARGV: ttl, then field/value pairs. 0 = a final status was
+# there already and stays.
+_FINISH = """
+local status = redis.call('hget', KEYS[1], 'status')
+if status and FINAL[status] then return 0 end
+for i = 2, #ARGV, 2 do redis.call('hset', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('expire', KEYS[1], ARGV[1])
+redis.call('expire', KEYS[2], ARGV[1])
+return 1
+"""
+_FINAL_TABLE = "local FINAL = {" + ", ".join(f"[{s!r}] = true" for s in FINAL_STATUSES) + "}\n"
 _REFRESH_LEASE = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
 return 0
@@ -114,15 +158,26 @@ class TaskStateStore:
     def __init__(
         self, client: aioredis.Redis, settings: Settings,
         on_error: Callable[[str], None] | None = None,
+        outages: OutageListener | None = None,
     ) -> None:
         """`on_error(operation)` is told of every failed call that will be retried (the
-        consumer counts them: ocr_redis_errors_total)."""
+        consumer counts them: ocr_redis_errors_total); `outages` of each outage's start
+        and end (ocr_redis_available, ocr_redis_outages_total, ...)."""
         self._redis = client
-        self._on_error = on_error
         self._prefix = settings.redis_key_prefix
         self._ttl = settings.state_ttl_s
         self._lease_ms = settings.lease_ttl_s * 1000
-        self._retry_until_s = settings.task_timeout_s
+        self._waiter = OutageWaiter(outages, on_error=on_error)
+        self._begin_script = client.register_script(_FINAL_TABLE + _BEGIN)
+        self._finish_script = client.register_script(_FINAL_TABLE + _FINISH)
+        # What begin() and set_pages_total() recorded for tasks running here, written
+        # again by finish() in case Redis lost the task's hash meanwhile.
+        self._identity: dict[str, dict[str, str | int | float]] = {}
+
+    @property
+    def redis_down(self) -> bool:
+        """True while an operation is waiting out an outage."""
+        return self._waiter.down
 
     def _task(self, task_id: str) -> str:
         return f"{self._prefix}task:{task_id}"
@@ -140,26 +195,10 @@ class TaskStateStore:
     def cancel_channel(self) -> str:
         return f"{self._prefix}cancels"
 
-    async def _retry(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """Redis outages are waited out (with backoff), not turned into failed tasks."""
-        delay = 0.2
-        deadline = time.monotonic() + self._retry_until_s
-        while True:
-            try:
-                return await call()
-            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("redis_unavailable", operation=what, error=str(exc), retry_in=delay)
-                if self._on_error is not None:
-                    self._on_error(what)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except (RedisConnectionError, RedisTimeoutError, OSError):
+        except (RedisError, OSError):
             return False
 
     async def load(self, task_id: str) -> TaskState | None:
@@ -170,7 +209,7 @@ class TaskStateStore:
                 task, pages = await pipe.execute()
             return task, pages
 
-        task, pages = await self._retry("load", call)
+        task, pages = await self._waiter.call("load", call)
         if not task:
             return None
         error = None
@@ -193,31 +232,29 @@ class TaskStateStore:
 
     async def begin(
         self, task_id: str, *, fingerprint: str, attempt: int, owner: str, reset_pages: bool
-    ) -> None:
-        """Record that `owner` works on the task; `reset_pages` forgets earlier pages (force)."""
+    ) -> bool:
+        """Record that `owner` works on the task; `reset_pages` forgets earlier pages (force).
 
-        async def call() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if reset_pages:
-                    pipe.delete(self._pages(task_id))
-                pipe.hdel(self._task(task_id), "error_code", "error_message", "finished_at")
-                pipe.hset(
-                    self._task(task_id),
-                    mapping={
-                        "status": TaskStatus.STARTED.value,
-                        "fingerprint": fingerprint,
-                        "attempt": attempt,
-                        "owner": owner,
-                        "started_at": time.time(),
-                    },
-                )
-                pipe.expire(self._task(task_id), self._ttl)
-                await pipe.execute()
-
-        await self._retry("begin", call)
+        False when the task already had a final status and `reset_pages` is off: nothing
+        was written (a copy raced a finished run; its outcome stands).
+        """
+        identity: dict[str, str | int | float] = {
+            "fingerprint": fingerprint, "attempt": attempt, "owner": owner,
+        }
+        self._identity[task_id] = identity
+        fields = {"status": TaskStatus.STARTED.value, **identity, "started_at": time.time()}
+        args: list[str | int | float] = ["1" if reset_pages else "0", self._ttl]
+        for name, value in fields.items():
+            args += [name, value]
+        written = await self._waiter.call(
+            "begin",
+            lambda: self._begin_script(keys=[self._task(task_id), self._pages(task_id)], args=args),
+        )
+        return bool(written)
 
     async def set_pages_total(self, task_id: str, pages_total: int) -> None:
-        await self._retry(
+        self._identity.setdefault(task_id, {})["pages_total"] = pages_total
+        await self._waiter.call(
             "pages_total", lambda: self._redis.hset(self._task(task_id), "pages_total", pages_total)
         )
 
@@ -229,25 +266,31 @@ class TaskStateStore:
                 pipe.expire(self._task(task_id), self._ttl)
                 await pipe.execute()
 
-        await self._retry("page_done", call)
+        await self._waiter.call("page_done", call)
 
-    async def finish(self, task_id: str, status: TaskStatus, error: ErrorInfo | None) -> None:
-        async def call() -> None:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(
-                    self._task(task_id),
-                    mapping={"status": status.value, "finished_at": time.time()},
-                )
-                if error is not None:
-                    pipe.hset(
-                        self._task(task_id),
-                        mapping={"error_code": error.code.value, "error_message": error.message},
-                    )
-                pipe.expire(self._task(task_id), self._ttl)
-                pipe.expire(self._pages(task_id), self._ttl)
-                await pipe.execute()
+    async def finish(self, task_id: str, status: TaskStatus, error: ErrorInfo | None) -> bool:
+        """Record the task's final status; False when it had one already (left as it was).
 
-        await self._retry("finish", call)
+        The identity begin() recorded here is written with it: if Redis lost the task's
+        hash mid-run, the finished task still names its fingerprint.
+        """
+        fields: dict[str, str | int | float] = {
+            **self._identity.pop(task_id, {}), "status": status.value, "finished_at": time.time(),
+        }
+        if error is not None:
+            fields |= {"error_code": error.code.value, "error_message": error.message}
+        args: list[str | int | float] = [self._ttl]
+        for name, value in fields.items():
+            args += [name, value]
+        written = await self._waiter.call(
+            "finish",
+            lambda: self._finish_script(
+                keys=[self._task(task_id), self._pages(task_id)], args=args
+            ),
+        )
+        if not written:
+            log.warning("task_final_status_kept", attempted=status.value)
+        return bool(written)
 
     async def acquire_lease(self, task_id: str, owner: str) -> str | None:
         """Take the task's lease (or extend our own); None when taken, else the holder."""
@@ -259,10 +302,10 @@ class TaskStateStore:
             holder = raw.decode() if isinstance(raw, bytes) else str(raw)
             return holder or None
 
-        return await self._retry("lease", call)
+        return await self._waiter.call("lease", call)
 
     async def refresh_lease(self, task_id: str, owner: str) -> bool:
-        result = await self._retry(
+        result = await self._waiter.call(
             "lease_refresh",
             lambda: self._redis.eval(
                 _REFRESH_LEASE, 1, self._lease(task_id), owner, self._lease_ms
@@ -272,13 +315,21 @@ class TaskStateStore:
 
     async def lease_holder(self, task_id: str) -> str | None:
         """Who holds the task's lease now (None: nobody runs the task)."""
-        holder = await self._retry("lease_holder", lambda: self._redis.get(self._lease(task_id)))
+        holder = await self._waiter.call(
+            "lease_holder", lambda: self._redis.get(self._lease(task_id))
+        )
         return str(holder) if holder else None
 
     async def release_lease(self, task_id: str, owner: str) -> None:
-        # It expires by itself; releasing early only speeds up a takeover.
-        with contextlib.suppress(RedisConnectionError, RedisTimeoutError, OSError):
-            await self._redis.eval(_RELEASE_LEASE, 1, self._lease(task_id), owner)
+        """Best-effort and bounded: it expires by itself, releasing early only speeds up a
+        takeover. Any error (an outage, READONLY from a failover) is logged, never raised:
+        the task it ends has its outcome recorded already."""
+        self._identity.pop(task_id, None)
+        try:
+            async with asyncio.timeout(RELEASE_TIMEOUT_S):
+                await self._redis.eval(_RELEASE_LEASE, 1, self._lease(task_id), owner)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.info("lease_release_skipped", error=f"{type(exc).__name__}: {exc}")
 
     # -- cancels ----------------------------------------------------------------------------
 
@@ -293,14 +344,14 @@ class TaskStateStore:
                 pipe.publish(self.cancel_channel, notice)
                 await pipe.execute()
 
-        await self._retry("cancel", call)
+        await self._waiter.call("cancel", call)
 
     async def cancel_reasons(self, task_ids: Sequence[str]) -> dict[str, str]:
         """The tasks among `task_ids` whose cancel was requested, with the reason."""
         if not task_ids:
             return {}
         keys = [self._cancel(task_id) for task_id in task_ids]
-        markers = await self._retry("cancel_check", lambda: self._redis.mget(keys))
+        markers = await self._waiter.call("cancel_check", lambda: self._redis.mget(keys))
         return {
             task_id: _marker_reason(marker)
             for task_id, marker in zip(task_ids, markers, strict=True)
@@ -309,7 +360,9 @@ class TaskStateStore:
 
     async def clear_cancel(self, task_id: str) -> None:
         """Forget a cancel (a forced request starts the task again)."""
-        await self._retry("cancel_clear", lambda: self._redis.delete(self._cancel(task_id)))
+        await self._waiter.call(
+            "cancel_clear", lambda: self._redis.delete(self._cancel(task_id))
+        )
 
     async def listen_for_cancels(self, notice: Callable[[str, str], None]) -> None:
         """Call `notice(task_id, reason)` for every cancel any member requests, until

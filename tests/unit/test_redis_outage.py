@@ -1,0 +1,126 @@
+"""Waiting out Redis outages (consumer/redis_outage.py) with in-memory fakes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, ResponseError
+
+from consumer.redis_outage import (
+    RETRY_MAX_S,
+    OutageWaiter,
+    RedisWaitClock,
+    redis_waits_excluded,
+)
+
+
+class Flaky:
+    """An operation that fails `failures` times with `error`, then answers."""
+
+    def __init__(self, failures: int, error: Exception) -> None:
+        self.failures = failures
+        self.error = error
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return "ok"
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.events: list[str] = []
+
+    def redis_unavailable(self) -> None:
+        self.events.append("down")
+
+    def redis_available(self, down_s: float) -> None:
+        self.events.append(f"up {down_s:g}")
+
+
+async def test_transient_errors_are_retried_with_a_bounded_backoff() -> None:
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    now = [0.0]
+    listener = Listener()
+    waiter = OutageWaiter(listener, sleep=sleep, clock=lambda: now[0])
+    flaky = Flaky(8, RedisConnectionError("refused"))
+    assert await waiter.call("load", flaky) == "ok"
+    assert flaky.calls == 9
+    assert sleeps == [0.2, 0.4, 0.8, 1.6, 3.2, RETRY_MAX_S, RETRY_MAX_S, RETRY_MAX_S]
+    assert listener.events == ["down", "up 0"]
+
+
+async def test_a_failover_is_waited_out_and_other_errors_raise() -> None:
+    async def sleep(seconds: float) -> None:
+        return None
+
+    waiter = OutageWaiter(sleep=sleep)
+    assert await waiter.call("finish", Flaky(3, ReadOnlyError("READONLY"))) == "ok"
+    with pytest.raises(ResponseError):
+        await waiter.call("finish", Flaky(1, ResponseError("WRONGTYPE")))
+
+
+async def test_one_outage_is_one_streak_whatever_waits_in_it() -> None:
+    gate = asyncio.Event()
+    listener = Listener()
+    waiter = OutageWaiter(listener)
+
+    def operation() -> Callable[[], Awaitable[str]]:
+        async def attempt() -> str:
+            if not gate.is_set():
+                raise RedisConnectionError("down")
+            return "ok"
+
+        return attempt
+
+    calls = [asyncio.create_task(waiter.call("page_done", operation())) for _ in range(5)]
+    await asyncio.sleep(0.5)
+    assert waiter.down and listener.events == ["down"]
+    gate.set()
+    assert await asyncio.gather(*calls) == ["ok"] * 5
+    assert len(listener.events) == 2 and listener.events[1].startswith("up")
+    assert not waiter.down
+
+
+async def test_a_wait_freezes_the_task_budget_once_for_overlapping_waits() -> None:
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(10.0) as budget:
+        clock = RedisWaitClock(budget)
+        deadline = budget.when()
+        assert deadline is not None
+        clock.wait_started()
+        clock.wait_started()  # a second page waiting at the same time
+        assert budget.when() is None  # suspended
+        await asyncio.sleep(0.3)
+        clock.wait_ended()
+        assert budget.when() is None  # one wait is still on
+        clock.wait_ended()
+        resumed = budget.when()
+        assert resumed is not None and resumed - deadline >= 0.29
+        assert resumed - loop.time() == pytest.approx(deadline - (loop.time() - 0.3), abs=0.2)
+    assert clock.waited_s >= 0.29
+
+
+async def test_waits_inside_the_block_do_not_expire_the_budget() -> None:
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0.05)
+
+    waiter = OutageWaiter(sleep=sleep)
+    async with asyncio.timeout(0.3) as budget:
+        with redis_waits_excluded(budget) as clock:
+            # 12 failures x 50 ms of waiting: twice the budget, yet no TimeoutError.
+            assert await waiter.call("page_done", Flaky(12, OSError("reset"))) == "ok"
+    assert clock.waited_s >= 0.5
+    # Outside the block, the same waits count: the budget expires.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.3):
+            await waiter.call("page_done", Flaky(12, OSError("reset")))
