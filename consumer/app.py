@@ -234,7 +234,9 @@ class App:
     ) -> None:
         settings = self.settings
         budget = page_budget(settings, engine)
-        scheduler = PageScheduler(budget)
+        scheduler = PageScheduler(
+            budget, budget_pixels=settings.max_inflight_megapixels * 1_000_000
+        )
         running = RunningTasks()
         runner = TaskRunner(
             settings=settings, engine=engine, scheduler=scheduler, store=store,

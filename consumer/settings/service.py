@@ -77,6 +77,11 @@ class Scheduling(SettingsPart):
         description="Pages rendered or in the engine at once (the in-flight budget); "
         "0 sizes it from the engine (vLLM: max_num_seqs + 25%).",
     )
+    max_inflight_megapixels: int = Field(
+        4000, ge=1,
+        description="Rendered pixels in flight at once, in millions (3.5-6 bytes each in "
+        "memory; bench/page_memory.py); a page larger than this still runs, alone.",
+    )
     max_inflight_tasks: int = Field(
         64, ge=1, description="Tasks open at once; partitions pause beyond it."
     )
