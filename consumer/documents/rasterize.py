@@ -66,6 +66,10 @@ class RasterPage(NamedTuple):
 class RasterDocument(Protocol):
     page_count: int
 
+    def page_sizes(self) -> tuple[tuple[float, float], ...]:
+        """Each page's size before rendering: points for a PDF, pixels for an image."""
+        ...
+
     def render(self, page: int, dpi: int, max_pixels: int) -> RasterPage: ...
 
     def close(self) -> None: ...
@@ -150,6 +154,17 @@ class PdfRaster:
         self._document = document
         self.page_count: int = count
 
+    def page_sizes(self) -> tuple[tuple[float, float], ...]:
+        # From the page tree, without loading pages (2,000 pages: about 0.1 s). The crop
+        # box ignores /Rotate, which swaps the sides but keeps the pixel count.
+        try:
+            return tuple(
+                (float(box.width), float(box.height))
+                for box in (self._document.page_cropbox(index) for index in range(self.page_count))
+            )
+        except _MUPDF_ERRORS:
+            return ()  # a damaged page tree: sizes are a hint, the render decides
+
     def render(self, page: int, dpi: int, max_pixels: int) -> RasterPage:
         try:
             pdf_page = self._document.load_page(page - 1)
@@ -216,8 +231,12 @@ class ImageRaster:
     def __init__(self, data: bytes, media_type: str, max_pages: int) -> None:
         self._data = data
         self._format = _PIL_FORMATS[media_type]
+        self._sizes: list[tuple[float, float]] = []
         with self._open() as image:
             self.page_count: int = self._count_frames(image, max_pages)
+
+    def page_sizes(self) -> tuple[tuple[float, float], ...]:
+        return tuple(self._sizes)
 
     def _open(self) -> Image.Image:
         try:
@@ -236,6 +255,7 @@ class ImageRaster:
             ) from None
 
     def _count_frames(self, image: Image.Image, max_pages: int) -> int:
+        self._sizes.append((float(image.size[0]), float(image.size[1])))
         if self._format != "TIFF":
             return 1  # animated PNG/WebP frames are animation, not pages
         # Step frame by frame and stop past the limit: n_frames would walk every directory
@@ -244,6 +264,7 @@ class ImageRaster:
         while True:
             try:
                 image.seek(count)
+                self._sizes.append((float(image.size[0]), float(image.size[1])))
             except EOFError:
                 return count
             except _DECODE_ERRORS as exc:

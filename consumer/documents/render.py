@@ -3,11 +3,19 @@
 The event loop never touches document bytes beyond handing them over: MuPDF and the image
 decoders run in render worker processes (`renderproc` explains why not threads), and the
 pixels come back as one RGB page at a time, so a 500-page PDF is never in memory rendered.
+
+A document's render cost is bounded as a whole (`RenderBudget`): a tiny PDF that strokes
+20,000 lines a page takes half a minute per page, and a per-page timeout alone would let
+it hold a render worker for hours. Once the task has used OCR_RENDER_BUDGET_S of worker
+time, or OCR_RENDER_TIMEOUTS of its pages overran OCR_PAGE_TIMEOUT_S, its remaining pages
+fail at once with DOCUMENT_TOO_COMPLEX (`RenderBudgetSpent`), queued ones included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
+from dataclasses import dataclass
 from functools import partial
 
 from PIL import Image
@@ -30,10 +38,53 @@ from consumer.documents.renderproc import (
 from consumer.errors import OcrError
 from consumer.log import get_logger
 from consumer.page_image import PageImage
+from consumer.scheduler import DEFAULT_PAGE_PIXELS
 from schemas.common import ErrorCode
 from schemas.request import PageRange
 
 log = get_logger(__name__)
+
+
+class RenderBudgetSpent(OcrError):
+    """The document costs more to render than a task may spend: its remaining pages fail
+    with DOCUMENT_TOO_COMPLEX. The task as a whole is beyond help (phase 2: the runner
+    fails the task with this code instead of failing its pages one by one)."""
+
+
+@dataclass(slots=True)
+class RenderBudget:
+    """Render-worker time and render timeouts one document may use; pure bookkeeping."""
+
+    limit_s: float
+    max_timeouts: int
+    spent_s: float = 0.0
+    timeouts: int = 0
+
+    def charge(self, seconds: float, *, timed_out: bool = False) -> None:
+        self.spent_s += max(seconds, 0.0)
+        if timed_out:
+            self.timeouts += 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.timeouts >= self.max_timeouts or self.spent_s >= self.limit_s
+
+    def error(self) -> RenderBudgetSpent:
+        if self.timeouts >= self.max_timeouts:
+            why = (
+                f"{self.timeouts} of its pages took longer than OCR_PAGE_TIMEOUT_S to render "
+                f"(OCR_RENDER_TIMEOUTS={self.max_timeouts})"
+            )
+        else:
+            why = (
+                f"rendering it took {self.spent_s:.0f} s of render-worker time, more than "
+                f"OCR_RENDER_BUDGET_S={self.limit_s:g}"
+            )
+        return RenderBudgetSpent(
+            ErrorCode.DOCUMENT_TOO_COMPLEX,
+            f"the document is too complex to render: {why}; flatten its vector graphics "
+            "(print it to an image PDF), request a lower dpi or fewer pages, or raise the limit",
+        )
 
 
 def select_pages(ranges: list[PageRange] | None, page_count: int) -> list[int]:
@@ -84,9 +135,9 @@ def _describe_range(page_range: PageRange) -> str:
     return f"{page_range.first}-{page_range.last}"
 
 
-def _page_count(reply: Reply) -> int:
+def _opened(reply: Reply) -> Opened:
     if isinstance(reply, Opened):
-        return reply.page_count
+        return reply
     if isinstance(reply, Failed):
         raise reply.error()
     raise OcrError(ErrorCode.INTERNAL, f"render worker answered an open with {reply!r}")
@@ -119,17 +170,32 @@ class OpenedDocument:
         *,
         worker: RenderWorker,
         opening: OpenCommand,
-        page_count: int,
+        opened: Opened,
         settings: Settings,
         task_id: str,
     ) -> None:
-        self.page_count = page_count
+        self.page_count = opened.page_count
+        self._page_sizes = opened.page_sizes
+        self._sizes_in_points = opened.in_points
+
         self.media_type = opening.media_type
         self._worker = worker
         self._opening = opening  # re-sent if the worker restarts while we are open
         self._timeout_s = settings.page_timeout_s
         self._task_id = task_id
         self._closed = False
+        self.budget = RenderBudget(settings.render_budget_s, settings.render_timeouts)
+
+    def page_pixels(self, page: int, dpi: int) -> int:
+        """The pixels `page` will have at `dpi`, known before rendering it: what the page
+        costs the in-flight budget (PageScheduler). The default page's when unknown."""
+        if not 1 <= page <= len(self._page_sizes):
+            return DEFAULT_PAGE_PIXELS
+        width, height = self._page_sizes[page - 1]
+        if not self._sizes_in_points:
+            return round(width) * round(height)  # an image keeps its own pixels
+        scale = dpi / 72.0
+        return math.ceil(width * scale) * math.ceil(height * scale)
 
     async def render_page(self, page: int, dpi: int) -> PageImage:
         """Render 1-based `page` (PDFs at `dpi`; images keep their own size and dpi)."""
@@ -142,6 +208,8 @@ class OpenedDocument:
             )
         if dpi < 1:
             raise OcrError(ErrorCode.REQUEST_INVALID, f"dpi {dpi} is not positive; use 36-600")
+        if self.budget.exhausted:
+            raise self.budget.error()
         command = RenderCommand(
             doc_id=self._opening.doc_id, page=page, dpi=dpi, max_pixels=self._opening.max_pixels
         )
@@ -150,23 +218,38 @@ class OpenedDocument:
         # that killed it; the innocent ones succeed on a fresh worker.
         for attempt in (1, 2):
             try:
-                return await self._worker.call(
+                image, service_s = await self._worker.call(
                     command, timeout_s=self._timeout_s, reopen=self._opening, finish=finish
                 )
             except WorkerLost as exc:
                 log.warning("render_worker_lost", page=page, attempt=attempt, error=str(exc))
-            except WorkerTimedOut:
+                continue
+            except WorkerTimedOut as exc:
+                self._charge(exc.seconds, timed_out=True)
                 raise OcrError(
                     ErrorCode.PAGE_TIMEOUT,
                     f"rendering page {page} at {dpi} dpi took longer than {self._timeout_s:g} s "
                     "(OCR_PAGE_TIMEOUT_S); the page is too complex: request a lower dpi or "
                     "simplify the page",
                 ) from None
+            self._charge(service_s)
+            return image
         raise OcrError(
             ErrorCode.PAGE_RENDER_FAILED,
             f"the renderer process died twice while rendering page {page}; the page is "
             "probably malformed: re-export the document",
         )
+
+    def _charge(self, seconds: float, *, timed_out: bool = False) -> None:
+        was_exhausted = self.budget.exhausted
+        self.budget.charge(seconds, timed_out=timed_out)
+        if self.budget.exhausted and not was_exhausted:
+            # Pages already queued behind this one would spend more: they fail now.
+            dropped = self._worker.drop_renders(self._opening.doc_id, self.budget.error())
+            log.warning(
+                "render_budget_spent", spent_s=round(self.budget.spent_s, 1),
+                timeouts=self.budget.timeouts, dropped_pages=dropped,
+            )
 
     async def close(self) -> None:
         """Release the document in its worker; idempotent and safe to cancel."""
@@ -189,7 +272,7 @@ async def open_document(doc: FetchedDocument, settings: Settings, task_id: str) 
     )
     worker.documents += 1
     try:
-        page_count = await _open_in(worker, opening, settings.page_timeout_s)
+        opened = await _open_in(worker, opening, settings.page_timeout_s)
     except OcrError:
         worker.documents -= 1  # the worker refused it and holds nothing
         raise
@@ -201,16 +284,17 @@ async def open_document(doc: FetchedDocument, settings: Settings, task_id: str) 
     return OpenedDocument(
         worker=worker,
         opening=opening,
-        page_count=page_count,
+        opened=opened,
         settings=settings,
         task_id=task_id,
     )
 
 
-async def _open_in(worker: RenderWorker, opening: OpenCommand, timeout_s: float) -> int:
+async def _open_in(worker: RenderWorker, opening: OpenCommand, timeout_s: float) -> Opened:
     for attempt in (1, 2):
         try:
-            return await worker.call(opening, timeout_s=timeout_s, finish=_page_count)
+            opened, _ = await worker.call(opening, timeout_s=timeout_s, finish=_opened)
+            return opened
         except WorkerLost as exc:
             log.warning("render_worker_lost", stage="open", attempt=attempt, error=str(exc))
         except WorkerTimedOut:

@@ -17,11 +17,23 @@ so blocking pipe I/O and pickling stay off the loop and commands to one worker a
 naturally serialised. That thread also enforces the per-command time limit: when a child
 overruns, the thread kills it (by its own Popen handle, so by pid) and the next command
 starts a fresh one, which re-opens its documents on demand.
+
+Isolation between documents (one slow PDF must not hold up the others):
+- A new document goes to the worker with the shortest queue (commands waiting or running),
+  then the fewest documents: never behind a worker busy with a slow document's pages
+  while another is idle.
+- A worker serves opens and closes before any waiting render: a new document's open waits
+  at most for the one command in progress (MuPDF cannot be interrupted mid-page).
+- Waiting renders are served one page at a time, to the document served least recently:
+  a new document's page waits for the page in progress, not for every page the others
+  queued.
+- A waiting command whose caller gave up (cancelled) is dropped unsent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import itertools
 import os
@@ -30,12 +42,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from consumer.errors import OcrError
 from schemas.common import ErrorCode
@@ -85,6 +98,10 @@ Command = OpenCommand | RenderCommand | CloseCommand
 @dataclass(frozen=True, slots=True)
 class Opened:
     page_count: int
+    # Each page's size before rendering: (width, height) in points for a PDF, in pixels
+    # for an image; empty when the document could not tell.
+    page_sizes: tuple[tuple[float, float], ...] = ()
+    in_points: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +189,10 @@ def _handle(command: Command, documents: dict[int, rasterize.RasterDocument]) ->
         if isinstance(command, OpenCommand):
             document = rasterize.open_raster(command.data, command.media_type, command.max_pages)
             documents[command.doc_id] = document
-            return Opened(page_count=document.page_count)
+            return Opened(
+                page_count=document.page_count, page_sizes=document.page_sizes(),
+                in_points=isinstance(document, rasterize.PdfRaster),
+            )
         if isinstance(command, RenderCommand):
             found = documents.get(command.doc_id)
             if found is None:
@@ -208,22 +228,59 @@ class WorkerLost(Exception):
 class WorkerTimedOut(Exception):
     """The child overran the command's time limit and was killed."""
 
+    def __init__(self, message: str, seconds: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A command's outcome and the time the child spent on it (reopen included)."""
+
+    value: Any
+    service_s: float
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    command: Command
+    timeout_s: float
+    reopen: OpenCommand | None
+    finish: Callable[[Reply], Any] | None
+    future: concurrent.futures.Future[Served] = field(default_factory=concurrent.futures.Future)
+
 
 class RenderWorker:
-    """One child process plus the IPC thread that talks to it."""
+    """One child process, its queue of commands, and the IPC thread that serves them."""
 
     def __init__(self, index: int) -> None:
         self.index = index
         self.documents = 0  # documents placed here; touched on the loop thread only
-        self._ipc = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"render-ipc-{index}")
         self._lock = threading.Lock()  # guards the process fields against kill()/shutdown()
         self._process: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        # The queue, guarded by its condition: opens and closes first, then one render of
+        # the document served least recently (never served: first).
+        self._jobs = threading.Condition()
+        self._control: deque[_Job] = deque()
+        self._renders: dict[int, deque[_Job]] = {}
+        self._served: dict[int, int] = {}  # document -> serial of its last render
+        self._serial = 0
+        self._running = False
+        self._stopped = False
+        self._thread: threading.Thread | None = None
 
     @property
     def pid(self) -> int | None:
         with self._lock:
             return self._process.pid if self._process is not None else None
+
+    @property
+    def depth(self) -> int:
+        """Commands waiting or running here: what a new document would queue behind."""
+        with self._jobs:
+            waiting = len(self._control) + sum(len(jobs) for jobs in self._renders.values())
+            return waiting + (1 if self._running else 0)
 
     async def call(
         self,
@@ -232,57 +289,120 @@ class RenderWorker:
         timeout_s: float,
         reopen: OpenCommand | None = None,
         finish: Callable[[Reply], T],
-    ) -> T:
-        """Send `command` and return `finish(reply)`, both off the loop.
+    ) -> tuple[T, float]:
+        """Send `command`; returns `finish(reply)` (run off the loop) and the child's time.
 
         `reopen` re-opens the document first when the child no longer holds it; the
         time limit counts only while the child works on this command, not while the
-        command waits behind other documents' pages.
+        command waits behind other documents' pages. Cancelled while waiting, the command
+        is never sent.
         """
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
-            self._ipc, self._exchange_and_finish, command, timeout_s, reopen, finish
-        )
+        job = _Job(command, timeout_s, reopen, finish)
+        self._submit(job)
+        served = await asyncio.wrap_future(job.future)
+        value: T = served.value
+        return value, served.service_s
 
     def call_soon(self, command: Command) -> None:
         """Fire and forget (closing a document whose opener was cancelled)."""
-        try:
-            future = self._ipc.submit(self._exchange, command, _CLOSE_TIMEOUT_S)
-        except RuntimeError:
-            return  # the pool was shut down, and the document with it
-        future.add_done_callback(lambda done: done.exception())
+        job = _Job(command, _CLOSE_TIMEOUT_S, None, None)
+        if self._submit(job):
+            job.future.add_done_callback(lambda done: done.exception())
 
     async def close_document(self, doc_id: int) -> None:
         """Release a document; it is released even if the awaiting task is cancelled."""
-        try:
-            future = self._ipc.submit(self._exchange, CloseCommand(doc_id=doc_id), _CLOSE_TIMEOUT_S)
-        except RuntimeError:
-            return  # the pool was shut down, and the document with it
+        job = _Job(CloseCommand(doc_id=doc_id), _CLOSE_TIMEOUT_S, None, None)
+        if not self._submit(job):
+            return  # the worker was shut down, and the document with it
         # Errors mean the document went with its worker: nothing left to release.
         with contextlib.suppress(WorkerLost, WorkerTimedOut):
-            await asyncio.shield(asyncio.wrap_future(future))
+            await asyncio.shield(asyncio.wrap_future(job.future))
+
+    def drop_renders(self, doc_id: int, error: BaseException) -> int:
+        """Fail the document's waiting renders with `error` (they will not be sent)."""
+        with self._jobs:
+            dropped = self._renders.pop(doc_id, deque())
+        count = 0
+        for job in dropped:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(error)
+                count += 1
+        return count
 
     def shutdown(self) -> None:
+        with self._jobs:
+            self._stopped = True
+            waiting = [*self._control, *(job for jobs in self._renders.values() for job in jobs)]
+            self._control.clear()
+            self._renders.clear()
+            self._jobs.notify_all()
+        for job in waiting:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(WorkerLost(f"render worker {self.index} shut down"))
         with self._lock:
             self._stop_locked()
-        self._ipc.shutdown(wait=False, cancel_futures=True)
+
+    def _submit(self, job: _Job) -> bool:
+        with self._jobs:
+            if self._stopped:
+                return False
+            if isinstance(job.command, RenderCommand):
+                self._renders.setdefault(job.command.doc_id, deque()).append(job)
+            else:
+                self._control.append(job)
+                if isinstance(job.command, CloseCommand):
+                    self._served.pop(job.command.doc_id, None)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._serve, name=f"render-ipc-{self.index}", daemon=True
+                )
+                self._thread.start()
+            self._jobs.notify()
+        return True
 
     # Everything below runs on the IPC thread.
 
-    def _exchange_and_finish(
-        self,
-        command: Command,
-        timeout_s: float,
-        reopen: OpenCommand | None,
-        finish: Callable[[Reply], T],
-    ) -> T:
-        reply = self._exchange(command, timeout_s)
-        if isinstance(reply, NotOpen) and reopen is not None:
-            opened = self._exchange(reopen, timeout_s)
+    def _next_job(self) -> _Job | None:
+        with self._jobs:
+            self._running = False
+            while not self._stopped:
+                if self._control:
+                    job = self._control.popleft()
+                elif self._renders:
+                    doc_id = min(self._renders, key=lambda doc: self._served.get(doc, -1))
+                    jobs = self._renders[doc_id]
+                    job = jobs.popleft()
+                    if not jobs:
+                        del self._renders[doc_id]
+                    self._serial += 1
+                    self._served[doc_id] = self._serial
+                else:
+                    self._jobs.wait()
+                    continue
+                self._running = True
+                return job
+            return None
+
+    def _serve(self) -> None:
+        while (job := self._next_job()) is not None:
+            if not job.future.set_running_or_notify_cancel():
+                continue  # its caller gave up while it waited: never sent
+            try:
+                started = time.monotonic()
+                reply = self._exchange_with_reopen(job)
+                value = job.finish(reply) if job.finish is not None else reply
+                job.future.set_result(Served(value, time.monotonic() - started))
+            except BaseException as exc:  # handed to the awaiting caller, as an executor does
+                job.future.set_exception(exc)
+
+    def _exchange_with_reopen(self, job: _Job) -> Reply:
+        reply = self._exchange(job.command, job.timeout_s)
+        if isinstance(reply, NotOpen) and job.reopen is not None:
+            opened = self._exchange(job.reopen, job.timeout_s)
             if not isinstance(opened, Opened):
-                return finish(opened)
-            reply = self._exchange(command, timeout_s)
-        return finish(reply)
+                return opened
+            reply = self._exchange(job.command, job.timeout_s)
+        return reply
 
     def _exchange(self, command: Command, timeout_s: float) -> Reply:
         try:
@@ -291,7 +411,9 @@ class RenderWorker:
             if not conn.poll(timeout_s):
                 with self._lock:
                     self._stop_locked()
-                raise WorkerTimedOut(f"render worker {self.index} overran {timeout_s:g} s")
+                raise WorkerTimedOut(
+                    f"render worker {self.index} overran {timeout_s:g} s", timeout_s
+                )
             reply: Reply = conn.recv()
         except (EOFError, OSError) as exc:
             with self._lock:
@@ -301,6 +423,8 @@ class RenderWorker:
 
     def _started_connection(self) -> Connection:
         with self._lock:
+            if self._stopped:
+                raise WorkerLost(f"render worker {self.index} shut down")
             if self._process is not None and self._process.poll() is None and self._conn:
                 return self._conn
             self._stop_locked()
@@ -377,8 +501,9 @@ class RenderPool:
         self.workers = [RenderWorker(index) for index in range(size)]
 
     def place(self) -> RenderWorker:
-        """The worker holding the fewest documents."""
-        return min(self.workers, key=lambda worker: worker.documents)
+        """The worker with the shortest queue, then the fewest documents: a worker busy
+        with a slow document's pages is avoided while another has less to do."""
+        return min(self.workers, key=lambda worker: (worker.depth, worker.documents))
 
     def shutdown(self) -> None:
         for worker in self.workers:

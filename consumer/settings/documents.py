@@ -83,6 +83,16 @@ class Documents(SettingsPart):
     render_workers: int = Field(
         2, ge=1, description="Worker processes rendering pages (PyMuPDF holds the GIL)."
     )
+    render_budget_s: float = Field(
+        900.0, gt=0,
+        description="Render-worker time one task may use, all its pages together; its "
+        "remaining pages then fail DOCUMENT_TOO_COMPLEX.",
+    )
+    render_timeouts: int = Field(
+        2, ge=1,
+        description="Page renders of one task that may overrun OCR_PAGE_TIMEOUT_S before its "
+        "remaining pages fail DOCUMENT_TOO_COMPLEX.",
+    )
 
     @field_validator("allowed_schemes", "file_roots", "s3_buckets", mode="before")
     @classmethod

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import random
 import struct
 import zlib
 from pathlib import Path
@@ -37,6 +38,28 @@ def make_pdf(path: Path, pages: int, lines: int = 6) -> Path:
     document.save(path)
     document.close()
     return path
+
+
+def stroked_pdf(pages: int, lines: int, *, seed: int = 1) -> bytes:
+    """A small PDF that is slow to render: each page strokes `lines` random thin lines
+    (MuPDF spends about 1 ms a line at 144 dpi on a 2-CPU VM: 20,000 lines, half a minute
+    a page). One content stream a page, written raw so that the file stays small."""
+    document = pymupdf.open()
+    rng = random.Random(seed)
+    for _ in range(pages):
+        page = document.new_page(width=612, height=792)
+        ops = ["0.1 w"]
+        for _ in range(lines):
+            x1, y1 = rng.uniform(0, 612), rng.uniform(0, 792)
+            x2, y2 = rng.uniform(0, 612), rng.uniform(0, 792)
+            ops.append(f"{x1:.1f} {y1:.1f} m {x2:.1f} {y2:.1f} l S")
+        stream = document.get_new_xref()
+        document.update_object(stream, "<< >>")
+        document.update_stream(stream, "\n".join(ops).encode())
+        document.xref_set_key(page.xref, "Contents", f"{stream} 0 R")
+    data: bytes = document.tobytes(garbage=3, deflate=True)
+    document.close()
+    return data
 
 
 def text_image(text: str) -> Image.Image:

@@ -34,7 +34,7 @@ from consumer.documents.render import (
 from consumer.errors import OcrError
 from schemas.common import ErrorCode
 from schemas.request import OcrRequest, PageRange
-from tests.support.documents import encrypted_pdf, many_pages_pdf, png_claiming
+from tests.support.documents import encrypted_pdf, many_pages_pdf, png_claiming, stroked_pdf
 
 # PyMuPDF's own annotations are partial; see consumer/documents/rasterize.py.
 pymupdf: Any = _pymupdf
@@ -560,3 +560,129 @@ def test_test_helpers_write_files(tmp_path: Path) -> None:
     path.write_bytes(many_pages_pdf(3))
     with pymupdf.open(path) as document:
         assert document.page_count == 3
+
+
+# -- isolation between documents: placement, queue order, render budget ------------------
+
+SLOW_LINES = 1500  # a page MuPDF takes ~1.5-3 s to render at 144 dpi on a 2-CPU VM
+
+
+@contextlib.contextmanager
+def fresh_pool() -> Iterator[None]:
+    """Tests that need their own number of workers: the pool is made by the first open."""
+    shutdown_renderers()
+    try:
+        yield
+    finally:
+        shutdown_renderers()
+
+
+async def _finish_order(*labelled: tuple[str, Awaitable[object]]) -> list[str]:
+    order: list[str] = []
+
+    async def run(label: str, awaitable: Awaitable[object]) -> None:
+        await awaitable
+        order.append(label)
+
+    await asyncio.gather(*(run(label, awaitable) for label, awaitable in labelled))
+    return order
+
+
+async def test_an_open_and_a_new_documents_page_do_not_wait_behind_queued_renders() -> None:
+    with fresh_pool():
+        slow = await open_(stroked_pdf(3, SLOW_LINES), render_workers=1)
+        try:
+            renders = [asyncio.create_task(slow.render_page(n, 144)) for n in (1, 2, 3)]
+            await asyncio.sleep(0.2)  # page 1 renders, pages 2 and 3 wait in the queue
+
+            async def small_task() -> None:
+                small = await open_(text_pdf(1), render_workers=1)
+                try:
+                    await small.render_page(1, 72)
+                finally:
+                    await small.close()
+
+            order = await _finish_order(
+                ("slow-1", renders[0]), ("slow-2", renders[1]), ("slow-3", renders[2]),
+                ("small", small_task()),
+            )
+        finally:
+            await slow.close()
+    # First in first out put the small document's open behind all three slow pages. Its
+    # open jumps the queue, and its page takes its turn right after the page in progress.
+    assert order.index("small") < order.index("slow-3"), order
+
+
+async def test_a_new_document_goes_to_the_worker_with_the_shorter_queue() -> None:
+    with fresh_pool():
+        slow = await open_(stroked_pdf(3, SLOW_LINES), render_workers=2)
+        idle = await open_(text_pdf(2), render_workers=2)  # open on the other worker, idle
+        try:
+            assert idle._worker is not slow._worker
+            renders = [asyncio.create_task(slow.render_page(n, 144)) for n in (1, 2, 3)]
+            await asyncio.sleep(0.2)
+            # Both workers hold one document; placing by document count put the new one
+            # behind the slow pages (the first of equals).
+            new = await open_(text_pdf(1), render_workers=2)
+            try:
+                assert new._worker is idle._worker
+                await asyncio.wait_for(new.render_page(1, 72), 2.0)
+                assert not all(render.done() for render in renders)
+            finally:
+                await new.close()
+            await asyncio.gather(*renders)
+        finally:
+            await slow.close()
+            await idle.close()
+
+
+async def test_after_k_render_timeouts_the_remaining_pages_fail_at_once() -> None:
+    with fresh_pool():
+        slow = await open_(
+            stroked_pdf(6, 3 * SLOW_LINES), render_workers=1, page_timeout_s=0.5,
+            render_timeouts=2,
+        )
+        try:
+            started = time.perf_counter()
+            outcomes = await asyncio.gather(
+                *(slow.render_page(n, 144) for n in range(1, 7)), return_exceptions=True
+            )
+            took = time.perf_counter() - started
+        finally:
+            await slow.close()
+    codes = [outcome.code if isinstance(outcome, OcrError) else None for outcome in outcomes]
+    # Every page overran before (six timeouts and six worker restarts); now two do, and
+    # the four queued behind them fail without reaching the worker.
+    assert codes == [ErrorCode.PAGE_TIMEOUT] * 2 + [ErrorCode.DOCUMENT_TOO_COMPLEX] * 4
+    message = str(outcomes[-1])
+    assert "OCR_RENDER_TIMEOUTS=2" in message and "too complex to render" in message
+    assert took < 20
+    assert slow.budget.timeouts == 2
+
+
+async def test_a_document_stops_rendering_once_its_render_budget_is_spent() -> None:
+    with fresh_pool():
+        slow = await open_(stroked_pdf(4, SLOW_LINES), render_workers=1, render_budget_s=1.0)
+        try:
+            first = await slow.render_page(1, 144)  # 1.5-3 s: the budget is spent
+            assert first.page == 1
+            error = await expect_error(ErrorCode.DOCUMENT_TOO_COMPLEX, slow.render_page(2, 144))
+            assert "OCR_RENDER_BUDGET_S=1" in error.message
+            assert slow.budget.spent_s >= 1.0
+        finally:
+            await slow.close()
+
+
+async def test_page_pixels_are_known_before_rendering() -> None:
+    opened = await open_(text_pdf(3))
+    try:
+        for page, dpi in ((1, 144), (3, 300)):
+            rendered = (await opened.render_page(page, dpi)).image.size
+            assert opened.page_pixels(page, dpi) == rendered[0] * rendered[1]
+    finally:
+        await opened.close()
+    image = await open_(image_bytes(Image.new("RGB", (640, 480), "white"), "PNG"))
+    try:
+        assert image.page_pixels(1, 600) == 640 * 480  # an image keeps its own pixels
+    finally:
+        await image.close()
