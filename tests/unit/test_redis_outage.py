@@ -124,3 +124,24 @@ async def test_waits_inside_the_block_do_not_expire_the_budget() -> None:
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
             await waiter.call("page_done", Flaky(12, OSError("reset")))
+
+
+async def test_a_cancelled_caller_is_not_retried_even_when_told_connection_error() -> None:
+    started = asyncio.Event()
+
+    async def attempt() -> str:
+        started.set()
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            # What a client library may do: report the cut connection, not the cancel.
+            raise RedisConnectionError("connection closed") from None
+        return "never"
+
+    waiter = OutageWaiter()
+    call = asyncio.create_task(waiter.call("lease_refresh", attempt))
+    await started.wait()
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(call, 2)
+    assert not waiter.down
