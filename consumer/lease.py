@@ -20,7 +20,6 @@ task that ended into one that failed: the lease then simply expires after its li
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from types import TracebackType
 from typing import Protocol
 
@@ -29,6 +28,8 @@ from consumer.log import get_logger
 log = get_logger(__name__)
 
 RETRY_S = 0.5
+# How long leaving the lease waits for its refresher to stop before going on without it.
+REFRESHER_STOP_S = 5.0
 
 
 class LeaseStore(Protocol):
@@ -53,6 +54,7 @@ class TaskLease:
         self._owner = owner
         self._refresh_s = max(ttl_s / 3, 1.0)
         self._refresher: asyncio.Task[None] | None = None
+        self._leaving = False
 
     async def __aenter__(self) -> TaskLease:
         waited = 0.0
@@ -73,10 +75,15 @@ class TaskLease:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._leaving = True
         if self._refresher is not None:
             self._refresher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._refresher
+            # Bounded, and the flag ends its loop even if a library swallowed the cancel:
+            # a refresher that outlived its task kept the task's work (and its partition's
+            # commits) open in the chaos suite.
+            done, _ = await asyncio.wait([self._refresher], timeout=REFRESHER_STOP_S)
+            if not done:
+                log.warning("lease_refresher_stuck", waited_s=REFRESHER_STOP_S)
         # Also on interruption: the next owner should not wait for the lease to expire.
         # Best-effort (the store logs and swallows every error): the task's outcome is
         # recorded before this, and an error here must not be mistaken for the task's.
@@ -84,8 +91,10 @@ class TaskLease:
 
     async def _keep(self) -> None:
         lost_to: str | None = None
-        while True:
+        while not self._leaving:
             await asyncio.sleep(self._refresh_s)
+            if self._leaving:
+                return
             try:
                 if await self._store.refresh_lease(self._task_id, self._owner):
                     continue

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError, ResponseError
 
+from consumer.lease import TaskLease
 from consumer.redis_outage import (
     RETRY_MAX_S,
     OutageWaiter,
@@ -145,3 +147,42 @@ async def test_a_cancelled_caller_is_not_retried_even_when_told_connection_error
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(call, 2)
     assert not waiter.down
+
+
+class SwallowingStore:
+    """A state store whose lease refresh swallows a cancellation (as a misbehaving client
+    library could): the lease must still stop its refresher and let the task end."""
+
+    def __init__(self) -> None:
+        self.refreshing = asyncio.Event()
+        self.refreshes = 0
+        self.released = False
+
+    async def acquire_lease(self, task_id: str, owner: str) -> str | None:
+        return None
+
+    async def refresh_lease(self, task_id: str, owner: str) -> bool:
+        self.refreshes += 1
+        self.refreshing.set()
+        with contextlib.suppress(asyncio.CancelledError):  # swallowed
+            await asyncio.sleep(0.5)
+        return True
+
+    async def release_lease(self, task_id: str, owner: str) -> None:
+        self.released = True
+
+
+async def test_leaving_a_lease_stops_a_refresher_that_swallowed_its_cancel() -> None:
+    store = SwallowingStore()
+    lease = TaskLease(store, "t", "me", ttl_s=3)  # type: ignore[arg-type]
+
+
+    async def run_task() -> None:
+        async with lease:
+            await asyncio.wait_for(store.refreshing.wait(), 5)  # cancel lands mid-refresh
+
+    # Before, leaving waited for the refresher forever and it kept refreshing.
+    await asyncio.wait_for(run_task(), 10)
+    assert store.released
+    await asyncio.sleep(1.5)
+    assert store.refreshes == 1
