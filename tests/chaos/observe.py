@@ -169,6 +169,22 @@ async def request_lag(settings: Settings) -> dict[int, int] | None:
     return lag
 
 
+def _judge_dead_letters(seen: Seen, wanted: list[frozenset[str]], verdict: Verdict) -> None:
+    codes = [headers.get("ocr_error_code", b"?").decode() for _, headers in seen.dlq]
+    unmatched = list(wanted)
+    unexpected: list[str] = []
+    for code in codes:
+        match = next((allowed for allowed in unmatched if code in allowed), None)
+        if match is None:
+            unexpected.append(code)
+        else:
+            unmatched.remove(match)
+    if unexpected:
+        verdict.problems.append(f"{len(unexpected)} dead letters: {dict(Counter(unexpected))}")
+    for allowed in unmatched:
+        verdict.problems.append(f"missing dead letter ({' or '.join(sorted(allowed))})")
+
+
 @dataclass
 class ExpectedTask:
     task_id: str
@@ -200,8 +216,14 @@ def _content(result: PageResult) -> tuple[object, ...]:
     )
 
 
-def judge(seen: Seen, expected: dict[str, ExpectedTask]) -> Verdict:
-    """The end-of-scenario assertions, as a list of problems rather than the first one."""
+def judge(
+    seen: Seen, expected: dict[str, ExpectedTask],
+    dead_letters: list[frozenset[str]] | None = None,
+) -> Verdict:
+    """The end-of-scenario assertions, as a list of problems rather than the first one.
+
+    `dead_letters`: one entry per dead letter the scenario provoked, the error codes it
+    may carry; any other dead letter (or a missing one) is a problem."""
     verdict = Verdict(tasks=len(expected), pages=sum(t.pages for t in expected.values()))
     latest: dict[str, PageResult] = {}
     raw: Counter[str] = Counter()
@@ -263,9 +285,7 @@ def judge(seen: Seen, expected: dict[str, ExpectedTask]) -> Verdict:
         if lost_here:
             verdict.lost += 1
             verdict.problems.append(f"LOST {task.task_id}: " + "; ".join(lost_here))
-    if seen.dlq:
-        codes = Counter(h.get("ocr_error_code", b"?").decode() for _, h in seen.dlq)
-        verdict.problems.append(f"{len(seen.dlq)} dead letters: {dict(codes)}")
+    _judge_dead_letters(seen, dead_letters or [], verdict)
     if seen.unparseable:
         verdict.problems.append(f"unparseable records: {seen.unparseable[:5]}")
     return verdict

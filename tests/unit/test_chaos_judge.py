@@ -13,7 +13,7 @@ import pytest
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.result import EngineIdentity, FinishReason, PageImageInfo, PageResult, PageStatus
-from tests.chaos.harness import Harness, Suite
+from tests.chaos.harness import Harness, ScenarioResult, Suite
 from tests.chaos.observe import ExpectedTask, Seen, Verdict, judge
 from tests.chaos.stack import ChaosStack
 
@@ -127,6 +127,40 @@ def test_a_dead_letter_fails_the_scenario(expected: dict[str, ExpectedTask]) -> 
     verdict = judge(seen, expected)
     assert not verdict.ok and verdict.lost == 0
     assert verdict.problems == ["1 dead letters: {'REQUEST_INVALID': 1}"]
+
+
+def test_provoked_dead_letters_pass_with_one_of_their_codes(
+    expected: dict[str, ExpectedTask],
+) -> None:
+    seen = clean_run(expected)
+    seen.dlq.append(("x", {"ocr_error_code": b"REQUEST_NOT_JSON"}))
+    seen.dlq.append(("y", {"ocr_error_code": b"REQUEST_INVALID"}))
+    wanted = [frozenset({"REQUEST_INVALID"}), frozenset({"REQUEST_NOT_JSON", "REQUEST_INVALID"})]
+    assert passes(judge(seen, expected, wanted))
+    # One missing, one of another code: both named.
+    seen.dlq.pop()
+    seen.dlq.append(("z", {"ocr_error_code": b"TASK_ID_CONFLICT"}))
+    verdict = judge(seen, expected, wanted)
+    assert verdict.problems == [
+        "1 dead letters: {'TASK_ID_CONFLICT': 1}", "missing dead letter (REQUEST_INVALID)",
+    ]
+
+
+def test_known_issues_are_reported_xfail_and_xpass() -> None:
+    def result(passed: bool, known: str | None) -> ScenarioResult:
+        return ScenarioResult(
+            name="s", description="", passed=passed, rounds=1, tasks=1, pages=1, kills=0,
+            faults=0, missed=0, duplicates=0, lost=0, result_records=1, wall_s=1.0,
+            round_s=[], problems=[], timeline=[], log_events={}, extra={}, log_excerpt=[],
+            known_issue=known,
+        )
+
+    assert (result(True, None).verdict, result(False, None).verdict) == ("PASS", "FAIL")
+    assert result(False, "phase 2").verdict == "XFAIL"
+    assert not result(False, "phase 2").counts_as_failure
+    # The fix landed: the marker must go, so the suite fails until it does.
+    assert result(True, "phase 2").verdict == "XPASS"
+    assert result(True, "phase 2").counts_as_failure
 
 
 def test_expected_page_failures_pass_only_with_their_code() -> None:
