@@ -43,13 +43,16 @@ class MemoryStore:
 
     async def begin(
         self, task_id: str, *, fingerprint: str, attempt: int, owner: str, reset_pages: bool
-    ) -> None:
+    ) -> bool:
         self.calls.append(f"begin {task_id}{' reset' if reset_pages else ''}")
         state = self.states.setdefault(task_id, TaskState(task_id, TaskStatus.STARTED))
+        if state.status.is_final and not reset_pages:
+            return False  # as the real store: a final status stays
         if reset_pages:
             state.pages = {}
         state.status, state.fingerprint = TaskStatus.STARTED, fingerprint
         state.attempt, state.owner, state.error = attempt, owner, None
+        return True
 
     async def set_pages_total(self, task_id: str, pages_total: int) -> None:
         self.states[task_id].pages_total = pages_total
@@ -57,10 +60,14 @@ class MemoryStore:
     async def page_done(self, task_id: str, page: int, status: PageStatus) -> None:
         self.states[task_id].pages[page] = status
 
-    async def finish(self, task_id: str, status: TaskStatus, error: ErrorInfo | None) -> None:
+    async def finish(self, task_id: str, status: TaskStatus, error: ErrorInfo | None) -> bool:
         self.calls.append(f"finish {task_id} {status.value}")
+        state = self.states.get(task_id)
+        if state is not None and state.status.is_final:
+            return False  # as the real store: a final status stays
         state = self.states.setdefault(task_id, TaskState(task_id, status))
         state.status, state.error = status, error
+        return True
 
     async def acquire_lease(self, task_id: str, owner: str) -> str | None:
         holder = self.leases.setdefault(task_id, owner)
