@@ -639,7 +639,7 @@ async def test_a_new_document_goes_to_the_worker_with_the_shorter_queue() -> Non
 async def test_after_k_render_timeouts_the_remaining_pages_fail_at_once() -> None:
     with fresh_pool():
         slow = await open_(
-            stroked_pdf(6, 3 * SLOW_LINES), render_workers=1, page_timeout_s=0.5,
+            stroked_pdf(6, 6 * SLOW_LINES), render_workers=1, page_timeout_s=0.5,
             render_timeouts=2,
         )
         try:
@@ -662,13 +662,13 @@ async def test_after_k_render_timeouts_the_remaining_pages_fail_at_once() -> Non
 
 async def test_a_document_stops_rendering_once_its_render_budget_is_spent() -> None:
     with fresh_pool():
-        slow = await open_(stroked_pdf(4, SLOW_LINES), render_workers=1, render_budget_s=1.0)
+        slow = await open_(stroked_pdf(4, SLOW_LINES), render_workers=1, render_budget_s=0.2)
         try:
-            first = await slow.render_page(1, 144)  # 1.5-3 s: the budget is spent
+            first = await slow.render_page(1, 144)  # 0.5-3 s: the budget is spent
             assert first.page == 1
             error = await expect_error(ErrorCode.DOCUMENT_TOO_COMPLEX, slow.render_page(2, 144))
-            assert "OCR_RENDER_BUDGET_S=1" in error.message
-            assert slow.budget.spent_s >= 1.0
+            assert "OCR_RENDER_BUDGET_S=0.2" in error.message
+            assert slow.budget.spent_s >= 0.2
         finally:
             await slow.close()
 
