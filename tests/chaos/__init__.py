@@ -19,11 +19,10 @@ Scenarios (each repeated for several rounds, with fault moments drawn from one s
              RapidOCR, short page timeout): ENGINE_ERROR / PAGE_TIMEOUT pages, task completes
 - redis-outage  Redis SIGKILLed (data kept) for 70 s, longer than OCR_TASK_TIMEOUT_S=60:
              before a batch, then once a task has started; every task must complete
-- poison     not JSON, schema-invalid, a Confluent Schema Registry frame, and valid
-             requests compressed with each codec installed (gzip always), each bad record
-             followed by a valid one on its partition: dead letters with their codes, every
-             valid request completes, nothing crash-loops
-- poison-huge-int  a request holding a 5,000-digit integer (json.loads raises ValueError)
+- poison     not JSON, schema-invalid, a Confluent Schema Registry frame, a 5,000-digit
+             integer, and valid requests compressed with each codec installed (gzip
+             always), each bad record followed by a valid one on its partition: dead
+             letters with their codes, every valid request completes, nothing crash-loops
 - poison-huge-dlq  a non-JSON record with a 1.9 MiB key (its dead letter is too large)
 - slow-render  a 4-page PDF of 4,000 stroked lines a page beside three 1-page documents
              sent one by one: each completes within 2.5 times a 1-page task alone (>= 30 s)
@@ -31,8 +30,7 @@ Scenarios (each repeated for several rounds, with fault moments drawn from one s
 A scenario may name a known issue (the fix it waits for, e.g. issue 16's phase 2): it is
 then reported XFAIL when it fails (not counted as failed) and XPASS when it passes (counted
 as failed until its marker is removed). Today: redis-outage (the runner must keep Redis
-waits out of the task's time), poison-huge-int (decoder and the loop's catch-all),
-poison-huge-dlq (the dead letter's size).
+waits out of the task's time) and poison-huge-dlq (the dead letter's size).
 
 Consumers are real `ocr-consumer` processes (the console script next to sys.executable)
 on the CPU engine (OCR_ENGINE=rapidocr), one group per scenario over a 6-partition requests
