@@ -22,6 +22,7 @@ from schemas.common import ErrorCode, ErrorInfo
 from schemas.dlq import DLQ_HEADER_CODE
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, Source
+from schemas.result import PageStatus
 from tests.support.apps import running_app
 from tests.support.documents import make_pdf
 from tests.support.engines import ScriptedEngine
@@ -78,7 +79,7 @@ async def test_operations_wait_out_an_outage_longer_than_the_task_timeout(
     await server.kill()
     with capture_logs() as logs:
         waiting = [
-            asyncio.create_task(store.page_done("w1", page, ok=True)) for page in (1, 2, 3)
+            asyncio.create_task(store.page_done("w1", page, PageStatus.OK)) for page in (1, 2, 3)
         ]
         await asyncio.sleep(3.0)  # three times the task timeout
         assert not any(task.done() for task in waiting), "an operation gave up during the outage"
@@ -127,7 +128,7 @@ async def test_release_during_a_failover_cannot_fail_a_finished_task(
     state = await store.load("r1")
     assert state is not None and state.status is TaskStatus.COMPLETED
     # A write during the failover waits for it to end instead of raising.
-    pending = asyncio.create_task(store.page_done("r1", 9, ok=True))
+    pending = asyncio.create_task(store.page_done("r1", 9, PageStatus.OK))
     await asyncio.sleep(1.0)
     assert not pending.done()
     server.command("REPLICAOF", "NO", "ONE")
@@ -145,7 +146,7 @@ async def test_finish_keeps_the_fingerprint_when_redis_lost_the_task(
             await store.set_pages_total("lost-1", 7)
             await server.kill()
             await server.start()  # empty: everything about the task is gone
-            await store.page_done("lost-1", 1, ok=True)
+            await store.page_done("lost-1", 1, PageStatus.OK)
             await store.finish("lost-1", TaskStatus.COMPLETED, None)
             state = await store.load("lost-1")
         finally:
@@ -170,7 +171,7 @@ async def test_redis_waits_do_not_count_against_the_task_budget(
                 await server.start()
 
             restarting = asyncio.create_task(restart_later())
-            await store.page_done("b1", 1, ok=True)  # waits ~4 s of a 2 s budget
+            await store.page_done("b1", 1, PageStatus.OK)  # waits ~4 s of a 2 s budget
             await restarting
             await asyncio.sleep(0.5)  # the budget has time left again
     assert time.monotonic() - started > 4.0
