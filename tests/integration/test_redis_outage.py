@@ -7,6 +7,7 @@ so the stack's Redis, shared by the session, is never touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -171,8 +172,15 @@ async def test_redis_waits_do_not_count_against_the_task_budget(
                 await server.start()
 
             restarting = asyncio.create_task(restart_later())
-            await store.page_done("b1", 1, PageStatus.OK)  # waits ~4 s of a 2 s budget
-            await restarting
+            try:
+                await store.page_done("b1", 1, PageStatus.OK)  # waits ~4 s of a 2 s budget
+                await restarting
+            finally:
+                # A failure above must not leave a restart pending: it would start a
+                # redis-server after the fixture stopped its own.
+                restarting.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await restarting
             await asyncio.sleep(0.5)  # the budget has time left again
     assert time.monotonic() - started > 4.0
     assert clock.waited_s > 3.0
