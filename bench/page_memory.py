@@ -21,8 +21,9 @@ import platform
 import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-import pymupdf
+import pymupdf as _pymupdf
 
 from consumer.config import Settings
 from consumer.documents import renderproc
@@ -31,6 +32,8 @@ from consumer.documents.media import PDF
 from consumer.documents.render import open_document, shutdown_renderers
 from consumer.engines.base import PageImage
 
+# PyMuPDF is untyped where it matters here (Document(), new_page(), tobytes()).
+pymupdf: Any = _pymupdf
 LETTER_PT = (612.0, 792.0)
 
 
