@@ -166,6 +166,8 @@ class OutageWaiter:
                 except TRANSIENT_ERRORS as exc:
                     _raise_if_cancelling(exc)
                     self._outage(operation, exc)
+                    if self._on_error is not None:
+                        self._on_error(operation)
                     if task_clock is None:
                         task_clock = _task_clock.get()
                         if task_clock is not None:

@@ -168,8 +168,6 @@ class TaskStateStore:
         self._ttl = settings.state_ttl_s
         self._lease_ms = settings.lease_ttl_s * 1000
         self._waiter = OutageWaiter(outages, on_error=on_error)
-        self._begin_script = client.register_script(_FINAL_TABLE + _BEGIN)
-        self._finish_script = client.register_script(_FINAL_TABLE + _FINISH)
         # What begin() and set_pages_total() recorded for tasks running here, written
         # again by finish() in case Redis lost the task's hash meanwhile.
         self._identity: dict[str, dict[str, str | int | float]] = {}
@@ -248,7 +246,9 @@ class TaskStateStore:
             args += [name, value]
         written = await self._waiter.call(
             "begin",
-            lambda: self._begin_script(keys=[self._task(task_id), self._pages(task_id)], args=args),
+            lambda: self._redis.eval(
+                _FINAL_TABLE + _BEGIN, 2, self._task(task_id), self._pages(task_id), *args
+            ),
         )
         return bool(written)
 
@@ -284,8 +284,8 @@ class TaskStateStore:
             args += [name, value]
         written = await self._waiter.call(
             "finish",
-            lambda: self._finish_script(
-                keys=[self._task(task_id), self._pages(task_id)], args=args
+            lambda: self._redis.eval(
+                _FINAL_TABLE + _FINISH, 2, self._task(task_id), self._pages(task_id), *args
             ),
         )
         if not written:
