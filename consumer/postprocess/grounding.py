@@ -103,25 +103,38 @@ def strip_tags(text: str) -> str:
 
     Removing one can form another (`<|re<|det|>f|>` holds `<|ref|>` once `<|det|>` is
     gone), so the text is rebuilt left to right and a tag is removed as soon as its
-    closing bracket arrives. No tag contains an opening bracket, so the only candidate is
-    the one starting at the last opening bracket kept; and a removal takes only the end of
-    what was kept, so nothing before it can form a tag anew. One pass, where repeating the
-    regexes until nothing changed took one pass per nesting level (quadratic).
+    closing bracket arrives. A tag contains no ASCII '<', and only the `<|...▁...|>`
+    tokens may contain a full-width '＜', so a tag ending at this bracket starts at the
+    last opening bracket kept or at the last ASCII '<' kept: two candidates, not every
+    earlier position. A removal takes only the end of what was kept, so nothing before it
+    can form a tag anew. One pass, where repeating the regexes until nothing changed took
+    one pass per nesting level (quadratic).
     """
     if not any(bracket in text for bracket in _CLOSERS):
         return text
     kept: list[str] = []
-    openers: list[int] = []  # indexes in `kept` of opening brackets
+    openers: list[int] = []  # indexes in `kept` of opening brackets, both widths
+    ascii_openers: list[int] = []  # of ASCII '<' only
     for char in text:
         if char in _OPENERS:
             openers.append(len(kept))
+            if char == "<":
+                ascii_openers.append(len(kept))
         kept.append(char)
-        if char in _CLOSERS and openers and len(kept) - openers[-1] <= _LONGEST_TAG:
-            start = openers[-1]
+        if char not in _CLOSERS or not openers:
+            continue
+        starts = sorted({openers[-1], *ascii_openers[-1:]})  # leftmost first, as re.sub
+        for start in starts:
+            if len(kept) - start > _LONGEST_TAG:
+                continue
             candidate = "".join(kept[start:])
             if _TAG.fullmatch(candidate) or _SPECIAL.fullmatch(candidate):
                 del kept[start:]
-                openers.pop()
+                while openers and openers[-1] >= start:
+                    openers.pop()
+                while ascii_openers and ascii_openers[-1] >= start:
+                    ascii_openers.pop()
+                break
     return "".join(kept)
 
 
