@@ -53,7 +53,10 @@ class RenderBudgetSpent(OcrError):
 
 @dataclass(slots=True)
 class RenderBudget:
-    """Render-worker time and render timeouts one document may use; pure bookkeeping."""
+    """Render-worker time and render timeouts one document may use; pure bookkeeping.
+
+    Charged on its worker's IPC thread (before the worker picks its next command), read
+    on the loop; plain numbers under the GIL."""
 
     limit_s: float
     max_timeouts: int
@@ -185,6 +188,7 @@ class OpenedDocument:
         self._task_id = task_id
         self._closed = False
         self.budget = RenderBudget(settings.render_budget_s, settings.render_timeouts)
+        self._budget_reported = False
 
     def page_pixels(self, page: int, dpi: int) -> int:
         """The pixels `page` will have at `dpi`, known before rendering it: what the page
@@ -218,21 +222,22 @@ class OpenedDocument:
         # that killed it; the innocent ones succeed on a fresh worker.
         for attempt in (1, 2):
             try:
-                image, service_s = await self._worker.call(
-                    command, timeout_s=self._timeout_s, reopen=self._opening, finish=finish
+                image, _ = await self._worker.call(
+                    command, timeout_s=self._timeout_s, reopen=self._opening, finish=finish,
+                    gate=self._render_gate, on_served=self._served,
                 )
             except WorkerLost as exc:
                 log.warning("render_worker_lost", page=page, attempt=attempt, error=str(exc))
                 continue
-            except WorkerTimedOut as exc:
-                self._charge(exc.seconds, timed_out=True)
+            except WorkerTimedOut:
+                self._after_render()
                 raise OcrError(
                     ErrorCode.PAGE_TIMEOUT,
                     f"rendering page {page} at {dpi} dpi took longer than {self._timeout_s:g} s "
                     "(OCR_PAGE_TIMEOUT_S); the page is too complex: request a lower dpi or "
                     "simplify the page",
                 ) from None
-            self._charge(service_s)
+            self._after_render()
             return image
         raise OcrError(
             ErrorCode.PAGE_RENDER_FAILED,
@@ -240,11 +245,19 @@ class OpenedDocument:
             "probably malformed: re-export the document",
         )
 
-    def _charge(self, seconds: float, *, timed_out: bool = False) -> None:
-        was_exhausted = self.budget.exhausted
+    def _render_gate(self) -> BaseException | None:
+        """IPC thread: a page whose turn comes after the budget is spent is not sent."""
+        return self.budget.error() if self.budget.exhausted else None
+
+    def _served(self, seconds: float, timed_out: bool) -> None:
+        """IPC thread: charged before the worker picks its next command, so that a render
+        queued behind the page that spent the budget is refused, not sent."""
         self.budget.charge(seconds, timed_out=timed_out)
-        if self.budget.exhausted and not was_exhausted:
-            # Pages already queued behind this one would spend more: they fail now.
+
+    def _after_render(self) -> None:
+        if self.budget.exhausted and not self._budget_reported:
+            self._budget_reported = True
+            # Pages queued behind this one fail now rather than when their turn comes.
             dropped = self._worker.drop_renders(self._opening.doc_id, self.budget.error())
             log.warning(
                 "render_budget_spent", spent_s=round(self.budget.spent_s, 1),

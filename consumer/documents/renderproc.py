@@ -241,12 +241,21 @@ class Served:
     service_s: float
 
 
+# Run on the IPC thread, so that a document's budget is settled before its next command
+# is picked: `gate()` just before sending (an exception to fail the command with instead),
+# `on_served(seconds, timed_out)` right after the child answered or overran.
+Gate = Callable[[], BaseException | None]
+OnServed = Callable[[float, bool], None]
+
+
 @dataclass(eq=False, slots=True)
 class _Job:
     command: Command
     timeout_s: float
     reopen: OpenCommand | None
     finish: Callable[[Reply], Any] | None
+    gate: Gate | None = None
+    on_served: OnServed | None = None
     future: concurrent.futures.Future[Served] = field(default_factory=concurrent.futures.Future)
 
 
@@ -289,15 +298,17 @@ class RenderWorker:
         timeout_s: float,
         reopen: OpenCommand | None = None,
         finish: Callable[[Reply], T],
+        gate: Gate | None = None,
+        on_served: OnServed | None = None,
     ) -> tuple[T, float]:
         """Send `command`; returns `finish(reply)` (run off the loop) and the child's time.
 
         `reopen` re-opens the document first when the child no longer holds it; the
         time limit counts only while the child works on this command, not while the
         command waits behind other documents' pages. Cancelled while waiting, the command
-        is never sent.
+        is never sent; `gate` and `on_served` run on the IPC thread (see `Gate`).
         """
-        job = _Job(command, timeout_s, reopen, finish)
+        job = _Job(command, timeout_s, reopen, finish, gate, on_served)
         self._submit(job)
         served = await asyncio.wrap_future(job.future)
         value: T = served.value
@@ -387,11 +398,23 @@ class RenderWorker:
         while (job := self._next_job()) is not None:
             if not job.future.set_running_or_notify_cancel():
                 continue  # its caller gave up while it waited: never sent
+            refusal = job.gate() if job.gate is not None else None
+            if refusal is not None:
+                job.future.set_exception(refusal)
+                continue
             try:
                 started = time.monotonic()
-                reply = self._exchange_with_reopen(job)
+                try:
+                    reply = self._exchange_with_reopen(job)
+                except WorkerTimedOut as exc:
+                    if job.on_served is not None:
+                        job.on_served(exc.seconds, True)
+                    raise
+                served_s = time.monotonic() - started
+                if job.on_served is not None:
+                    job.on_served(served_s, False)
                 value = job.finish(reply) if job.finish is not None else reply
-                job.future.set_result(Served(value, time.monotonic() - started))
+                job.future.set_result(Served(value, served_s))
             except BaseException as exc:  # handed to the awaiting caller, as an executor does
                 job.future.set_exception(exc)
 

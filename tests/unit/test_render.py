@@ -564,7 +564,7 @@ def test_test_helpers_write_files(tmp_path: Path) -> None:
 
 # -- isolation between documents: placement, queue order, render budget ------------------
 
-SLOW_LINES = 1500  # a page MuPDF takes ~1.5-3 s to render at 144 dpi on a 2-CPU VM
+SLOW_LINES = 3000  # a page MuPDF takes ~1-6 s to render at 144 dpi on a 2-CPU VM
 
 
 @contextlib.contextmanager
@@ -639,7 +639,7 @@ async def test_a_new_document_goes_to_the_worker_with_the_shorter_queue() -> Non
 async def test_after_k_render_timeouts_the_remaining_pages_fail_at_once() -> None:
     with fresh_pool():
         slow = await open_(
-            stroked_pdf(6, 6 * SLOW_LINES), render_workers=1, page_timeout_s=0.5,
+            stroked_pdf(6, 3 * SLOW_LINES), render_workers=1, page_timeout_s=0.5,
             render_timeouts=2,
         )
         try:
