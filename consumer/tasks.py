@@ -39,6 +39,7 @@ from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
 from consumer.page_image import PageImage
 from consumer.records import RequestRecord
+from consumer.redis_outage import redis_waits_excluded
 from consumer.scheduler import PageScheduler, SchedulerClosed
 from consumer.stages import Stage, StageRecorder, StageTimes, elapsed_ms
 from consumer.state import TaskState
@@ -229,8 +230,10 @@ class TaskRunner:
                 if request.task_id in cancelled:
                     scope.cancel(cancelled[request.task_id])
                 try:
-                    async with scope, asyncio.timeout(self._settings.task_timeout_s):
-                        await self._process(run)
+                    async with scope, asyncio.timeout(self._settings.task_timeout_s) as budget:
+                        # Waiting out a Redis outage is not the task's time (defect 5).
+                        with redis_waits_excluded(budget):
+                            await self._process(run)
                 except TimeoutError:
                     raise OcrError(
                         ErrorCode.TASK_TIMEOUT,

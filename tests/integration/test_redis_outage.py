@@ -249,12 +249,6 @@ async def test_redis_that_stays_away_leaves_the_task_unfinished_and_uncommitted(
     assert sum((await committed_offsets(app_settings)).values()) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="phase 2: TaskRunner (consumer/tasks.py) must run its work inside "
-    "redis_waits_excluded(timeout) so that Redis waits do not count against "
-    "OCR_TASK_TIMEOUT_S; today the task ends TASK_TIMEOUT",
-)
 async def test_redis_down_mid_task_longer_than_its_timeout(
     app_settings: Settings, server: RedisServer, tmp_path: Path
 ) -> None:
