@@ -280,15 +280,17 @@ class TaskRunner:
             async with asyncio.TaskGroup() as group:
                 for page in todo:
                     waiting = time.perf_counter()
+                    # Charged its own size: a 600-dpi page weighs 17 times a 144-dpi one.
+                    pixels = opened.page_pixels(page, run.request.dpi)
                     try:
-                        await self._scheduler.acquire(run.task_id)
+                        await self._scheduler.acquire(run.task_id, pixels)
                     except SchedulerClosed:
                         interrupted = True
                         break
                     # The page's own wait for the in-flight budget (ocr_page_queue_seconds);
                     # the wait in Kafka before the task started is ocr_task_queue_seconds.
                     queue_s = time.perf_counter() - waiting
-                    group.create_task(self._page_in_slot(run, opened, page, queue_s))
+                    group.create_task(self._page_in_slot(run, opened, page, pixels, queue_s))
         except* TaskInterrupted as group_error:
             # One page saw the engine die; the group cancelled its siblings. The task as a
             # whole is interrupted, not failed.
@@ -297,7 +299,7 @@ class TaskRunner:
             raise TaskInterrupted("scheduler closed: shutting down")
 
     async def _page_in_slot(
-        self, run: TaskRun, opened: PageSource, page: int, queue_s: float
+        self, run: TaskRun, opened: PageSource, page: int, pixels: int, queue_s: float
     ) -> None:
         structlog.contextvars.bind_contextvars(page=page)
         started_at = datetime.now(UTC)
@@ -315,7 +317,7 @@ class TaskRunner:
                 await publishing
                 raise
         finally:
-            self._scheduler.release(run.task_id)
+            self._scheduler.release(run.task_id, pixels)
 
     async def _publish_page(
         self, run: TaskRun, result: PageResult, started_at: datetime, times: StageTimes,

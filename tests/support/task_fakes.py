@@ -138,6 +138,11 @@ class MemoryDocument:
     fail_pages: dict[int, OcrError] = field(default_factory=dict)
     closed: bool = False
 
+    pixels: int = 40 * 60  # what each page costs the in-flight budget, whatever its dpi
+
+    def page_pixels(self, page: int, dpi: int) -> int:
+        return self.pixels
+
     async def render_page(self, page: int, dpi: int) -> PageImage:
         await asyncio.sleep(0)
         if page in self.fail_pages:
@@ -157,12 +162,14 @@ class MemoryDocuments:
     refuse: dict[str, OcrError] = field(default_factory=dict)
     fail_pages: dict[int, OcrError] = field(default_factory=dict)
     opened: list[MemoryDocument] = field(default_factory=list)
+    pixels: int = 40 * 60  # what each page costs the in-flight budget
 
     async def open(self, request: OcrRequest) -> MemoryDocument:
         if request.task_id in self.refuse:
             raise self.refuse[request.task_id]
         document = MemoryDocument(
-            request.task_id, self.pages.get(request.task_id, 3), dict(self.fail_pages)
+            request.task_id, self.pages.get(request.task_id, 3), dict(self.fail_pages),
+            pixels=self.pixels,
         )
         self.opened.append(document)
         return document

@@ -17,7 +17,7 @@ from consumer.config import Settings
 from consumer.engines.base import Engine, EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.errors import OcrError, RecordTooLarge
 from consumer.metrics import ConsumerMetrics
-from consumer.scheduler import PageScheduler
+from consumer.scheduler import DEFAULT_PAGE_PIXELS, PageScheduler
 from consumer.state import TaskState
 from consumer.tasks import EngineDead, TaskInterrupted, TaskRunner
 from schemas.common import ErrorCode
@@ -123,6 +123,43 @@ async def test_a_task_publishes_every_page_then_completes() -> None:
     assert [t.kind for t in bench.sink.timings].count(TimingKind.PAGE) == 3
     assert bench.sink.timings[-1].kind is TimingKind.TASK
     assert bench.sink.run_tags == {""}
+
+
+class BudgetWatchingEngine(ScriptedEngine):
+    """Notes the pixels in use and the pages in the engine at each page it is given."""
+
+    def __init__(self, scheduler: PageScheduler) -> None:
+        super().__init__(delay_s=0.01)
+        self.scheduler = scheduler
+        self.pixels_seen: list[int] = []
+        self.in_engine = 0
+        self.most_in_engine = 0
+
+    async def infer(self, request: PageRequest) -> EngineOutput:
+        self.pixels_seen.append(self.scheduler.pixels_in_use)
+        self.in_engine += 1
+        self.most_in_engine = max(self.most_in_engine, self.in_engine)
+        try:
+            return await super().infer(request)
+        finally:
+            self.in_engine -= 1
+
+
+async def test_each_page_is_charged_its_own_pixels() -> None:
+    """Issue 16 defect 8: pages of 6,000 pixels against a budget of 13,000 pixels (beside
+    the default page kept in reserve for other tasks) with four page slots run at most two
+    at a time, and the budget sees their real size."""
+    scheduler = PageScheduler(4, budget_pixels=13_000 + DEFAULT_PAGE_PIXELS)
+    engine = BudgetWatchingEngine(scheduler)
+    bench = _bench(engine)
+    bench.scheduler = scheduler
+    bench.documents.pages["t"] = 6
+    bench.documents.pixels = 6_000
+    status = await bench.runner.run(_request(), record())
+    assert status is TaskStatus.COMPLETED
+    assert engine.most_in_engine == 2
+    assert set(engine.pixels_seen) <= {6_000, 12_000} and 12_000 in engine.pixels_seen
+    assert scheduler.pixels_in_use == 0
 
 
 async def test_stage_times_agree_between_pages_task_and_metrics() -> None:
