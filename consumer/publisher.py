@@ -18,13 +18,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
-    KafkaConnectionError,
     KafkaError,
     KafkaTimeoutError,
     MessageSizeTooLargeError,
-    NotLeaderForPartitionError,
     OutOfOrderSequenceNumber,
-    RequestTimedOutError,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic import BaseModel
@@ -214,15 +211,6 @@ class EventPublisher:
                     topic, value=value, key=key.encode(), headers=headers
                 )
                 return
-            except (KafkaTimeoutError, KafkaConnectionError, NotLeaderForPartitionError,
-                    RequestTimedOutError) as exc:
-                # The broker is away (restart, leader move): keep the page's work and retry;
-                # keys make a duplicate harmless, a dropped record would be loss.
-                log.warning("publish_retry", topic=topic, error=repr(exc), retry_in=delay)
-                if self._on_retry is not None:
-                    self._on_retry(topic)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
             except MessageSizeTooLargeError as exc:
                 # The producer measured it (a message in args), or the broker refused it
                 # (its max.message.bytes shrank since start): then the producer's sequence
@@ -235,10 +223,21 @@ class EventPublisher:
             except OutOfOrderSequenceNumber as exc:
                 # Sent beside a record the broker refused: not this record's fault.
                 await self._replace_producer(producer, repr(exc))
-            except KafkaError:
-                if producer is self._producer:
+            except KafkaError as exc:
+                if _retriable(exc):
+                    # The broker is away (restart, leader move, a topic's metadata not yet
+                    # back after a restart): keep the page's work and retry; keys make a
+                    # duplicate harmless, a dropped record would be loss. Unbounded like the
+                    # outage, but every retry is logged and counted (publish_retries).
+                    log.warning("publish_retry", topic=topic, error=repr(exc), retry_in=delay)
+                    if self._on_retry is not None:
+                        self._on_retry(topic)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+                elif producer is self._producer:
                     raise
-                # Caught in the replacement of a broken producer: sent again on the new one.
+                # Else caught in the replacement of a broken producer: sent again on the new
+                # one.
 
     # `run_tag` (schemas.event_ids.event_run_tag) keeps the event ids of a forced
     # recomputation apart from the first run's: consumers that drop CloudEvents by id would
@@ -305,3 +304,10 @@ class EventPublisher:
                 (header_names.DLQ_ORIGINAL_OFFSET, str(offset).encode()),
             ],
         )
+
+
+def _retriable(exc: KafkaError) -> bool:
+    """Errors Kafka itself calls retriable (UnknownTopicOrPartition while a broker
+    restarts, NotLeader, RequestTimedOut, NotEnoughReplicas, a lost connection), and the
+    producer's own timeout waiting for metadata or a reply."""
+    return bool(exc.retriable) or isinstance(exc, KafkaTimeoutError)

@@ -10,7 +10,14 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka.errors import KafkaConnectionError, RequestTimedOutError
+import pytest
+from aiokafka.errors import (
+    KafkaConnectionError,
+    LeaderNotAvailableError,
+    RequestTimedOutError,
+    TopicAuthorizationFailedError,
+    UnknownTopicOrPartitionError,
+)
 
 from consumer import tracing
 from consumer.config import Settings
@@ -122,6 +129,17 @@ async def test_records_sent_again_are_counted_by_topic() -> None:
     assert metrics.registry.get_sample_value(
         "ocr_publish_retries_total", {"topic": "ocr.progress"}
     ) == 2
+
+
+async def test_a_topic_missing_while_the_broker_restarts_is_retried() -> None:
+    """make chaos, kafka scenario: UnknownTopicOrPartition (retriable in Kafka) while the
+    broker came back ended the task INTERNAL; a refusal for good still raises."""
+    producer = FakeProducer([UnknownTopicOrPartitionError(), LeaderNotAvailableError()])
+    await (await publisher(producer)).progress(progress())
+    assert len(producer.sent) == 1
+    refusing = FakeProducer([TopicAuthorizationFailedError()])
+    with pytest.raises(TopicAuthorizationFailedError):
+        await (await publisher(refusing)).progress(progress())
 
 
 async def test_the_asyncapi_document_lists_every_header_the_publisher_sends() -> None:
