@@ -277,16 +277,6 @@ async def engine(h: Harness) -> None:
 
 # -- issue 16: outages longer than a task, poison records, a slow-rendering document ------
 
-# Issue 16 phase 2 fixes these scenarios wait for; they are reported XFAIL until then.
-KNOWN_REDIS_BUDGET = (
-    "issue 16 defect 5, phase 2: Redis waits still count against OCR_TASK_TIMEOUT_S for a "
-    "task already running (consumer/tasks.py must run its work in "
-    "redis_waits_excluded); a mid-task outage ends it TASK_TIMEOUT"
-)
-KNOWN_HUGE_DLQ = (
-    "issue 16 defect 2, phase 2: a 1.9 MiB key builds a dead letter larger than the broker "
-    "accepts, retried forever (publisher.py/loop.py): the partition's commits stall"
-)
 # A 1-page task takes 2-20 s on the 2-CPU VM depending on its load (2026-12-07: up to 30 s
 # for 2 pages with two consumers): the timeout must leave room for that.
 OUTAGE_TASK_TIMEOUT_S = 60.0
@@ -299,7 +289,6 @@ async def redis_outage(h: Harness) -> None:
     a task has started (its page in progress). Every task must complete once Redis is
     back: an outage is waited out, never turned into a failed task. 1-page documents, so
     that a loaded 2-CPU host finishes them well within the task timeout otherwise."""
-    h.known_issue = KNOWN_REDIS_BUDGET
     h.consumer_overrides["OCR_TASK_TIMEOUT_S"] = f"{OUTAGE_TASK_TIMEOUT_S:g}"
     h.extra.update(task_timeout_s=OUTAGE_TASK_TIMEOUT_S, outage_s=OUTAGE_S)
     await h.start_consumer(wait_joined=True)
@@ -397,7 +386,6 @@ async def poison_huge_dlq(h: Harness) -> None:
     would pass the broker's limit), then a valid request on its partition: the bad record
     must end dead-lettered (cut to fit) or skipped with a metric, the valid one complete,
     and the partition's commits must reach its end."""
-    h.known_issue = KNOWN_HUGE_DLQ
     key = b"k" * (1900 * 1024)
     await _poison_round(h, [(
         "a non-JSON record with a 1.9 MiB key", key, b"not JSON either",
