@@ -20,7 +20,7 @@ from consumer.lease import TaskLease
 from consumer.redis_outage import redis_waits_excluded
 from consumer.state import TaskStateStore, redis_client
 from schemas.common import ErrorCode, ErrorInfo
-from schemas.dlq import DLQ_HEADER_CODE
+from schemas.headers import DLQ_ERROR_CODE
 from schemas.progress import ProgressEvent, TaskStatus
 from schemas.request import OcrRequest, Source
 from schemas.result import PageStatus
@@ -299,4 +299,4 @@ async def test_a_reused_task_id_is_a_conflict_after_redis_lost_the_task(
     [final] = finals(reader, settings, "reused-1")
     assert final.status is TaskStatus.COMPLETED and not final.replayed
     [dead] = reader.on(settings.topic_dlq)
-    assert dead.headers[DLQ_HEADER_CODE] == ErrorCode.TASK_ID_CONFLICT.value.encode()
+    assert dead.headers[DLQ_ERROR_CODE] == ErrorCode.TASK_ID_CONFLICT.value.encode()
