@@ -104,6 +104,9 @@ class TaskRun:
     page_count: int = 0
     # This run's pace, from when its pages began (None before): the ETA's only input.
     rate: PageRate | None = None
+    # Set when a page's failure dooms the whole document (its render budget is spent): the
+    # task then ends failed with it once its pages are all accounted for.
+    task_error: ErrorInfo | None = None
 
     @property
     def task_id(self) -> str:

@@ -31,7 +31,7 @@ from consumer.artifacts.figures import store_page_artifacts
 from consumer.artifacts.store import ArtifactStore
 from consumer.cancel import RunningTasks, TaskCancelled, cancel_error
 from consumer.config import Settings
-from consumer.documents.render import select_pages
+from consumer.documents.render import RenderBudgetSpent, select_pages
 from consumer.engines.base import Engine, EngineOutput, PageRequest
 from consumer.errors import OcrError, RecordTooLarge
 from consumer.lease import TaskLease
@@ -248,6 +248,10 @@ class TaskRunner:
             self._metrics.error(exc.code.value)
             log.warning("task_failed", code=exc.code.value, message=exc.message)
             return TaskStatus.FAILED, exc.info()
+        if run.task_error is not None:
+            log.warning("task_failed", code=run.task_error.code.value,
+                        message=run.task_error.message)
+            return TaskStatus.FAILED, run.task_error
         if run.pages_failed:
             return TaskStatus.COMPLETED, ErrorInfo(
                 code=ErrorCode.PAGES_FAILED,
@@ -366,6 +370,8 @@ class TaskRunner:
             return run.page_result(page, info, times, stored.output)
         except OcrError as exc:
             self._interrupt_if_engine_dead(exc)
+            if isinstance(exc, RenderBudgetSpent) and run.task_error is None:
+                run.task_error = exc.info()  # the other pages fail at once, as this one
             self._metrics.error(exc.code.value)
             log.warning("page_failed", code=exc.code.value, message=exc.message)
             return run.page_result(page, info, times, exc.info())

@@ -47,8 +47,7 @@ log = get_logger(__name__)
 
 class RenderBudgetSpent(OcrError):
     """The document costs more to render than a task may spend: its remaining pages fail
-    with DOCUMENT_TOO_COMPLEX. The task as a whole is beyond help (phase 2: the runner
-    fails the task with this code instead of failing its pages one by one)."""
+    with DOCUMENT_TOO_COMPLEX, and the runner ends the task failed with the same code."""
 
 
 @dataclass(slots=True)

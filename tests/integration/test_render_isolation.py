@@ -74,12 +74,6 @@ async def test_a_one_page_task_stays_fast_while_a_slow_pdf_renders(
     assert small_s < slow_s / 2, (small_s, slow_s)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="phase 2: TaskRunner (consumer/tasks.py) must end the task FAILED "
-    "DOCUMENT_TOO_COMPLEX on RenderBudgetSpent; today each remaining page fails with "
-    "that code and the task completes PAGES_FAILED",
-)
 async def test_a_pdf_whose_renders_keep_timing_out_fails_the_task_with_a_code(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -95,7 +89,7 @@ async def test_a_pdf_whose_renders_keep_timing_out_fails_the_task_with_a_code(
     codes = sorted(
         result.error.code.value for result in reader.results(limited) if result.error
     )
-    # What phase 1 guarantees: two timeouts, then the rest fail at once with the code.
+    # Two timeouts, then the rest fail at once with the code, and so does the task.
     assert codes.count(ErrorCode.PAGE_TIMEOUT.value) <= 2
     [final] = reader.final(limited, "hopeless-1")
     assert final.status is TaskStatus.FAILED

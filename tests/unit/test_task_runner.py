@@ -14,6 +14,7 @@ from consumer import lease as lease_module
 from consumer.artifacts.store import ArtifactError, ArtifactStore, StoredFile, open_artifact_store
 from consumer.cancel import RunningTasks
 from consumer.config import Settings
+from consumer.documents.render import RenderBudgetSpent
 from consumer.engines.base import Engine, EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.errors import OcrError, RecordTooLarge
 from consumer.metrics import ConsumerMetrics
@@ -160,6 +161,21 @@ async def test_each_page_is_charged_its_own_pixels() -> None:
     assert engine.most_in_engine == 2
     assert set(engine.pixels_seen) <= {6_000, 12_000} and 12_000 in engine.pixels_seen
     assert scheduler.pixels_in_use == 0
+
+
+async def test_a_spent_render_budget_fails_the_task_with_its_code() -> None:
+    """Issue 16 defect 3: once a document's render budget is spent, its remaining pages
+    fail DOCUMENT_TOO_COMPLEX and so does the task (it completed PAGES_FAILED before)."""
+    bench = _bench()
+    spent = RenderBudgetSpent(ErrorCode.DOCUMENT_TOO_COMPLEX, "too complex to render")
+    bench.documents.fail_pages = {2: spent, 3: spent}
+    status = await bench.runner.run(_request(), record())
+    assert status is TaskStatus.FAILED
+    final = bench.sink.progress_events[-1]
+    assert final.error is not None and final.error.code is ErrorCode.DOCUMENT_TOO_COMPLEX
+    assert [r.status for r in sorted(bench.sink.results, key=lambda r: r.page)] == [
+        PageStatus.OK, PageStatus.FAILED, PageStatus.FAILED
+    ]
 
 
 async def test_stage_times_agree_between_pages_task_and_metrics() -> None:
