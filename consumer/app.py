@@ -33,6 +33,7 @@ from consumer.cancel import CancelWatch, RunningTasks
 from consumer.config import Settings, add_settings_arguments, settings_from_args
 from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
+from consumer.errors import EngineError, OcrError
 from consumer.health import HealthServer
 from consumer.log import configure_logging, get_logger
 from consumer.loop import ConsumerLoop, request_consumer
@@ -178,7 +179,13 @@ class App:
         if engine is None:
             from consumer.engines.factory import create_engine
 
-            engine = self._engine = create_engine(settings)
+            try:
+                engine = self._engine = create_engine(settings)
+            except OcrError as exc:
+                # The engine cannot exist here (its extra is not installed): a restart as
+                # is cannot help, so the settings status, with the fix in the message.
+                self._engine_failed(exc, EXIT_SETTINGS)
+                return
         try:
             identity = engine.identity
             self.metrics.set_info(
@@ -186,7 +193,17 @@ class App:
                 engine_version=identity.version, mode=identity.mode, version=__version__,
             )
             log.info("engine_starting", engine=identity.name, model=identity.model)
-            await engine.start()
+            try:
+                await engine.start()
+            except EngineError as exc:
+                # It failed to start (out of GPU memory, a model it cannot load): the
+                # engine-dead status, which a supervisor may retry.
+                self._engine_failed(exc, EXIT_ENGINE_DEAD)
+                return
+            except OcrError as exc:
+                # It refused our settings (a resolution mode it cannot run).
+                self._engine_failed(exc, EXIT_SETTINGS)
+                return
             self._engine_ready = True
             if self._stop_requested.is_set():
                 return
@@ -194,6 +211,11 @@ class App:
         finally:
             if self._owns_engine:
                 await engine.close()
+
+    def _engine_failed(self, exc: OcrError, exit_code: int) -> None:
+        log.error("engine_failed_to_start", code=exc.code.value, error=exc.message,
+                  exit_code=exit_code)
+        self.exit_code = exit_code
 
     async def _artifact_store(self) -> ArtifactStore | None:
         """The store OCR_ARTIFACTS_URI names, written to once: a store that refuses us ends

@@ -20,8 +20,9 @@ import pytest
 import redis
 
 from consumer import __version__
-from consumer.app import EXIT_UNREACHABLE, App
+from consumer.app import EXIT_ENGINE_DEAD, EXIT_SETTINGS, EXIT_UNREACHABLE, App
 from consumer.config import Settings
+from consumer.errors import EngineError
 from tests.support.apps import running_app
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import wait_until
@@ -179,3 +180,27 @@ async def test_the_probes_follow_the_start_phases(stack_settings: Settings) -> N
         app.stop()
         await asyncio.wait_for(run, 60)
     assert app.exit_code == 0
+
+
+async def test_an_engine_that_cannot_exist_here_is_exit_2_saying_why(
+    stack_settings: Settings,
+) -> None:
+    """OCR_ENGINE=vllm where vLLM is not installed (this machine): one error naming the
+    extra to install, and the settings status, not a traceback and status 1."""
+    code, events = await asyncio.to_thread(run_consumer, stack_settings, OCR_ENGINE="vllm")
+    assert code == EXIT_SETTINGS == 2, events[-5:]
+    [failed] = [e for e in events if e.get("event") == "engine_failed_to_start"]
+    assert failed["code"] == "ENGINE_ERROR" and "ocr-stream[gpu]" in str(failed["error"])
+
+
+class EngineThatFailsToStart(ScriptedEngine):
+    async def start(self) -> None:
+        raise EngineError("vLLM engine failed to start: CUDA out of memory")
+
+
+async def test_an_engine_that_fails_to_start_is_exit_3(stack_settings: Settings) -> None:
+    app = App(stack_settings.model_copy(update={"metrics_port": 0}),
+              engine=EngineThatFailsToStart())
+    await asyncio.wait_for(app.run(), 60)
+    assert app.exit_code == EXIT_ENGINE_DEAD == 3
+    assert not app.ready
