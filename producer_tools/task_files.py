@@ -39,7 +39,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from consumer.artifacts.store import ArtifactError, ArtifactStore
 from consumer.log import get_logger
-from consumer.postprocess.figures import figure_placeholder
+from schemas.figures import figure_placeholder
 from schemas.progress import ProgressEvent
 from schemas.result import PageResult, PageStatus
 

@@ -24,10 +24,9 @@ from consumer.postprocess.figures import (
     FigureCrop,
     encode_png,
     figure_key,
-    figure_link,
-    figure_placeholder,
     page_image_key,
 )
+from schemas.figures import figure_link, figure_placeholder
 from schemas.result import Artifact
 
 

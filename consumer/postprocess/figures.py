@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 from dataclasses import dataclass
 
 from PIL import Image
@@ -25,12 +24,6 @@ FIGURE_MEDIA_TYPE = "image/png"
 NO_STORE = "no artifact store is configured (OCR_ARTIFACTS_URI)"
 NOT_HANDED_OVER = "the consumer did not hand it to the artifact store"
 EMPTY_BOX = "its box on the page is empty"
-
-# A reason is one line of plain words inside `*[...]*`: nothing that ends the emphasis or
-# the brackets early, or starts Markdown of its own (intraword `_` is not emphasis).
-_UNSAFE_IN_PLACEHOLDER = re.compile(r"[\[\]*`<>\\\n\r]+")
-MAX_REASON = 300
-
 
 @dataclass(frozen=True, slots=True)
 class FigureCrop:
@@ -56,18 +49,6 @@ def figure_key(task_id: str, page: int, index: int) -> str:
 
 def page_image_key(task_id: str, page: int) -> str:
     return f"{task_id}/page-{page}.png"
-
-
-def figure_placeholder(page: int, index: int, reason: str, *, missing: str = "not stored") -> str:
-    """The Markdown of a figure that has no file (yet), saying why."""
-    cleaned = " ".join(_UNSAFE_IN_PLACEHOLDER.sub(" ", reason).split())[:MAX_REASON]
-    return f"*[figure {index} of page {page} {missing}: {cleaned}]*"
-
-
-def figure_link(index: int, uri: str) -> str:
-    """The Markdown of a stored figure. Store URIs have no spaces or parentheses (folder
-    URIs are percent-encoded; S3 prefixes are restricted to safe characters)."""
-    return f"![figure {index}]({uri})"
 
 
 def pixel_bounds(box_px: list[float], width: int, height: int) -> tuple[int, int, int, int]:

@@ -23,10 +23,10 @@ from consumer.postprocess.figures import (
     NOT_HANDED_OVER,
     FigureCrop,
     crop_png,
-    figure_placeholder,
 )
 from consumer.postprocess.grounding import BOX_MAX, Box4, parse_grounded
 from consumer.postprocess.markdown import clean_markdown, markdown_to_text
+from schemas.figures import figure_placeholder
 from schemas.result import Block
 
 # Limits of the result schema (PageResult.blocks, Block.label): stay inside them here

@@ -13,12 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 # Package -> the consumer modules (and their submodules) it may import.
 ALLOWED = {
-    # consumer.postprocess.figures: the figure placeholder's Markdown, which task_files.py
-    # writes for a figure it could not download; it belongs in schemas/ (phase 2).
-    "producer_tools": (
-        "consumer.settings", "consumer.log", "consumer.artifacts",
-        "consumer.postprocess.figures",
-    ),
+    "producer_tools": ("consumer.settings", "consumer.log", "consumer.artifacts"),
     "bench": (
         "consumer.settings", "consumer.log", "consumer.config", "consumer.app",
         "consumer.engines", "consumer.documents", "consumer.errors", "consumer.page_image",
