@@ -13,7 +13,7 @@ STACK := bash deploy/local/stack.sh
 export OCR_PYTHON := $(CURDIR)/$(VENV)/bin/python
 
 .PHONY: install deps test-deps up up-stack down status test unit integration lint typecheck \
-	demo chaos bench-cpu clean
+	demo chaos chaos-smoke bench-cpu clean
 
 # pyproject.toml and the CPU engine's pin are the only inputs: editing them reinstalls.
 # The tests run the CPU engine: the cpu extra, then RapidOCR without its dependencies (it
@@ -53,6 +53,7 @@ status:
 
 test: $(VENV) test-deps lint typecheck
 	$(VENV)/bin/pytest -q -m "not gpu" tests/unit tests/integration
+	$(MAKE) --no-print-directory chaos-smoke
 
 unit: $(VENV)
 	$(VENV)/bin/pytest -q -m "not gpu" tests/unit
@@ -74,6 +75,15 @@ demo: $(VENV) deps
 
 chaos: $(VENV) deps
 	$(VENV)/bin/python -m tests.chaos
+
+# A slice of the fault suite for every CI run (about 2 minutes): poison records of every
+# class (codecs, a 5,000-digit integer, registry framing, a dead letter too large for the
+# DLQ) and a slow-rendering PDF beside small ones, one round each, on the suite's own stack.
+chaos-smoke: $(VENV) deps
+	$(VENV)/bin/python -m tests.chaos --rounds 1 --scenario poison \
+		--scenario poison-huge-dlq --scenario slow-render \
+		--kafka-port 29192 --redis-port 26479 \
+		--out .run/chaos-smoke --run-dir .run/chaos-smoke
 
 bench-cpu: up-stack
 	$(VENV)/bin/python bench/pipeline_cpu.py
