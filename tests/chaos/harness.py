@@ -463,23 +463,23 @@ class Harness:
 
     async def wait_started(self, task: ExpectedTask, timeout_s: float) -> bool:
         """Until the task is past its start (document open, pages in progress) or final."""
-        deadline = time.monotonic() + timeout_s
-        while not any(
-            e.task_id == task.task_id and e.status is not TaskStatus.QUEUED
-            for e in self._watcher.seen.progress
-        ):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return False
-            self._watcher.changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._watcher.changed.wait(), min(left, 1.0))
-        return True
+        return await self._until(
+            lambda: any(
+                e.task_id == task.task_id and e.status is not TaskStatus.QUEUED
+                for e in self._watcher.seen.progress
+            ),
+            timeout_s,
+        )
 
     async def wait_done(self, task: ExpectedTask, timeout_s: float) -> bool:
         """Until the task has a final status (True) or `timeout_s` passed (False)."""
+        return await self._until(lambda: self.done(task), timeout_s)
+
+    async def _until(self, condition: Callable[[], bool], timeout_s: float) -> bool:
+        """Until `condition()` holds (True) or `timeout_s` passed (False), checked whenever
+        the watcher sees a record, and at least once a second."""
         deadline = time.monotonic() + timeout_s
-        while not self.done(task):
+        while not condition():
             left = deadline - time.monotonic()
             if left <= 0:
                 return False

@@ -176,6 +176,21 @@ async def wait_until_committed(settings: Settings, ends: dict[int, int]) -> None
     raise AssertionError(f"committed {committed}, expected at least {ends}")
 
 
+async def dead_lettered_then_behind(settings: Settings) -> TopicReader:
+    """Run a consumer until partition 0's first record is dead-lettered, the request
+    "behind" it is final and both offsets are committed; what it published."""
+    async with (
+        running_app(settings, ScriptedEngine()) as app,
+        TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader,
+    ):
+        await reader.wait_for(
+            lambda r: bool(r.final(settings, "behind")) and bool(dead(r, settings)), timeout=60
+        )
+        await wait_until_committed(settings, {0: 2})
+        assert app.ready
+    return reader
+
+
 async def test_a_request_with_a_5000_digit_number_is_dead_lettered(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -186,15 +201,7 @@ async def test_a_request_with_a_5000_digit_number_is_dead_lettered(
         b'"}, "metadata": {"n": ' + b"7" * 5000 + b"}}"
     )
     await produce_to(settings, 0, [("digits", poison), ("behind", request("behind", pdf))])
-    async with (
-        running_app(settings, ScriptedEngine()) as app,
-        TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader,
-    ):
-        await reader.wait_for(
-            lambda r: bool(r.final(settings, "behind")) and bool(dead(r, settings)), timeout=60
-        )
-        await wait_until_committed(settings, {0: 2})
-        assert app.ready
+    reader = await dead_lettered_then_behind(settings)
     [envelope] = dead(reader, settings)
     assert envelope.error_code is ErrorCode.REQUEST_INVALID
     assert base64.b64decode(envelope.original_value_base64) == poison
@@ -221,15 +228,7 @@ async def test_a_dead_letter_too_large_for_the_dlq_is_bounded_and_published(
     finally:
         await producer.stop()
     await produce_to(settings, 0, [("behind", request("behind", pdf))])
-    async with (
-        running_app(settings, ScriptedEngine()) as app,
-        TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader,
-    ):
-        await reader.wait_for(
-            lambda r: bool(r.final(settings, "behind")) and bool(dead(r, settings)), timeout=60
-        )
-        await wait_until_committed(settings, {0: 2})
-        assert app.ready
+    reader = await dead_lettered_then_behind(settings)
     [envelope] = dead(reader, settings)
     assert envelope.error_code is ErrorCode.REQUEST_TOO_LARGE  # over OCR_MAX_REQUEST_BYTES
     assert base64.b64decode(envelope.original_value_base64) == value
