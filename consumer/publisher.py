@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -171,18 +172,39 @@ class EventPublisher:
         finally:
             await admin.close()
 
-    async def _replace_producer(self, broken: AIOKafkaProducer, why: str) -> None:
+    async def _replace_producer(self, broken: AIOKafkaProducer, why: str, topic: str) -> None:
         """A new producer (new producer id, sequence numbers from 0) for a broken one."""
         async with self._replacing:
             if self._producer is not broken:
                 return  # another send replaced it already
             log.error("producer_replaced", why=why)
-            self._producer = self._new_producer()
-            await self._producer.start()
+            self._producer = await self._started_producer(topic)
         try:
             await broken.stop()
         except Exception as exc:  # its sender died with the error that broke it
             log.warning("producer_stop_failed", error=repr(exc))
+
+    async def _started_producer(self, topic: str) -> AIOKafkaProducer:
+        """A new producer, started: while the broker cannot be reached (a restart), tried
+        again with backoff, each try logged and counted. Only a started producer is put in
+        place: sends on one that failed to start never return. Retries count against the
+        `topic` whose send found the old one broken."""
+        delay = self.retry_delay_s
+        while True:
+            fresh = self._new_producer()
+            try:
+                await fresh.start()
+                return fresh
+            except KafkaError as exc:
+                with contextlib.suppress(Exception):
+                    await fresh.stop()
+                if not _retriable(exc):
+                    raise
+                log.warning("producer_start_retry", error=repr(exc), retry_in=delay)
+                if self._on_retry is not None:
+                    self._on_retry(topic)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _send(
         self, topic: str, key: str, event: BaseModel, event_id: str, ce_type: str,
@@ -216,13 +238,13 @@ class EventPublisher:
                 # (its max.message.bytes shrank since start): then the producer's sequence
                 # numbers have a gap and it is replaced. Resending cannot help either way.
                 if not exc.args:
-                    await self._replace_producer(producer, f"{topic} refused a record")
+                    await self._replace_producer(producer, f"{topic} refused a record", topic)
                 raise RecordTooLarge(
                     f"{topic} refused a record of {size} bytes as too large ({exc!r})"
                 ) from exc
             except OutOfOrderSequenceNumber as exc:
                 # Sent beside a record the broker refused: not this record's fault.
-                await self._replace_producer(producer, repr(exc))
+                await self._replace_producer(producer, repr(exc), topic)
             except KafkaError as exc:
                 if _retriable(exc):
                     # The broker is away (restart, leader move, a topic's metadata not yet

@@ -14,6 +14,7 @@ import pytest
 from aiokafka.errors import (
     KafkaConnectionError,
     LeaderNotAvailableError,
+    OutOfOrderSequenceNumber,
     RequestTimedOutError,
     TopicAuthorizationFailedError,
     UnknownTopicOrPartitionError,
@@ -140,6 +141,42 @@ async def test_a_topic_missing_while_the_broker_restarts_is_retried() -> None:
     refusing = FakeProducer([TopicAuthorizationFailedError()])
     with pytest.raises(TopicAuthorizationFailedError):
         await (await publisher(refusing)).progress(progress())
+
+
+class StartingProducer(FakeProducer):
+    """A replacement producer whose start fails as a broker that is away fails it."""
+
+    def __init__(self, start_error: Exception | None) -> None:
+        super().__init__()
+        self.start_error = start_error
+        self.started = False
+
+    async def start(self) -> None:
+        if self.start_error is not None:
+            raise self.start_error
+        self.started = True
+
+    async def stop(self) -> None:
+        pass
+
+
+async def test_a_replacement_producer_is_put_in_place_only_once_started() -> None:
+    """Review of issue 16: a replacement whose start() failed was put in place anyway, and
+    every later send on it hung. Now the start is retried, counted, until one starts."""
+    metrics = ConsumerMetrics()
+    made = await publisher(FakeProducer([OutOfOrderSequenceNumber()]), metrics=metrics)
+    replacements = [
+        StartingProducer(KafkaConnectionError("Unable to bootstrap from 127.0.0.1:9092")),
+        StartingProducer(KafkaConnectionError("Unable to bootstrap from 127.0.0.1:9092")),
+        StartingProducer(None),
+    ]
+    made._new_producer = lambda: replacements.pop(0)  # type: ignore[assignment,return-value]
+    await made.progress(progress())
+    assert not replacements
+    assert made._producer.started and len(made._producer.sent) == 1  # type: ignore[attr-defined]
+    assert metrics.registry.get_sample_value(
+        "ocr_publish_retries_total", {"topic": "ocr.progress"}
+    ) == 2
 
 
 async def test_the_asyncapi_document_lists_every_header_the_publisher_sends() -> None:
