@@ -38,7 +38,6 @@ from consumer.documents.renderproc import (
 from consumer.errors import OcrError
 from consumer.log import get_logger
 from consumer.page_image import PageImage
-from consumer.scheduler import DEFAULT_PAGE_PIXELS
 from schemas.common import ErrorCode
 from schemas.request import PageRange
 
@@ -184,6 +183,7 @@ class OpenedDocument:
         self._worker = worker
         self._opening = opening  # re-sent if the worker restarts while we are open
         self._timeout_s = settings.page_timeout_s
+        self._max_page_pixels = settings.max_page_pixels
         self._task_id = task_id
         self._closed = False
         self.budget = RenderBudget(settings.render_budget_s, settings.render_timeouts)
@@ -191,14 +191,19 @@ class OpenedDocument:
 
     def page_pixels(self, page: int, dpi: int) -> int:
         """The pixels `page` will have at `dpi`, known before rendering it: what the page
-        costs the in-flight budget (PageScheduler). The default page's when unknown."""
+        costs the in-flight budget (PageScheduler). Never more than OCR_MAX_PAGE_PIXELS,
+        since a larger page is refused before it is drawn (charged its size, a 600-dpi
+        poster would wait for the whole budget to drain, and hold up every task behind
+        it); that limit too when the size is unknown (a damaged page tree)."""
         if not 1 <= page <= len(self._page_sizes):
-            return DEFAULT_PAGE_PIXELS
+            return self._max_page_pixels
         width, height = self._page_sizes[page - 1]
         if not self._sizes_in_points:
-            return round(width) * round(height)  # an image keeps its own pixels
-        scale = dpi / 72.0
-        return math.ceil(width * scale) * math.ceil(height * scale)
+            pixels = round(width) * round(height)  # an image keeps its own pixels
+        else:
+            scale = dpi / 72.0
+            pixels = math.ceil(width * scale) * math.ceil(height * scale)
+        return min(pixels, self._max_page_pixels)
 
     async def render_page(self, page: int, dpi: int) -> PageImage:
         """Render 1-based `page` (PDFs at `dpi`; images keep their own size and dpi)."""

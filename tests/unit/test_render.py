@@ -686,3 +686,16 @@ async def test_page_pixels_are_known_before_rendering() -> None:
         assert image.page_pixels(1, 600) == 640 * 480  # an image keeps its own pixels
     finally:
         await image.close()
+
+
+async def test_a_page_is_never_charged_more_than_the_largest_page_rendered() -> None:
+    """Review of issue 16: an A4 page at 600 dpi is 34.9 million pixels; charged that
+    against a 10-million-pixel page limit it would wait for the whole in-flight budget to
+    drain, although it is refused before it is drawn. Unknown pages cost the limit."""
+    opened = await open_(text_pdf(1), max_page_pixels=10_000_000)
+    try:
+        assert opened.page_pixels(1, 600) == 10_000_000
+        assert opened.page_pixels(1, 72) == 596 * 842  # (595 + 1) x 842 points at 72 dpi
+        assert opened.page_pixels(2, 144) == 10_000_000  # no such page: its size is unknown
+    finally:
+        await opened.close()
