@@ -126,6 +126,10 @@ class BatchReader:
         """The next records (at most `max_records`), and offsets found unreadable."""
         if self._rewind_due:
             await self._rewind()
+            if self._rewind_due:
+                # Not every partition is back where the loop left it: a read now would hand
+                # over later offsets and the records aiokafka dropped would be committed past.
+                return Batch()
         if not self._consumer.assignment():
             await self._check_topic()
         if self._isolate_until is not None:
@@ -236,19 +240,33 @@ class BatchReader:
         return self._skipped(partition, offset, error)
 
     async def _rewind(self) -> None:
-        """Every assigned partition back to the first offset the loop has not received."""
+        """Every assigned partition back to the first offset the loop has not received; on
+        any failure (a coordinator away) `_rewind_due` stays set and `read` tries again
+        before reading anything. Offsets the loop knows are sought first, without awaiting:
+        one partition's failure must not leave the others where aiokafka put them."""
         self._rewind_due = True
-        try:
-            for partition in self._consumer.assignment():
-                offset = self._next_offset(partition)
-                if offset is None:
-                    offset = await self._consumer.committed(partition)
-                if offset is None:
+        failed: list[str] = []
+        unknown: list[TopicPartition] = []
+        for partition in self._consumer.assignment():
+            offset = self._next_offset(partition)
+            if offset is None:
+                unknown.append(partition)
+                continue
+            try:
+                self._consumer.seek(partition, offset)
+            except Exception as exc:
+                failed.append(repr(exc))
+        for partition in unknown:
+            try:
+                committed = await self._consumer.committed(partition)
+                if committed is None:
                     await self._consumer.seek_to_beginning(partition)
                 else:
-                    self._consumer.seek(partition, offset)
-        except Exception as exc:  # a coordinator away: the next read tries again
-            log.warning("kafka_rewind_retry", error=repr(exc))
+                    self._consumer.seek(partition, committed)
+            except Exception as exc:
+                failed.append(repr(exc))
+        if failed:
+            log.warning("kafka_rewind_retry", errors=failed[:3], failed=len(failed))
             await asyncio.sleep(TRANSIENT_FIRST_S)
             return
         self._rewind_due = False

@@ -148,6 +148,34 @@ async def test_a_partition_that_received_nothing_rewinds_to_its_commit() -> None
     assert loop.skipped == [(1, 0, "undecodable_batch")]
 
 
+@dataclass
+class CoordinatorAway(FailingConsumer):
+    """Its committed() fails `away` times first, as with the group coordinator away, while
+    `produced` more records arrive on each partition."""
+
+    away: int = 0
+    produced: int = 0
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        if self.away:
+            self.away -= 1
+            for grown in self.ends:
+                self.ends[grown] += self.produced
+            self.produced = 0
+            raise RuntimeError("coordinator not available")
+        return await super().committed(partition)
+
+
+async def test_nothing_is_read_until_the_rewind_has_succeeded() -> None:
+    """Review of issue 16: a failed rewind was retried only at the next read, which then
+    read on: partition 0's records drained by the failing poll were never handed over."""
+    failing = CoordinatorAway({tp(0): 5, tp(1): 2}, bad={tp(1): {0}}, away=2, produced=3)
+    loop = Loop(failing)
+    await loop.read_all()
+    assert loop.received == {tp(0): [0, 1, 2, 3, 4, 5, 6, 7], tp(1): [0, 1, 2, 3, 4]}
+    assert loop.skipped == [(1, 0, "undecodable_batch")]
+
+
 async def test_corrupt_records_and_unknown_codecs_are_skipped_alike() -> None:
     for error in (kafka_errors.CorruptRecordException("Invalid CRC"),
                   kafka_errors.UnsupportedCodecError("Libraries for zstd not found")):
