@@ -73,8 +73,8 @@ class RenderBudget:
     def error(self) -> RenderBudgetSpent:
         if self.timeouts >= self.max_timeouts:
             why = (
-                f"{self.timeouts} of its pages took longer than OCR_PAGE_TIMEOUT_S to render "
-                f"(OCR_RENDER_TIMEOUTS={self.max_timeouts})"
+                f"{self.timeouts} of its page renders took longer than OCR_PAGE_TIMEOUT_S or "
+                f"killed the renderer (OCR_RENDER_TIMEOUTS={self.max_timeouts})"
             )
         else:
             why = (
@@ -232,6 +232,9 @@ class OpenedDocument:
                 )
             except WorkerLost as exc:
                 log.warning("render_worker_lost", page=page, attempt=attempt, error=str(exc))
+                self._after_render()
+                if self.budget.exhausted:
+                    raise self.budget.error() from None
                 continue
             except WorkerTimedOut:
                 self._after_render()

@@ -410,6 +410,13 @@ class RenderWorker:
                     if job.on_served is not None:
                         job.on_served(exc.seconds, True)
                     raise
+                except WorkerLost:
+                    # A command that killed its worker (OOM, a crash) cost that time too,
+                    # and counts as a strike like a timeout: else a PDF whose every page
+                    # crashes the renderer escapes its render budget.
+                    if job.on_served is not None:
+                        job.on_served(time.monotonic() - started, True)
+                    raise
                 served_s = time.monotonic() - started
                 if job.on_served is not None:
                     job.on_served(served_s, False)

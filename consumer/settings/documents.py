@@ -90,8 +90,8 @@ class Documents(SettingsPart):
     )
     render_timeouts: int = Field(
         2, ge=1,
-        description="Page renders of one task that may overrun OCR_PAGE_TIMEOUT_S before its "
-        "remaining pages fail DOCUMENT_TOO_COMPLEX.",
+        description="Page renders of one task that may overrun OCR_PAGE_TIMEOUT_S or kill the "
+        "renderer before its remaining pages fail DOCUMENT_TOO_COMPLEX.",
     )
 
     @field_validator("allowed_schemes", "file_roots", "s3_buckets", mode="before")

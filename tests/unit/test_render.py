@@ -699,3 +699,30 @@ async def test_a_page_is_never_charged_more_than_the_largest_page_rendered() -> 
         assert opened.page_pixels(2, 144) == 10_000_000  # no such page: its size is unknown
     finally:
         await opened.close()
+
+
+async def test_a_page_that_kills_its_worker_is_charged_to_the_render_budget() -> None:
+    """Review of issue 16: a render that ended with its worker dead (OOM, a crash) was
+    neither charged nor counted, so a PDF whose pages each crash the renderer escaped
+    OCR_RENDER_TIMEOUTS. Here the worker is killed twice while it renders page 1."""
+    with fresh_pool():
+        slow = await open_(stroked_pdf(3, 3 * SLOW_LINES), render_workers=1, render_timeouts=2)
+        try:
+            worker = slow._worker
+
+            async def kill_while_rendering(times: int) -> None:
+                killed: set[int] = set()
+                while len(killed) < times:
+                    await asyncio.sleep(0.5)  # into the render (a few seconds a page)
+                    pid = worker.pid
+                    if pid is not None and pid not in killed:
+                        os.kill(pid, signal.SIGKILL)  # our own child, by its pid
+                        killed.add(pid)
+
+            killer = asyncio.create_task(kill_while_rendering(2))
+            await expect_error(ErrorCode.DOCUMENT_TOO_COMPLEX, slow.render_page(1, 144))
+            await killer
+            assert slow.budget.timeouts == 2 and slow.budget.spent_s > 0.5
+            await expect_error(ErrorCode.DOCUMENT_TOO_COMPLEX, slow.render_page(2, 144))
+        finally:
+            await slow.close()
