@@ -346,10 +346,16 @@ class ConsumerLoop:
         )
         self._metrics.work_failed(work.kind.value, decision.reason.value)
         if decision.reason is Reason.GAVE_UP:
+            cancel = work.kind is WorkKind.CANCEL
             log.error(
-                "dead_letter_given_up", partition=work.partition.partition,
-                offset=work.offset, attempts=work.failures,
-                message="the record is skipped without a dead letter; its offset is committed",
+                "cancel_given_up" if cancel else "dead_letter_given_up",
+                partition=work.partition.partition, offset=work.offset,
+                attempts=work.failures,
+                message=(
+                    "the cancel is not carried out (send it again once the error above is "
+                    "fixed); its offset is committed" if cancel else
+                    "the record is skipped without a dead letter; its offset is committed"
+                ),
             )
         self._carry_out(decision)
 

@@ -241,7 +241,8 @@ class ConsumerMetrics:
     def work_failed(self, kind: str, next_step: str) -> None:
         self.work_failures.labels(kind=kind, next=next_step).inc()
         if next_step == "gave_up":
-            self.records_skipped.labels(reason="dead_letter").inc()
+            reason = "cancel" if kind == "cancel" else "dead_letter"
+            self.records_skipped.labels(reason=reason).inc()
 
     def read_error(self, kind: str) -> None:
         self.read_errors.labels(kind=kind).inc()

@@ -34,9 +34,11 @@ that plays the loop and the group around the book):
 - Once `drain` was called, nothing starts.
 
 Bounds: a task that raises is tried again after 1, 2, 4 ... seconds, at most a minute apart,
-for as long as its partition is ours (a Redis or broker outage ends). A dead letter or
-conflict report that raised `DEAD_LETTER_ATTEMPTS` times is given up: its offset is finished
-without it, and the loop logs and counts that.
+for as long as its partition is ours (a Redis or broker outage ends, and both are waited
+out below this layer, so a task that still raises meets a bug or a refusal a person must
+fix: dropping it would lose the request, so it stays pending, logged and counted each
+time). A dead letter, conflict report or cancel that raised `GIVE_UP_ATTEMPTS` times is
+given up: its offset is finished without it, and the loop logs and counts that.
 """
 
 from __future__ import annotations
@@ -56,9 +58,9 @@ J = TypeVar("J")  # the loop's own payload for a work; the book never looks insi
 RETRY_FIRST_S = 1.0
 RETRY_MAX_S = 60.0
 # Publishing a dead letter that failed this many times (after the producer's own retries)
-# will not succeed: the DLQ refuses it. Retrying it forever would stall the partition.
-# Tasks and cancels are not given up: what fails them (Redis, the broker away) ends.
-DEAD_LETTER_ATTEMPTS = 5
+# will not succeed: the DLQ refuses it. A cancel that raised so often meets a bug. Retrying
+# either for ever would stall the partition; a task is never given up (see above).
+GIVE_UP_ATTEMPTS = 5
 
 
 class WorkKind(StrEnum):
@@ -68,7 +70,7 @@ class WorkKind(StrEnum):
     CANCEL = "cancel"  # a cancel record: mark the task cancelled (its run stops itself)
 
 
-_DEAD_LETTERS = frozenset({WorkKind.DEAD_LETTER, WorkKind.CONFLICT})
+_GIVEN_UP = frozenset({WorkKind.DEAD_LETTER, WorkKind.CONFLICT, WorkKind.CANCEL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,11 +152,11 @@ class WorkBook(Generic[P, J]):
 
     def __init__(
         self, *, retry_first_s: float = RETRY_FIRST_S, retry_max_s: float = RETRY_MAX_S,
-        dead_letter_attempts: int = DEAD_LETTER_ATTEMPTS,
+        give_up_attempts: int = GIVE_UP_ATTEMPTS,
     ) -> None:
         self._retry_first_s = retry_first_s
         self._retry_max_s = retry_max_s
-        self._dead_letter_attempts = dead_letter_attempts
+        self._give_up_attempts = give_up_attempts
         self._offsets: OffsetTracker[P] = OffsetTracker()
         self._runs: dict[int, Work[P, J]] = {}
         self._cancelled: set[int] = set()  # runs the book asked the loop to cancel
@@ -291,7 +293,7 @@ class WorkBook(Generic[P, J]):
             # away: it raised on its way out. Running it again would work the task twice.
             return self._hand_over(work.followers)
         work.failures += 1
-        if work.kind in _DEAD_LETTERS and work.failures >= self._dead_letter_attempts:
+        if work.kind in _GIVEN_UP and work.failures >= self._give_up_attempts:
             self._offsets.done(work.partition, work.offset)
             return Decision(Reason.GAVE_UP)
         if self._stopping:

@@ -282,10 +282,29 @@ def test_a_run_waits_for_every_run_of_its_task_still_winding_down() -> None:
 
 
 def test_a_dead_letter_that_keeps_failing_is_given_up_and_committed() -> None:
-    book: Book = WorkBook(dead_letter_attempts=3)
+    book: Book = WorkBook(give_up_attempts=3)
     book.assigned([0])
     run = _started(book.receive(0, 0, None, "junk")).run
     run = _started(book.raised(run)).run
     run = _started(book.raised(run)).run
     assert book.raised(run).reason is Reason.GAVE_UP
     assert book.to_commit(force=False) == {0: 1}
+
+
+def test_a_cancel_that_keeps_failing_is_given_up_and_a_task_never_is() -> None:
+    """A cancel that raised 3 times (a bug) no longer holds its partition's commits for
+    ever; a task that raises stays pending (dropping it would lose the request)."""
+    book: Book = WorkBook(give_up_attempts=3)
+    book.assigned([0])
+    cancel = _started(book.receive_control(0, 0, "cancel t")).run
+    cancel = _started(book.raised(cancel)).run
+    cancel = _started(book.raised(cancel)).run
+    assert book.raised(cancel).reason is Reason.GAVE_UP
+    assert book.to_commit(force=False) == {0: 1}
+    book.committed({0: 1})
+    task = _started(_task(book, 0, 1)).run
+    for _ in range(5):
+        decision = book.raised(task)
+        assert decision.reason is Reason.RETRY
+        task = _started(decision).run
+    assert book.to_commit(force=False) == {}
