@@ -400,6 +400,13 @@ class ConsumerLoop:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                # Cancelled (revoke, shutdown) while a shielded page publish raised: the
+                # TaskGroup raises that error instead. Interrupted, so resumable, not failed.
+                log.warning("task_interrupted_with_error", task_id=request.task_id,
+                            error=repr(exc))
+                raise asyncio.CancelledError() from exc
             log.exception("task_crashed", task_id=request.task_id)
             await self._runner.fail_internal(request, record, exc)
 

@@ -432,7 +432,15 @@ class TaskRunner:
     # -- endings -------------------------------------------------------------------------
 
     async def _finish(self, run: TaskRun, status: TaskStatus, error: ErrorInfo | None) -> None:
-        await self._store.finish(run.task_id, status, error)
+        if not await self._store.finish(run.task_id, status, error):
+            # A final status is recorded already (this run's own, when what raised came
+            # after it): announce that one; never publish one that contradicts it.
+            state = await self._store.load(run.task_id)
+            log.warning("task_final_kept", status=status.value,
+                        recorded=state.status.value if state is not None else None)
+            if state is not None:
+                await self._announce(run.task_id, run.request.metadata, run.record, state)
+            return
         finished = datetime.now(UTC)
         await self._events.timing(run.task_timing(finished), run_tag=run.run_tag)
         await self._progress(run, status, error=error)

@@ -148,6 +148,9 @@ class StubRunner:
             self.events.append(f"cancelled {name}")
             await asyncio.sleep(0.02)  # a run takes a moment to wind down (lease release)
             self.events.append(f"ended {name}")
+            if "error when cancelled" in self.outcomes.get(request.task_id, []):
+                # A shielded page publish raised meanwhile: the TaskGroup raises it instead.
+                raise RuntimeError("publish failed while cancelled") from None
             raise
         outcomes = self.outcomes.get(request.task_id, [])
         outcome = outcomes.pop(0) if outcomes else "ok"
@@ -157,6 +160,7 @@ class StubRunner:
             raise RuntimeError("task bug")
 
     async def fail_internal(self, request: OcrRequest, record: RequestRecord, exc: Any) -> None:
+        self.events.append(f"failed {request.task_id}@{record.offset}")
         raise ConnectionError("progress topic unreachable")  # the report fails as well
 
     async def reject_conflict(self, request: OcrRequest, record: RequestRecord) -> None:
@@ -292,6 +296,27 @@ async def test_an_assignment_cancels_only_the_runs_of_lost_partitions(
     assert running.loop.inflight_tasks == 1
     running.runner.let_go("b")
     assert await running.committed({1: 1}) == {1: 1}
+
+
+async def test_a_run_that_raises_while_cancelled_is_interrupted_not_failed(
+    running: Running,
+) -> None:
+    """Review of issue 16: a run cancelled by a revoke whose page publish then raised was
+    reported failed INTERNAL (fail_internal) instead of left to resume elsewhere."""
+    running.runner.outcomes["a"] = ["error when cancelled"]
+    running.consumer.feed(0, 0, _value("a"))
+    assert await running.committed({0: 0}) == {0: 0}
+    partitions = {TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)}
+    await running.loop.partitions_revoked(partitions)
+    running.consumer.assigned = {TopicPartition(TOPIC, 1)}
+    await running.loop.partitions_assigned({TopicPartition(TOPIC, 1)})
+    for _ in range(100):
+        if "ended a@0" in running.runner.events:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert "ended a@0" in running.runner.events
+    assert "failed a@0" not in running.runner.events
 
 
 async def test_a_cancel_record_runs_beside_its_task_and_commits_behind_it(

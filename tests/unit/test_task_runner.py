@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
+from aiokafka.errors import KafkaError
 
 from consumer import lease as lease_module
 from consumer.artifacts.store import ArtifactError, ArtifactStore, StoredFile, open_artifact_store
@@ -25,7 +26,7 @@ from schemas.common import ErrorCode
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest
 from schemas.result import MAX_PAGE_TEXT, EngineIdentity, PageResult, PageStatus
-from schemas.timing import TimingKind
+from schemas.timing import TimingEvent, TimingKind
 from tests.support.engines import FaultyEngine, ScriptedEngine
 from tests.support.task_fakes import MemoryDocuments, MemorySink, MemoryStore, record
 
@@ -176,6 +177,29 @@ async def test_a_spent_render_budget_fails_the_task_with_its_code() -> None:
     assert [r.status for r in sorted(bench.sink.results, key=lambda r: r.page)] == [
         PageStatus.OK, PageStatus.FAILED, PageStatus.FAILED
     ]
+
+
+class TaskTimingRefused(MemorySink):
+    """Refuses the task's timing event, published after its final status is recorded."""
+
+    async def timing(self, event: TimingEvent, *, run_tag: str = "") -> None:
+        if event.kind is TimingKind.TASK:
+            raise KafkaError("refused for good")
+        await super().timing(event, run_tag=run_tag)
+
+
+async def test_an_error_after_the_final_status_never_announces_another() -> None:
+    """Review of issue 16: run() raising after Redis recorded `completed` made the loop's
+    fail_internal publish `failed INTERNAL` beside it. The recorded status is announced."""
+    bench = _bench()
+    bench.sink = TaskTimingRefused()
+    with pytest.raises(KafkaError):
+        await bench.runner.run(_request(), record())
+    await bench.runner.fail_internal(_request(), record(), KafkaError("refused for good"))
+    assert bench.store.states["t"].status is TaskStatus.COMPLETED
+    assert "failed" not in bench.sink.statuses
+    final = bench.sink.progress_events[-1]
+    assert final.status is TaskStatus.COMPLETED and final.replayed
 
 
 async def test_stage_times_agree_between_pages_task_and_metrics() -> None:
