@@ -20,10 +20,6 @@ Keys (P = settings.redis_key_prefix):
   P task:<id>         hash   status, fingerprint, attempt, owner, pages_total, timings, error
   P task:<id>:pages   hash   page -> PageStatus value ("ok" | "failed"), once published
   P task:<id>:lease   string owner id, expires after lease_ttl_s unless refreshed
-Keys (P = settings.redis_key_prefix):
-  P task:<id>         hash   status, fingerprint, attempt, owner, pages_total, timings, error
-  P task:<id>:pages   hash   page -> PageStatus value ("ok" | "failed"), once published
-  P task:<id>:lease   string owner id, expires after lease_ttl_s unless refreshed
   P task:<id>:cancel  string JSON {reason, at}: a cancel was requested (state_ttl_s)
 Channel:
   P cancels           JSON {task_id, reason}, published with each cancel marker, so that the
