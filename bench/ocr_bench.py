@@ -79,6 +79,7 @@ ENGINE_SETTINGS = (
     "ngram_processor",
     "detokenize",
     "vision_cudagraphs",
+    "vision_uint8",
     "ignore_eos",
     "page_timeout_s",
 )

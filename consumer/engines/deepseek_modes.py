@@ -146,12 +146,18 @@ ENV_STACKS = "OCR_VLLM_STACKS_ON_SIGUSR1"
 def vllm_general_plugin() -> None:
     """vLLM's hook in each of its processes: apply the mode the parent chose, if any.
 
-    With OCR_VLLM_STACKS_ON_SIGUSR1=1 it also makes SIGUSR1 print every thread's stack,
-    so that a stuck engine core can be inspected from outside (`kill -USR1 PID`).
+    It also registers the model class of the uint8 pixel path when the parent turned it on
+    (`deepseek_pixels.ENV`). With OCR_VLLM_STACKS_ON_SIGUSR1=1 it makes SIGUSR1 print every
+    thread's stack, so that a stuck engine core can be inspected from outside (`kill -USR1 PID`).
     """
     mode = os.environ.get(ENV_MODE)
     if mode and mode in MODES and mode != DEFAULT_MODE:
         _patch_modules(MODES[mode])
+    # Issue 21's uint8 pixels (consumer/engines/deepseek_pixels.py): the model class that
+    # the parent's setting asks for, registered in this process too.
+    from consumer.engines import deepseek_pixels
+
+    deepseek_pixels.apply_from_env()
     if os.environ.get(ENV_STACKS) == "1":
         import faulthandler
         import signal

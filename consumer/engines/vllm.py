@@ -33,7 +33,7 @@ from typing import Any, Literal
 from PIL import Image
 
 from consumer.config import Detokenize, NgramProcessor, ResolutionMode, Settings
-from consumer.engines import deepseek_modes, vllm_params
+from consumer.engines import deepseek_modes, deepseek_pixels, vllm_params
 from consumer.engines.base import EngineHealth, EngineOutput, EngineStats, PageRequest
 from consumer.engines.deepseek_prompts import build_prompt, strip_eos
 from consumer.engines.vllm_backend import (
@@ -235,6 +235,8 @@ class VllmEngine:
         self._prepare_runner_env()
         self._prepare_start_method()
         self._prepare_mode()
+        # Read by RealVllm here and by vLLM's plugin hook in the engine core it starts.
+        os.environ[deepseek_pixels.ENV] = "1" if self._settings.vision_uint8 else "0"
         args = self.engine_args()
         log.info(
             "vllm_engine_starting",

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-from consumer.engines import deepseek_modes
+from consumer.engines import deepseek_modes, deepseek_pixels
 
 MP_METHOD_ENV = "VLLM_WORKER_MULTIPROC_METHOD"
 FINISHED_KEPT = 4096  # finished pages' timings kept for benchmarks (a bounded history)
@@ -163,6 +163,9 @@ class RealVllm:
             def log_engine_initialized(self) -> None:
                 pass
 
+        # The model class for the uint8 pixel path, as VllmEngine set its variable; vLLM's
+        # plugin hook does the same in the engine core, but runs once per process.
+        deepseek_pixels.apply_from_env()
         args = AsyncEngineArgs(**engine_args)
         engine: AsyncEngineLike = AsyncLLM.from_engine_args(args, stat_loggers=[SinkStatLogger])
         return engine

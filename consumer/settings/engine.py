@@ -72,6 +72,11 @@ class EngineSettings(SettingsPart):
         description="vLLM's vision encoder batched in CUDA graphs; unset: on in gundam mode "
         "(measured, bench/README.md), off in the others (not measured).",
     )
+    vision_uint8: bool = Field(
+        False,
+        description="Page images sent to vLLM as uint8 and normalised on the GPU (half the "
+        "bytes of bf16, no float passes on the CPU); see bench/README.md for its measurement.",
+    )
     detokenize: Detokenize = Field(
         Detokenize.FINAL, description="Output text: final (once per page) or incremental."
     )

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from consumer.config import Detokenize, NgramProcessor, ResolutionMode, Settings
-from consumer.engines import deepseek_modes
+from consumer.engines import deepseek_modes, deepseek_pixels
 from consumer.engines.base import EngineHealth, PageImage, PageRequest
 from consumer.engines.deepseek_prompts import PROMPTS, build_prompt, clean_locate_text
 from consumer.engines.vllm import V2_RUNNER_ENV, VllmEngine
@@ -204,7 +204,7 @@ def _v1_runner(monkeypatch: pytest.MonkeyPatch) -> None:
     # start() sets these variables (n-gram processor, spawn after CUDA use). Setting each
     # first makes monkeypatch restore its original state after the test, whatever start()
     # did to it, so nothing leaks into other tests.
-    for name in (V2_RUNNER_ENV, "VLLM_WORKER_MULTIPROC_METHOD"):
+    for name in (V2_RUNNER_ENV, "VLLM_WORKER_MULTIPROC_METHOD", deepseek_pixels.ENV):
         monkeypatch.setenv(name, "")
         monkeypatch.delenv(name)
 
@@ -440,6 +440,14 @@ async def test_start_selects_v1_runner_for_the_ngram_processor() -> None:
 
     await started()
     assert os.environ[V2_RUNNER_ENV] == "0"
+
+
+@pytest.mark.parametrize("uint8", [True, False])
+async def test_start_exports_the_uint8_pixel_switch_for_the_engine_core(uint8: bool) -> None:
+    import os
+
+    await started(vision_uint8=uint8)
+    assert os.environ[deepseek_pixels.ENV] == ("1" if uint8 else "0")
 
 
 async def test_explicit_v2_runner_conflicts_with_ngram(monkeypatch: pytest.MonkeyPatch) -> None:
