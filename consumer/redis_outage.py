@@ -33,7 +33,9 @@ from typing import Final, Protocol, TypeVar
 
 from redis.exceptions import (
     ClusterDownError,
+    OutOfMemoryError,
     ReadOnlyError,
+    ResponseError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -45,9 +47,11 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 # Errors that end by themselves: the connection (refused, reset, a server still loading
-# its data, a password rotated under us), a timeout, and the failover family: a primary
+# its data, a password rotated under us), a timeout, the failover family (a primary
 # demoted to replica answers READONLY, a replica cut from its primary MASTERDOWN (a
-# ClusterDownError), a resharding cluster TRYAGAIN.
+# ClusterDownError), a resharding cluster TRYAGAIN), and a server refusing writes until
+# an operator acts (OOM at maxmemory; MISCONF, its snapshots failing): failing tasks for
+# those would turn an operator's alert into users' failed documents.
 TRANSIENT_ERRORS: Final = (
     RedisConnectionError,
     RedisTimeoutError,
@@ -55,9 +59,20 @@ TRANSIENT_ERRORS: Final = (
     ReadOnlyError,
     ClusterDownError,
     TryAgainError,
+    OutOfMemoryError,
 )
+# Refusals redis-py reports as a plain ResponseError, known by their prefix.
+TRANSIENT_REPLIES: Final = ("MISCONF",)
 RETRY_FIRST_S: Final = 0.2
 RETRY_MAX_S: Final = 5.0
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether `exc` is an outage that ends by itself or by an operator, not an error of
+    the operation (a wrong type, a script error)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
 
 
 class OutageListener(Protocol):
@@ -163,7 +178,9 @@ class OutageWaiter:
             while True:
                 try:
                     result = await attempt()
-                except TRANSIENT_ERRORS as exc:
+                except (*TRANSIENT_ERRORS, ResponseError) as exc:
+                    if not transient(exc):
+                        raise
                     _raise_if_cancelling(exc)
                     self._outage(operation, exc)
                     if self._on_error is not None:

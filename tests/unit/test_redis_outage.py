@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from consumer.lease import TaskLease
 from consumer.redis_outage import (
@@ -67,6 +67,11 @@ async def test_a_failover_is_waited_out_and_other_errors_raise() -> None:
 
     waiter = OutageWaiter(sleep=sleep)
     assert await waiter.call("finish", Flaky(3, ReadOnlyError("READONLY"))) == "ok"
+    # Refusals that last until an operator acts are waited out too, not failed tasks.
+    oom = OutOfMemoryError("OOM command not allowed when used memory > 'maxmemory'.")
+    assert await waiter.call("page_done", Flaky(2, oom)) == "ok"
+    misconf = ResponseError("MISCONF Redis is configured to save RDB snapshots, but ...")
+    assert await waiter.call("page_done", Flaky(2, misconf)) == "ok"
     with pytest.raises(ResponseError):
         await waiter.call("finish", Flaky(1, ResponseError("WRONGTYPE")))
 
