@@ -591,23 +591,24 @@ async def _finish_order(*labelled: tuple[str, Awaitable[object]]) -> list[str]:
 async def test_an_open_and_a_new_documents_page_do_not_wait_behind_queued_renders() -> None:
     with fresh_pool():
         slow = await open_(stroked_pdf(3, SLOW_LINES), render_workers=1)
+        opened: list[OpenedDocument] = []
         try:
             renders = [asyncio.create_task(slow.render_page(n, 144)) for n in (1, 2, 3)]
             await asyncio.sleep(0.2)  # page 1 renders, pages 2 and 3 wait in the queue
 
             async def small_task() -> None:
+                # Its page, not its close: a close waits for the render in progress.
                 small = await open_(text_pdf(1), render_workers=1)
-                try:
-                    await small.render_page(1, 72)
-                finally:
-                    await small.close()
+                opened.append(small)
+                await small.render_page(1, 72)
 
             order = await _finish_order(
                 ("slow-1", renders[0]), ("slow-2", renders[1]), ("slow-3", renders[2]),
                 ("small", small_task()),
             )
         finally:
-            await slow.close()
+            for document in (*opened, slow):
+                await document.close()
     # First in first out put the small document's open behind all three slow pages. Its
     # open jumps the queue, and its page takes its turn right after the page in progress.
     assert order.index("small") < order.index("slow-3"), order
