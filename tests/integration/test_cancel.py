@@ -87,7 +87,8 @@ async def test_cancelling_a_long_task_frees_the_budget_and_computes_nothing_more
     ):
         await produce_requests(settings, [_file_request("long-1", pdf)])
         await reader.wait_for(lambda r: len(r.results(settings)) >= 8, timeout=60)
-        assert _inflight_pages(app) == 4, "the long task holds the whole budget"
+        # All of the budget but its last slot, kept for tasks that hold none.
+        assert _inflight_pages(app) == 3, "the long task holds the budget it may"
         await publish_cancels(settings, cancel_records(["long-1"], "sent by mistake"))
         sent = time.monotonic()
         await wait_until(lambda: _inflight_pages(app) == 0, timeout=10)
