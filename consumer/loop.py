@@ -39,7 +39,7 @@ from consumer.errors import RecordTooLarge
 from consumer.lag import LagReporter
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
-from consumer.read_errors import Identity
+from consumer.read_errors import Identity, KafkaRefused, ReadErrorKind, classify
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.settings.kafka import client_kwargs
@@ -138,10 +138,11 @@ class ConsumerLoop:
         self._joined = asyncio.Event()
         self._last_commit = 0.0
         self._topic_wait_s = TOPIC_WAIT_S if topic_wait_s is None else topic_wait_s
+        self._identity = Identity(
+            settings.topic_requests, settings.group_id, settings.group_instance_id
+        )
         self._reader = BatchReader(
-            consumer,
-            Identity(settings.topic_requests, settings.group_id, settings.group_instance_id),
-            next_offset=self._book.next_offset, metrics=metrics,
+            consumer, self._identity, next_offset=self._book.next_offset, metrics=metrics,
         )
         self._lag = LagReporter(
             self._consumer, metrics, assigned=lambda: set(self._book.owned),
@@ -452,6 +453,16 @@ class ConsumerLoop:
                 {tp: OffsetAndMetadata(position, "") for tp, position in positions.items()}
             )
         except (CommitFailedError, KafkaError) as exc:
+            error = classify(exc, self._identity)
+            if error.kind is ReadErrorKind.FATAL and self._broken is None:
+                # Fenced (another live consumer took our static id) or refused for good:
+                # the heartbeat may never see it while the two keep rejoining, the commit
+                # does. run() drains, then raises it (exit 5).
+                log.error("kafka_refused", cause=error.cause, message=error.message,
+                          error=repr(exc))
+                self._broken = KafkaRefused(error)
+                self._stopping.set()
+                return
             # Nothing is lost: the same positions are retried on the next commit.
             log.warning("commit_failed", error=repr(exc))
             return

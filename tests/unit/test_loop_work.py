@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from aiokafka import errors as kafka_errors
+from aiokafka.errors import CommitFailedError
 
 import consumer.loop
 from consumer import tracing
@@ -22,7 +23,7 @@ from consumer.config import Settings
 from consumer.errors import RecordTooLarge
 from consumer.loop import ConsumerLoop
 from consumer.metrics import ConsumerMetrics
-from consumer.read_errors import KafkaRefused
+from consumer.read_errors import FencedInstanceIdError, KafkaRefused
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.tasks import TaskInterrupted
@@ -55,6 +56,7 @@ class FakeConsumer:
     commits: dict[int, int] = field(default_factory=dict)
     polls: int = 0
     fail_next: list[Exception] = field(default_factory=list)  # raised by the next polls
+    fail_commits: list[Exception] = field(default_factory=list)  # by the next commits
     _queue: list[_Record] = field(default_factory=list)
     _fed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -103,6 +105,8 @@ class FakeConsumer:
         self.paused_now -= set(partitions)
 
     async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        if self.fail_commits:
+            raise self.fail_commits.pop(0)
         self.commits.update({tp.partition: meta.offset for tp, meta in offsets.items()})
 
     async def committed(self, tp: TopicPartition) -> int | None:
@@ -406,6 +410,21 @@ async def test_kafka_refusing_us_ends_the_loop_and_starts_nothing_more(
         await asyncio.wait_for(running.task, 5)
     assert running.runner.started == [("t", 0, 0)]
     assert running.loop.inflight_tasks == 0
+
+
+async def test_a_commit_refused_as_fenced_ends_the_loop_as_refused(running: Running) -> None:
+    """Two consumers with one static id can keep rejoining so that only their commits see
+    FENCED_INSTANCE_ID (seen once in CI: both ran on for 70 s); a commit error that no
+    retry fixes now ends the loop as a read error would (exit 5). Others are retried."""
+    running.consumer.fail_commits = [
+        CommitFailedError("the group has already rebalanced"),
+        FencedInstanceIdError(),
+    ]
+    running.runner.let_go("t")
+    running.consumer.feed(0, 0, _value("t"))
+    with pytest.raises(KafkaRefused) as refused:
+        await asyncio.wait_for(running.task, 5)
+    assert refused.value.error.cause == "fenced"
 
 
 async def test_a_dead_letter_the_dlq_refuses_is_dropped_and_committed(
