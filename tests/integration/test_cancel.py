@@ -17,10 +17,9 @@ from schemas.common import ErrorCode
 from schemas.headers import DLQ_ERROR_CODE
 from schemas.keys import task_partition
 from schemas.progress import ProgressEvent, TaskStatus
-from schemas.request import OcrRequest, Source
 from schemas.result import PageStatus
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf
+from tests.support.documents import file_request, make_pdf
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import (
     TopicReader,
@@ -33,13 +32,6 @@ from tests.support.kafka import (
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 6  # the `topics` fixture's default
-
-
-def _file_request(task_id: str, path: Path, **extra: object) -> OcrRequest:
-    return OcrRequest.model_validate(
-        {"task_id": task_id, "source": Source(uri=path.resolve().as_uri()), **extra},
-        strict=False,
-    )
 
 
 @pytest.fixture
@@ -85,7 +77,7 @@ async def test_cancelling_a_long_task_frees_the_budget_and_computes_nothing_more
         running_app(settings, engine) as app,
         TopicReader(settings, settings.topic_results, settings.topic_progress) as reader,
     ):
-        await produce_requests(settings, [_file_request("long-1", pdf)])
+        await produce_requests(settings, [file_request("long-1", pdf)])
         await reader.wait_for(lambda r: len(r.results(settings)) >= 8, timeout=60)
         # All of the budget but its last slot, kept for tasks that hold none.
         assert _inflight_pages(app) == 3, "the long task holds the budget it may"
@@ -96,10 +88,10 @@ async def test_cancelling_a_long_task_frees_the_budget_and_computes_nothing_more
         await reader.wait_for(lambda r: bool(_final(r, settings, "long-1")), timeout=10)
         calls = sum(engine.calls.values())
 
-        await produce_requests(settings, [_file_request("after-1", small)])
+        await produce_requests(settings, [file_request("after-1", small)])
         await reader.wait_for(lambda r: bool(_final(r, settings, "after-1")), timeout=30)
         # Sent again without force: answered from the recorded state, nothing computed.
-        await produce_requests(settings, [_file_request("long-1", pdf)])
+        await produce_requests(settings, [file_request("long-1", pdf)])
         await reader.wait_for(lambda r: len(_final(r, settings, "long-1")) == 2, timeout=30)
         await asyncio.sleep(1.0)  # a page still going would have reached the engine by now
         home = task_partition(b"long-1", PARTITIONS)
@@ -143,7 +135,7 @@ async def test_the_member_running_the_task_stops_it_whoever_reads_the_cancel(
             ),
             timeout=60,
         )
-        await produce_requests(settings, [_file_request("far-1", pdf)])
+        await produce_requests(settings, [file_request("far-1", pdf)])
         await reader.wait_for(lambda r: len(r.results(settings)) >= 2, timeout=60)
         runner, runner_engine = (
             (first, first_engine) if first_engine.calls else (second, second_engine)
@@ -182,7 +174,7 @@ async def test_cancels_of_ended_and_unknown_tasks_and_a_restart_with_force(
         running_app(settings, engine),
         TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader,
     ):
-        await produce_requests(settings, [_file_request("done-1", pdf)])
+        await produce_requests(settings, [file_request("done-1", pdf)])
         await reader.wait_for(lambda r: bool(_final(r, settings, "done-1")))
         await publish_cancels(settings, cancel_records(["done-1", "later-1"], ""))
         await reader.wait_for(
@@ -190,10 +182,10 @@ async def test_cancels_of_ended_and_unknown_tasks_and_a_restart_with_force(
             and bool(_final(r, settings, "later-1"))
         )
         # The request of the task cancelled before it arrived, then the same with force.
-        await produce_requests(settings, [_file_request("later-1", pdf)])
+        await produce_requests(settings, [file_request("later-1", pdf)])
         await reader.wait_for(lambda r: len(_final(r, settings, "later-1")) == 2)
         assert not any(task_id == "later-1" for task_id, _ in engine.calls)
-        await produce_requests(settings, [_file_request("later-1", pdf, force=True)])
+        await produce_requests(settings, [file_request("later-1", pdf, force=True)])
         await reader.wait_for(lambda r: len(_final(r, settings, "later-1")) == 3)
         await produce_raw(settings, b'{"action": "pause", "task_id": "done-1"}', key=b"done-1")
         await reader.wait_for(lambda r: bool(r.on(settings.topic_dlq)))
@@ -227,7 +219,7 @@ async def test_ocr_cancel_wait_reports_what_the_consumer_did(
         running_app(settings, engine),
         TopicReader(settings, settings.topic_results) as reader,
     ):
-        await produce_requests(settings, [_file_request("tool-1", pdf)])
+        await produce_requests(settings, [file_request("tool-1", pdf)])
         await reader.wait_for(lambda r: len(r.results(settings)) >= 1, timeout=60)
         capsys.readouterr()
         code = await asyncio.to_thread(

@@ -13,11 +13,10 @@ from consumer.config import Settings
 from schemas.cloudevents import parse_ce_headers
 from schemas.keys import task_partition
 from schemas.progress import TaskStatus
-from schemas.request import OcrRequest, Source
 from schemas.result import PageStatus
 from schemas.timing import TimingEvent, TimingKind
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf
+from tests.support.documents import file_request, make_pdf
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import (
     TopicReader,
@@ -30,13 +29,6 @@ from tests.support.kafka import (
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 6  # the `topics` fixture's default
-
-
-def _file_request(task_id: str, path: Path, **extra: object) -> OcrRequest:
-    return OcrRequest.model_validate(
-        {"task_id": task_id, "source": Source(uri=path.resolve().as_uri()), **extra},
-        strict=False,
-    )
 
 
 def _key_elsewhere(task_id: str) -> tuple[bytes, int]:
@@ -76,7 +68,7 @@ async def test_a_copy_on_another_partition_is_committed_with_the_run(
 ) -> None:
     """A copy of a running request that arrived under another key (another partition) waits
     for the run and is committed on its own partition when the run finishes."""
-    request = _file_request("copy-1", make_pdf(tmp_path / "copy.pdf", pages=3))
+    request = file_request("copy-1", make_pdf(tmp_path / "copy.pdf", pages=3))
     home = task_partition(b"copy-1", PARTITIONS)
     key, elsewhere = _key_elsewhere("copy-1")
     engine = ScriptedEngine(delay_s=0.5, concurrency=1)
@@ -103,9 +95,9 @@ async def test_a_forced_request_replaces_the_run_of_its_task(
     engine = ScriptedEngine(delay_s=0.4, concurrency=1)
     async with running_app(settings, engine):
         async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
-            await produce_requests(settings, [_file_request("forced-1", pdf)])
+            await produce_requests(settings, [file_request("forced-1", pdf)])
             await reader.wait_for(lambda r: len(r.results(settings)) >= 1)
-            await produce_requests(settings, [_file_request("forced-1", pdf, force=True)])
+            await produce_requests(settings, [file_request("forced-1", pdf, force=True)])
             await reader.wait_for(lambda r: bool(r.final(settings, "forced-1")))
             # A second run, if one were going, would end meanwhile.
             deadline = asyncio.get_running_loop().time() + 2.0
@@ -141,7 +133,7 @@ async def test_a_dead_engine_leaves_the_task_resumable_and_stops_the_consumer(
         app = App(settings, engine=dying)
         run = asyncio.create_task(app.run())
         await wait_until(lambda: app.ready or run.done(), 60)
-        await produce_requests(settings, [_file_request("dies-1", pdf)])
+        await produce_requests(settings, [file_request("dies-1", pdf)])
         await asyncio.wait_for(run, 60)  # stops by itself
         assert app.exit_code == EXIT_ENGINE_DEAD
         await reader.poll()
@@ -186,7 +178,7 @@ async def test_backpressure_holds_through_a_rebalance(settings: Settings, tmp_pa
 
     async with running_app(one_task, first_engine) as first:
         await produce_requests(
-            settings, [_file_request(task_id, pdf) for task_id in one_per_partition.values()]
+            settings, [file_request(task_id, pdf) for task_id in one_per_partition.values()]
         )
         await wait_until(lambda: settled(first), 30)
         assert len(first._loop._consumer.assignment()) == PARTITIONS  # type: ignore[union-attr]

@@ -14,9 +14,8 @@ from consumer.config import Settings
 from consumer.metrics import ConsumerMetrics
 from schemas.keys import task_partition
 from schemas.progress import TaskStatus
-from schemas.request import OcrRequest, Source
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf
+from tests.support.documents import file_request, make_pdf
 from tests.support.engines import ScriptedEngine
 from tests.support.http import http_get
 from tests.support.kafka import TopicReader, produce_requests, wait_until
@@ -32,12 +31,6 @@ LAG_TIMEOUT_S = 15.0
 def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
     return stack_settings.model_copy(
         update={"file_roots": [tmp_path], "metrics_port": 0, "commit_interval_s": 0.2}
-    )
-
-
-def _file_request(task_id: str, path: Path) -> OcrRequest:
-    return OcrRequest.model_validate(
-        {"task_id": task_id, "source": Source(uri=path.resolve().as_uri())}, strict=False
     )
 
 
@@ -68,7 +61,7 @@ async def test_metrics_and_readiness_over_http(settings: Settings, tmp_path: Pat
         status, _ = await http_get(f"{app.health.url}/healthz")
         assert status == 200
 
-        await produce_requests(settings, [_file_request("obs-1", pdf)])
+        await produce_requests(settings, [file_request("obs-1", pdf)])
         async with TopicReader(settings, settings.topic_progress) as reader:
             await reader.wait_for(lambda r: bool(r.final(settings, "obs-1")))
         [final] = reader.final(settings, "obs-1")
@@ -123,7 +116,7 @@ async def test_lag_follows_the_log_end_while_partitions_are_paused(
         if task_partition(task_id.encode(), partitions) == hot
     ]
     async with running_app(one_task, ScriptedEngine(delay_s=600)) as app:
-        await produce_requests(settings, [_file_request("lag-0", pdf)])
+        await produce_requests(settings, [file_request("lag-0", pdf)])
         metrics = app.metrics
         await wait_until(
             lambda: metrics.registry.get_sample_value("ocr_paused_partitions") == partitions,
@@ -134,9 +127,9 @@ async def test_lag_follows_the_log_end_while_partitions_are_paused(
 
         # A backlog arrives on the paused partition; nothing fetches it, so only the log
         # end can tell how far behind the partition is.
-        await produce_requests(settings, [_file_request(t, pdf) for t in same_partition[:5]])
+        await produce_requests(settings, [file_request(t, pdf) for t in same_partition[:5]])
         await wait_until(lambda: _lag(metrics, topic, hot) == 6, LAG_TIMEOUT_S)
-        await produce_requests(settings, [_file_request(t, pdf) for t in same_partition[5:8]])
+        await produce_requests(settings, [file_request(t, pdf) for t in same_partition[5:8]])
         await wait_until(lambda: _lag(metrics, topic, hot) == 9, LAG_TIMEOUT_S)
 
         assert metrics.registry.get_sample_value("ocr_paused_partitions") == partitions
@@ -152,7 +145,7 @@ async def test_page_queue_time_is_the_wait_for_the_page_budget(
     # each wait at least one page's time for the slot.
     serial = settings.model_copy(update={"max_inflight_pages": 1})
     async with running_app(serial, ScriptedEngine(delay_s=0.3)) as app:
-        await produce_requests(settings, [_file_request("queue-1", pdf)])
+        await produce_requests(settings, [file_request("queue-1", pdf)])
         async with TopicReader(settings, settings.topic_progress) as reader:
             await reader.wait_for(lambda r: bool(r.final(settings, "queue-1")))
     registry = app.metrics.registry

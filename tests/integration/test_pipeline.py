@@ -15,21 +15,21 @@ from schemas.common import ErrorCode
 from schemas.headers import DLQ_ERROR_CODE
 from schemas.keys import task_partition
 from schemas.progress import TaskStatus
-from schemas.request import OcrRequest, PageRange, Source
+from schemas.request import OcrRequest, PageRange
 from schemas.result import PageStatus
 from tests.support.apps import running_app
-from tests.support.documents import make_image, make_pdf, make_png, make_tiff, page_lines
+from tests.support.documents import (
+    file_request,
+    make_image,
+    make_pdf,
+    make_png,
+    make_tiff,
+    page_lines,
+)
 from tests.support.engines import FaultyEngine, ScriptedEngine
 from tests.support.kafka import TopicReader, committed_offsets, produce_raw, produce_requests
 
 pytestmark = pytest.mark.integration
-
-
-def _file_request(task_id: str, path: Path, **extra: object) -> OcrRequest:
-    return OcrRequest.model_validate(
-        {"task_id": task_id, "source": Source(uri=path.resolve().as_uri()), **extra},
-        strict=False,
-    )
 
 
 def _completed(settings: Settings, *task_ids: str):  # type: ignore[no-untyped-def]
@@ -56,7 +56,7 @@ async def test_multi_page_pdf_on_the_cpu_engine(
 ) -> None:
     pdf = make_pdf(tmp_path / "three.pdf", pages=3)
     async with running_app(settings, rapidocr):
-        await produce_requests(settings, [_file_request("pdf-1", pdf, metadata={"who": "test"})])
+        await produce_requests(settings, [file_request("pdf-1", pdf, metadata={"who": "test"})])
         async with TopicReader(
             settings, settings.topic_results, settings.topic_progress, settings.topic_timing
         ) as reader:
@@ -124,7 +124,7 @@ async def test_jpeg_multi_page_tiff_and_webp_on_the_cpu_engine(
     }
     async with running_app(settings, rapidocr):
         await produce_requests(
-            settings, [_file_request(task_id, path) for task_id, (path, _) in documents.items()]
+            settings, [file_request(task_id, path) for task_id, (path, _) in documents.items()]
         )
         async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
             await reader.wait_for(_completed(settings, *documents), timeout=120)
@@ -146,7 +146,7 @@ async def test_jpeg_multi_page_tiff_and_webp_on_the_cpu_engine(
 async def test_page_ranges_select_pages(settings: Settings, tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "five.pdf", pages=5)
     engine = ScriptedEngine()
-    request = _file_request(
+    request = file_request(
         "ranges-1", pdf, pages=[PageRange(first=2, last=3), PageRange(first=5)]
     )
     async with running_app(settings, engine):
@@ -162,13 +162,13 @@ async def test_duplicate_is_announced_not_recomputed(settings: Settings, tmp_pat
     pdf = make_pdf(tmp_path / "dup.pdf", pages=2)
     engine = ScriptedEngine()
     async with running_app(settings, engine):
-        await produce_requests(settings, [_file_request("dup-1", pdf)])
+        await produce_requests(settings, [file_request("dup-1", pdf)])
         async with TopicReader(settings, settings.topic_progress) as reader:
             await reader.wait_for(_completed(settings, "dup-1"))
-            await produce_requests(settings, [_file_request("dup-1", pdf)])
+            await produce_requests(settings, [file_request("dup-1", pdf)])
             await reader.wait_for(lambda r: len(r.final(settings, "dup-1")) == 2)
             # force=true recomputes.
-            await produce_requests(settings, [_file_request("dup-1", pdf, force=True, attempt=1)])
+            await produce_requests(settings, [file_request("dup-1", pdf, force=True, attempt=1)])
             await reader.wait_for(lambda r: len(r.final(settings, "dup-1")) == 3)
     finals = reader.final(settings, "dup-1")
     assert [f.replayed for f in finals] == [False, True, False]
@@ -180,10 +180,10 @@ async def test_task_id_conflict_goes_to_dlq(settings: Settings, tmp_path: Path) 
     first = make_pdf(tmp_path / "a.pdf", pages=1)
     second = make_pdf(tmp_path / "b.pdf", pages=2)
     async with running_app(settings, ScriptedEngine()):
-        await produce_requests(settings, [_file_request("same-id", first)])
+        await produce_requests(settings, [file_request("same-id", first)])
         async with TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader:
             await reader.wait_for(_completed(settings, "same-id"))
-            await produce_requests(settings, [_file_request("same-id", second)])
+            await produce_requests(settings, [file_request("same-id", second)])
             await reader.wait_for(lambda r: bool(r.on(settings.topic_dlq)))
     [dead] = reader.on(settings.topic_dlq)
     assert dead.headers[DLQ_ERROR_CODE] == ErrorCode.TASK_ID_CONFLICT.value.encode()
@@ -197,7 +197,7 @@ async def test_bad_requests_go_to_dlq_and_consumer_keeps_serving(
         await produce_raw(settings, b"not json at all", key=b"x")
         await produce_raw(settings, b"\xff\xfe", key=b"y")
         await produce_raw(settings, b'{"schema_version": 9, "task_id": "v9"}', key=b"v9")
-        await produce_requests(settings, [_file_request("after-poison", pdf)])
+        await produce_requests(settings, [file_request("after-poison", pdf)])
         async with TopicReader(settings, settings.topic_progress, settings.topic_dlq) as reader:
             await reader.wait_for(
                 lambda r: len(r.on(settings.topic_dlq)) == 3
@@ -228,7 +228,7 @@ async def test_failing_and_hanging_pages_end_with_their_own_error(
     pdf = make_pdf(tmp_path / "faulty.pdf", pages=4)
     engine = FaultyEngine(ScriptedEngine(), fail_pages={2}, hang_pages={3})
     async with running_app(settings.model_copy(update={"page_timeout_s": 1.0}), engine):
-        await produce_requests(settings, [_file_request("faulty-1", pdf)])
+        await produce_requests(settings, [file_request("faulty-1", pdf)])
         async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
             await reader.wait_for(_completed(settings, "faulty-1"))
     by_page = {r.page: r for r in reader.results(settings)}
@@ -248,11 +248,11 @@ async def test_task_timeout_fails_the_task_and_the_consumer_keeps_serving(
     limited = settings.model_copy(update={"task_timeout_s": 1.5, "max_inflight_pages": 1})
     engine = ScriptedEngine(delay_s=0.5, concurrency=1)
     async with running_app(limited, engine):
-        await produce_requests(settings, [_file_request("slow-1", slow)])
+        await produce_requests(settings, [file_request("slow-1", slow)])
         async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
             await reader.wait_for(_completed(settings, "slow-1"), timeout=60)
             # The timed-out task gave its page slot back: the next request completes.
-            await produce_requests(settings, [_file_request("after-timeout", quick)])
+            await produce_requests(settings, [file_request("after-timeout", quick)])
             await reader.wait_for(_completed(settings, "after-timeout"), timeout=60)
         deadline = asyncio.get_running_loop().time() + 20
         while sum((await committed_offsets(settings)).values()) < 2:
@@ -277,7 +277,7 @@ async def test_restart_mid_document_resumes_missing_pages(
     first = ScriptedEngine(delay_s=0.3, concurrency=2)
     async with TopicReader(settings, settings.topic_results, settings.topic_progress) as reader:
         async with running_app(quick_stop, first):
-            await produce_requests(settings, [_file_request("resume-1", pdf)])
+            await produce_requests(settings, [file_request("resume-1", pdf)])
             await reader.wait_for(lambda r: len(r.results(settings)) >= 3)
         done_before = {r.page for r in reader.results(settings)}
         assert 3 <= len(done_before) < 8
@@ -294,7 +294,7 @@ async def test_restart_mid_document_resumes_missing_pages(
 
 async def test_committed_offsets_reach_the_end(settings: Settings, tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "c.pdf", pages=1)
-    requests = [_file_request(f"commit-{i}", pdf) for i in range(6)]
+    requests = [file_request(f"commit-{i}", pdf) for i in range(6)]
     async with running_app(settings, ScriptedEngine()):
         await produce_requests(settings, requests)
         async with TopicReader(settings, settings.topic_progress) as reader:
@@ -306,7 +306,7 @@ async def test_committed_offsets_reach_the_end(settings: Settings, tmp_path: Pat
 
 async def test_three_consumers_share_six_partitions(settings: Settings, tmp_path: Path) -> None:
     pdf = make_pdf(tmp_path / "group.pdf", pages=2)
-    requests = [_file_request(f"group-{i}", pdf) for i in range(18)]
+    requests = [file_request(f"group-{i}", pdf) for i in range(18)]
     engines = [ScriptedEngine(delay_s=0.05) for _ in range(3)]
     members = [
         settings.model_copy(update={"consumer_id": f"member-{i}"}) for i in range(3)
@@ -336,7 +336,7 @@ async def test_progress_is_readable_and_ocr_watch_shows_it(
     pdf = make_pdf(tmp_path / "four.pdf", pages=4)
     one_at_a_time = settings.model_copy(update={"max_inflight_pages": 1})
     async with running_app(one_at_a_time, ScriptedEngine(delay_s=0.3, concurrency=1)):
-        await produce_requests(settings, [_file_request("readable-1", pdf)])
+        await produce_requests(settings, [file_request("readable-1", pdf)])
         async with TopicReader(settings, settings.topic_progress) as reader:
             await reader.wait_for(_completed(settings, "readable-1"))
     events = [e for e in reader.progress(settings) if e.task_id == "readable-1"]

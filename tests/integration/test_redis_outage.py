@@ -22,10 +22,9 @@ from consumer.state import TaskStateStore, redis_client
 from schemas.common import ErrorCode, ErrorInfo
 from schemas.headers import DLQ_ERROR_CODE
 from schemas.progress import ProgressEvent, TaskStatus
-from schemas.request import OcrRequest, Source
 from schemas.result import PageStatus
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf
+from tests.support.documents import file_request, make_pdf
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import TopicReader, committed_offsets, produce_requests
 from tests.support.redis_server import RedisServer, free_port, own_redis
@@ -202,10 +201,6 @@ async def app_settings(
             "shutdown_grace_s": 1.0,
         }
     )
-
-
-def file_request(task_id: str, path: Path) -> OcrRequest:
-    return OcrRequest(task_id=task_id, source=Source(uri=path.resolve().as_uri()))
 
 
 def finals(reader: TopicReader, settings: Settings, task_id: str) -> list[ProgressEvent]:

@@ -11,9 +11,8 @@ import pytest
 from consumer.config import Settings
 from schemas.common import ErrorCode
 from schemas.progress import TaskStatus
-from schemas.request import OcrRequest, Source
 from tests.support.apps import running_app
-from tests.support.documents import make_pdf, stroked_pdf
+from tests.support.documents import file_request, make_pdf, stroked_pdf
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import TopicReader, produce_requests
 
@@ -31,10 +30,6 @@ def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
     )
 
 
-def request(task_id: str, path: Path) -> OcrRequest:
-    return OcrRequest(task_id=task_id, source=Source(uri=path.resolve().as_uri()))
-
-
 async def test_a_one_page_task_stays_fast_while_a_slow_pdf_renders(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -49,18 +44,18 @@ async def test_a_one_page_task_stays_fast_while_a_slow_pdf_renders(
         running_app(settings, engine),
         TopicReader(settings, settings.topic_progress) as reader,
     ):
-        await produce_requests(settings, [request("slow-1", slow)])
+        await produce_requests(settings, [file_request("slow-1", slow)])
         await reader.wait_for(
             lambda r: any(e.task_id == "slow-1" and e.status is TaskStatus.STARTED
                           for e in r.progress(settings))
         )
-        await produce_requests(settings, [request("medium-1", medium)])
+        await produce_requests(settings, [file_request("medium-1", medium)])
         await reader.wait_for(
             lambda r: any(e.task_id == "medium-1" and e.status is TaskStatus.STARTED
                           for e in r.progress(settings))
         )
         sent = time.monotonic()
-        await produce_requests(settings, [request("small-1", small)])
+        await produce_requests(settings, [file_request("small-1", small)])
         await reader.wait_for(lambda r: bool(r.final(settings, "small-1")), timeout=120)
         small_s = time.monotonic() - sent
         slow_done_first = bool(reader.final(settings, "slow-1"))
@@ -84,7 +79,7 @@ async def test_a_pdf_whose_renders_keep_timing_out_fails_the_task_with_a_code(
         running_app(limited, ScriptedEngine()),
         TopicReader(limited, limited.topic_progress, limited.topic_results) as reader,
     ):
-        await produce_requests(limited, [request("hopeless-1", slow)])
+        await produce_requests(limited, [file_request("hopeless-1", slow)])
         await reader.wait_for(lambda r: bool(r.final(limited, "hopeless-1")), timeout=120)
     codes = sorted(
         result.error.code.value for result in reader.results(limited) if result.error

@@ -11,6 +11,8 @@ from pathlib import Path
 import pymupdf
 from PIL import Image, ImageDraw, ImageFont
 
+from schemas.request import OcrRequest, Source
+
 WORDS = [
     "invoice", "total", "amount", "paid", "customer", "order", "delivery", "address",
     "payment", "reference", "number", "account", "balance", "summary", "quantity", "price",
@@ -252,3 +254,11 @@ def report_grounded(page: int) -> str:
         "<tr><td>Q4</td><td>8.4</td></tr></table>"
     )
     return "\n\n".join(parts) + "\n"
+
+
+def file_request(task_id: str, path: Path, **extra: object) -> OcrRequest:
+    """A request for the document at `path` (a file:// claim check), with `extra` fields."""
+    return OcrRequest.model_validate(
+        {"task_id": task_id, "source": Source(uri=path.resolve().as_uri()), **extra},
+        strict=False,
+    )
