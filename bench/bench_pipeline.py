@@ -57,6 +57,22 @@ def write_documents(
     return paths
 
 
+def isolated_settings(settings: Settings, base: str, folder: Path, **extra: object) -> Settings:
+    """`settings` for one benchmark run on a shared stack: topics, group, Redis keys and
+    consumer id of its own (all named after `base`), documents read from `folder`, no
+    metrics port; `extra` overrides more."""
+    return settings.with_topic_names(TopicNames().with_prefix(base)).model_copy(
+        update={
+            "group_id": base,
+            "redis_key_prefix": f"{base}:",
+            "consumer_id": f"{base}-consumer",
+            "file_roots": [folder],
+            "metrics_port": 0,
+            **extra,
+        }
+    )
+
+
 async def _wait_until(condition: Any, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -79,16 +95,8 @@ async def run_pipeline_bench(
     documents = await asyncio.to_thread(
         write_documents, pages, folder, pages_per_document=pages_per_document, dpi=dpi
     )
-    base = f"bench-{run}"
-    bench = settings.with_topic_names(TopicNames().with_prefix(base)).model_copy(
-        update={
-            "group_id": base,
-            "redis_key_prefix": f"{base}:",
-            "consumer_id": f"{base}-consumer",
-            "file_roots": [folder],
-            "metrics_port": 0,
-        }
-    )
+    bench = isolated_settings(settings, f"bench-{run}", folder)
+    base = bench.group_id
     await ensure_topics(bench, bench.topic_specs())
     requests = [
         OcrRequest(task_id=f"{base}-{index}", source=Source(uri=path.as_uri()), dpi=dpi)

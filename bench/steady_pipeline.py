@@ -31,6 +31,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from bench.bench_pipeline import isolated_settings
 from bench.closed_loop import Completion, SteadyWindow
 from bench.mixed_pages import DOCUMENT_SIZES, MixedPage
 from bench.samplers import Sampler
@@ -41,7 +42,6 @@ from consumer.settings.kafka import client_kwargs
 from producer_tools.topic_admin import ensure_topics
 from schemas.request import OcrRequest, Source
 from schemas.result import PageResult, PageStatus, PageTimings
-from schemas.topics import TopicNames
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 120.0
@@ -115,17 +115,9 @@ async def pipeline_phase(
     run = uuid.uuid4().hex[:8]
     folder = Path(tempfile.mkdtemp(prefix=f"ocr-steady-{run}-"))
     pool = await asyncio.to_thread(write_pool, images, folder, dpi)
-    base = f"steady-{run}"
-    bench = settings.with_topic_names(TopicNames().with_prefix(base)).model_copy(
-        update={
-            "group_id": base,
-            "redis_key_prefix": f"{base}:",
-            "consumer_id": f"{base}-consumer",
-            "file_roots": [folder],
-            "metrics_port": 0,
-            "shutdown_grace_s": 0.0,  # pages still decoding when the window closes are dropped
-        }
-    )
+    # shutdown_grace_s 0: pages still decoding when the window closes are dropped.
+    bench = isolated_settings(settings, f"steady-{run}", folder, shutdown_grace_s=0.0)
+    base = bench.group_id
     await ensure_topics(bench, bench.topic_specs())
     budget = page_budget(bench, engine)
     target = budget + max(DOCUMENT_SIZES)
