@@ -18,7 +18,7 @@ from consumer.engines.base import EngineOutput, PageImage
 from consumer.postprocess.page import deepseek_page_text
 from schemas.common import ErrorCode
 from schemas.result import FinishReason
-from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_server
+from tests.support.s3 import REGION, S3Server, s3_server, server_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -36,16 +36,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    s3fetch.forget_clients()
-    yield
-    s3fetch.forget_clients()
+    with server_credentials(monkeypatch, tmp_path):
+        yield
 
 
 def s3_store(server: S3Server, uri: str = f"s3://{BUCKET}/figures") -> S3Store:

@@ -20,7 +20,6 @@ from PIL import Image
 from consumer import app as app_module
 from consumer.app import EXIT_SETTINGS, EXIT_UNREACHABLE, App
 from consumer.config import S3AddressingStyle, Settings, artifact_store_uri
-from consumer.documents import s3fetch
 from producer_tools import EXIT_OK, collect
 from schemas.progress import TaskStatus
 from schemas.request import OcrRequest, PromptKind, Source
@@ -29,7 +28,7 @@ from tests.support.apps import running_app
 from tests.support.documents import REPORT_FIGURES, make_report_pdf, report_grounded
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import TopicReader, produce_requests
-from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_server
+from tests.support.s3 import REGION, S3Server, s3_server, server_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +53,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    s3fetch.forget_clients()
-    yield
-    s3fetch.forget_clients()
+    with server_credentials(monkeypatch, tmp_path):
+        yield
 
 
 def _flags(settings: Settings) -> list[str]:

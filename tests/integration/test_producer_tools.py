@@ -28,7 +28,6 @@ from pydantic import BaseModel
 
 from consumer.artifacts.store import open_artifact_store
 from consumer.config import S3AddressingStyle, Settings
-from consumer.documents import s3fetch
 from consumer.settings.kafka import client_kwargs
 from producer_tools import EXIT_FAILED, EXIT_OK, EXIT_TIMEOUT, cancel, collect, submit, watch
 from producer_tools.follow_progress import ProgressFollower
@@ -55,7 +54,7 @@ from schemas.result import (
     PageResult,
     PageStatus,
 )
-from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_server
+from tests.support.s3 import REGION, S3Server, s3_server, server_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -509,14 +508,8 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    s3fetch.forget_clients()
-    yield
-    s3fetch.forget_clients()
+    with server_credentials(monkeypatch, tmp_path):
+        yield
 
 
 @pytest.mark.usefixtures("aws")

@@ -25,7 +25,7 @@ from tests.support.apps import running_app
 from tests.support.documents import make_pdf
 from tests.support.engines import ScriptedEngine
 from tests.support.kafka import TopicReader, produce_requests
-from tests.support.s3 import ACCESS_KEY, REGION, SECRET_KEY, S3Server, s3_server
+from tests.support.s3 import REGION, S3Server, s3_server, server_credentials
 
 pytestmark = pytest.mark.integration
 
@@ -42,17 +42,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture(autouse=True)
 def aws_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-        monkeypatch.delenv(name, raising=False)
-    # Clients keep the credentials they were made with: each test makes its own.
-    s3fetch.forget_clients()
-    yield
-    s3fetch.forget_clients()
+    with server_credentials(monkeypatch, tmp_path):
+        yield
 
 
 def s3_settings(server: S3Server, **overrides: object) -> Settings:

@@ -15,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from consumer.documents import s3fetch
+
 REPO = Path(__file__).resolve().parents[2]
 ACCESS_KEY = "ocr-stream-test"
 SECRET_KEY = "ocr-stream-test-secret"
@@ -86,3 +90,22 @@ def s3_server(root: Path, log: Path) -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+@contextmanager
+def server_credentials(monkeypatch: pytest.MonkeyPatch, folder: Path) -> Iterator[None]:
+    """The test server's credentials and nothing of the machine's AWS set-up (profiles,
+    config files, instance metadata, endpoint overrides). Clients keep the credentials
+    they were made with: each test starts with none cached."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(folder / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(folder / "no-aws-credentials"))
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    s3fetch.forget_clients()
+    try:
+        yield
+    finally:
+        s3fetch.forget_clients()
