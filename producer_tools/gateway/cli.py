@@ -20,17 +20,19 @@ from redis.exceptions import RedisError
 
 from consumer.log import configure_logging, get_logger
 from consumer.settings.base import add_version_argument
-from producer_tools import ToolError, describe_validation
+from producer_tools import (
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    ToolError,
+    describe_validation,
+)
 from producer_tools.follow_progress import topic_partitions
 from producer_tools.gateway.app import create_app
 from producer_tools.gateway.service import Gateway
 from producer_tools.gateway.settings import GatewayConfig, add_gateway_arguments, config_from_args
 
 log = get_logger(__name__)
-
-EXIT_OK = 0
-EXIT_USAGE = 2
-EXIT_UNREACHABLE = 4
 
 
 def build_parser() -> argparse.ArgumentParser:
