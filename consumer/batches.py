@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
-from aiokafka.errors import RecordTooLargeError
+from aiokafka.errors import IllegalStateError, RecordTooLargeError
 
 from consumer.log import get_logger
 from consumer.metrics import ConsumerMetrics
@@ -56,6 +56,8 @@ TRANSIENT_FIRST_S = 0.1
 TRANSIENT_MAX_S = 5.0
 # With nothing assigned, whether the topic still exists is asked at most this often.
 TOPIC_CHECK_S = 10.0
+# A read position being reset (out of range) is not waited for; it is asked again later.
+POSITION_WAIT_S = 0.05
 
 
 class Consumer(Protocol):
@@ -79,6 +81,8 @@ class Consumer(Protocol):
 
     async def topics(self) -> set[str]: ...
 
+    def highwater(self, partition: TopicPartition) -> int | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
@@ -93,6 +97,9 @@ class Unreadable:
 class Batch:
     records: dict[TopicPartition, list[Any]] = field(default_factory=dict)
     unreadable: list[Unreadable] = field(default_factory=list)
+    # From one poll that raised nothing: once its records are received, each partition's
+    # read position is past nothing the loop lacks (see `read_positions`).
+    clean: bool = False
 
 
 class BatchReader:
@@ -139,7 +146,27 @@ class BatchReader:
         except Exception as exc:  # every error of a poll is classified, none escapes as is
             return await self._failed(exc)
         self._transient_delay = TRANSIENT_FIRST_S
-        return Batch(records)
+        return Batch(records, clean=True)
+
+    async def read_positions(self) -> dict[TopicPartition, int]:
+        """The read position of each assigned partition that fetched since its assignment.
+
+        Only meaningful right after the records of a `clean` batch were received, before
+        the next `read`: a position then lies past no record the loop lacks, only past
+        offsets with no record for us (transaction markers, aborted transactions, offsets
+        compacted away), which aiokafka steps over without handing anything out. Meanwhile
+        a rebalance or a rewind can only move a position back, which is safe."""
+        positions: dict[TopicPartition, int] = {}
+        for partition in self._consumer.assignment():
+            if self._consumer.highwater(partition) is None:
+                continue  # no fetch yet: its position may still be being looked up
+            try:
+                positions[partition] = await asyncio.wait_for(
+                    self._consumer.position(partition), POSITION_WAIT_S
+                )
+            except (IllegalStateError, TimeoutError):
+                continue  # revoked meanwhile, or being reset: asked again next time
+        return positions
 
     # -- errors --------------------------------------------------------------------------
 

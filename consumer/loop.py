@@ -96,6 +96,7 @@ def request_consumer(settings: Settings, consumer_id: str) -> AIOKafkaConsumer:
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(settings.session_timeout_ms // 10, 1000),
         max_poll_interval_ms=settings.max_poll_interval_ms,
+        isolation_level=settings.isolation_level.value,
         # Requests are small claim checks; a generous record limit avoids refetches.
         max_partition_fetch_bytes=max(settings.max_request_bytes * 2, 1024 * 1024),
         fetch_max_bytes=max(settings.max_request_bytes * 4, 50 * 1024 * 1024),
@@ -190,7 +191,7 @@ class ConsumerLoop:
                         self._admit(partition, record)
                 for unreadable in batch.unreadable:
                     self._admit_unreadable(unreadable)
-                await self._maybe_commit()
+                await self._maybe_commit(read_positions=batch.clean)
                 self._metrics.set_inflight(self._scheduler.in_use, self._book.runs)
             if self._broken is not None:
                 raise self._broken
@@ -439,8 +440,14 @@ class ConsumerLoop:
 
     # -- commits -------------------------------------------------------------------------
 
-    async def _maybe_commit(self) -> None:
+    async def _maybe_commit(self, *, read_positions: bool) -> None:
+        """`read_positions`: every record of a clean poll was just received, so the read
+        positions may move the commit past offsets that hold no record (a transaction's
+        marker): the lag of a partition ending in one is 0, as with Kafka's own clients."""
         if time.monotonic() - self._last_commit >= self._settings.commit_interval_s:
+            if read_positions:
+                epoch = self._book.epoch
+                self._book.read_to(await self._reader.read_positions(), epoch=epoch)
             await self._commit(force=False)
 
     async def _commit(self, *, force: bool) -> None:

@@ -2,8 +2,15 @@
 
 Tasks finish out of order (a 1-page task overtakes a 300-page one), but Kafka stores one
 position per partition. Committing past an unfinished task would lose it on a crash, so a
-partition's commit position is the offset of its oldest unfinished record, or one past the
-newest record when everything received is finished.
+partition's commit position is the offset of its oldest unfinished record, or, when
+everything received is finished, the furthest of one past the newest record and the
+consumer's read position.
+
+Invariant: every offset below the commit position is either a finished record or no record
+of ours. The read position (`passed`) is what lets the commit move over offsets that hold
+no record, as Kafka's own clients commit: a transaction's commit or abort marker, an aborted
+transaction's records (read_committed skips them), or offsets removed by compaction.
+Without it, a partition whose last batch was transactional would show a lag of 1 for good.
 """
 
 from __future__ import annotations
@@ -25,6 +32,9 @@ class PartitionOffsets:
     finished: set[int] = field(default_factory=set)
     last_received: int | None = None
     last_committed: int | None = None
+    # The consumer's read position, reported only when everything below it was handed to
+    # `received` (the caller's duty): offsets under it that were not received hold no record.
+    passed: int | None = None
 
     def received(self, offset: int) -> bool:
         """Track a new offset; False for one already seen (re-delivered after a rebalance)."""
@@ -46,13 +56,18 @@ class PartitionOffsets:
             self.finished.discard(head)
             self.pending_set.discard(head)
 
+    def read_to(self, position: int) -> None:
+        """The consumer read up to `position`, and every record below it was `received`."""
+        if self.passed is None or position > self.passed:
+            self.passed = position
+
     def position(self) -> int | None:
-        """The offset to commit (next to read), or None when nothing was received."""
+        """The offset to commit (next to read), or None when nothing was received or read."""
         if self.pending:
             return self.pending[0]
-        if self.last_received is None:
-            return None
-        return self.last_received + 1
+        after_received = None if self.last_received is None else self.last_received + 1
+        ends = [end for end in (after_received, self.passed) if end is not None]
+        return max(ends, default=None)
 
     def to_commit(self) -> int | None:
         """The position if it moved since the last commit, else None."""
@@ -83,6 +98,9 @@ class OffsetTracker(Generic[P]):
 
     def received(self, partition: P, offset: int) -> bool:
         return self._partitions.setdefault(partition, PartitionOffsets()).received(offset)
+
+    def read_to(self, partition: P, position: int) -> None:
+        self._partitions.setdefault(partition, PartitionOffsets()).read_to(position)
 
     def done(self, partition: P, offset: int) -> None:
         offsets = self._partitions.get(partition)

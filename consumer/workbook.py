@@ -168,6 +168,7 @@ class WorkBook(Generic[P, J]):
         self._parked: list[Work[P, J]] = []
         self._stopping = False
         self._run_ids = itertools.count(1)
+        self._epoch = 0
 
     # -- queries -------------------------------------------------------------------------
 
@@ -195,7 +196,8 @@ class WorkBook(Generic[P, J]):
         return self._by_task_id.get(task_id)
 
     def resume_offset(self, partition: P) -> int | None:
-        """Where the group would resume the partition; None when nothing was received."""
+        """Where the group would resume the partition; None when nothing was received or
+        read there."""
         offsets = self._offsets.get(partition)
         return offsets.position() if offsets is not None else None
 
@@ -258,6 +260,23 @@ class WorkBook(Generic[P, J]):
         leader.followers.append(work)
         return Decision(Reason.FOLLOWS)
 
+    @property
+    def epoch(self) -> int:
+        """Counts rebalance events (revokes and assignments)."""
+        return self._epoch
+
+    def read_to(self, positions: Mapping[P, int], *, epoch: int) -> None:
+        """The consumer's read positions, taken when every record below each was received:
+        offsets in between that were never received hold no record (a transaction marker,
+        an aborted transaction, compaction), and the commit may move past them. `epoch`
+        is `self.epoch` when they were asked for: positions read across a rebalance are
+        dropped, as a partition lost and assigned again must not take its old position."""
+        if epoch != self._epoch:
+            return
+        for partition, position in positions.items():
+            if partition in self._assigned:
+                self._offsets.read_to(partition, position)
+
     def receive_control(self, partition: P, offset: int, job: J) -> Decision[P, J]:
         """A control record (a cancel): its work starts at once and is no run of its task,
         so a cancel never waits for the run it stops, nor counts as that task's copy."""
@@ -312,6 +331,7 @@ class WorkBook(Generic[P, J]):
     def revoked(self, partitions: Iterable[P]) -> None:
         """Eager rebalance, first half: runs go on until the new assignment is known."""
         revoked = set(partitions)
+        self._epoch += 1
         self._assigned -= revoked
         self._orphans |= revoked
 
@@ -320,6 +340,7 @@ class WorkBook(Generic[P, J]):
         parked since the revoke runs again; runs of the partitions that moved away are
         cancelled (resumable from the pages Redis holds)."""
         assigned = set(partitions)
+        self._epoch += 1
         lost = self._orphans - assigned
         self._orphans.clear()
         self._assigned = assigned

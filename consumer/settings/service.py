@@ -23,6 +23,13 @@ class GroupMembership(SettingsPart):
     )
 
 
+class IsolationLevel(StrEnum):
+    """Kafka's `isolation.level` for reading requests."""
+
+    READ_COMMITTED = "read_committed"
+    READ_UNCOMMITTED = "read_uncommitted"
+
+
 class ConsumerGroup(GroupMembership):
     """The group, which is the deployment: its members share its work and its name in events."""
 
@@ -33,6 +40,16 @@ class ConsumerGroup(GroupMembership):
         None, description="Static membership id: a quick restart causes no rebalance."
     )
     commit_interval_s: float = Field(1.0, gt=0, description="How often finished offsets commit.")
+    # Kafka's own default is read_uncommitted. Ours is not: a request whose transaction its
+    # producer aborted was rolled back, and OCR-ing it spends a GPU on a document that, to
+    # its sender, was never sent (and is sent again when the transaction is retried).
+    isolation_level: IsolationLevel = Field(
+        IsolationLevel.READ_COMMITTED,
+        description="Requests read: read_committed skips those of aborted transactions and "
+        "waits for open ones (Kafka's isolation.level); read_uncommitted reads them all.",
+        json_schema_extra={"short": "read_committed (skips aborted transactions) or "
+                           "read_uncommitted."},
+    )
     event_source: str | None = Field(
         None,
         description="CloudEvents `ce_source` of every output: the deployment's name, the same "

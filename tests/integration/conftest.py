@@ -30,6 +30,7 @@ from consumer.config import Settings
 from consumer.state import redis_client as make_redis_client
 from producer_tools.topic_admin import delete_topics, ensure_topics, wait_for_broker
 from schemas.topics import TopicNames
+from tests.support import java as java_support
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_SCRIPT = REPO / "deploy" / "local" / "stack.sh"
@@ -200,3 +201,12 @@ async def redis_client(stack: Settings) -> AsyncIterator[aioredis.Redis]:
         yield client
     finally:
         await client.aclose()
+
+
+@pytest.fixture(scope="session")
+def java_classpath() -> str:
+    """The Java interop clients (tests/support/java), compiled once per session."""
+    try:
+        return java_support.classpath()
+    except java_support.JavaUnavailable as exc:
+        pytest.fail(f"the Java interop clients could not be built: {exc}")

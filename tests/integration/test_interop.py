@@ -43,14 +43,6 @@ JAVA_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 LIBRDKAFKA_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-@pytest.fixture(scope="session")
-def java_classpath() -> str:
-    try:
-        return java_support.classpath()
-    except java_support.JavaUnavailable as exc:
-        pytest.fail(f"the Java interop clients could not be built: {exc}")
-
-
 def request_json(task_id: str, client: str, codec: str, png_base64: str) -> str:
     return json.dumps({
         "schema_version": 1,

@@ -6,6 +6,7 @@ tests/integration/test_poison_batches.py."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,11 +37,14 @@ class Record:
 class FailingConsumer:
     ends: dict[TopicPartition, int]  # records 0 .. end-1 per partition
     bad: dict[TopicPartition, set[int]] = field(default_factory=dict)
+    # Offsets holding no record for a reader (transaction markers): stepped over silently.
+    markers: dict[TopicPartition, set[int]] = field(default_factory=dict)
     error: Exception = field(default_factory=lambda: RuntimeError("lz4: checksum invalid"))
     fail_next: list[Exception] = field(default_factory=list)  # raised by the next getmany
     positions: dict[TopicPartition, int] = field(default_factory=dict)
     commits: dict[TopicPartition, int] = field(default_factory=dict)
     topic_names: set[str] = field(default_factory=lambda: {TOPIC})
+    fetched: set[TopicPartition] = field(default_factory=set)
 
     async def getmany(
         self, *partitions: TopicPartition, timeout_ms: int = 0, max_records: int | None = None
@@ -50,14 +54,16 @@ class FailingConsumer:
         room = max_records or 10**6
         drained: dict[TopicPartition, list[Any]] = {}
         for partition in sorted(partitions or self.ends, key=lambda p: p.partition):
+            self.fetched.add(partition)
             position = self.positions.setdefault(partition, 0)
             records = []
             while position < self.ends[partition] and room:
                 if position in self.bad.get(partition, set()):
                     raise self.error  # what was drained is lost, positions stay advanced
-                records.append(Record(partition.partition, position))
+                if position not in self.markers.get(partition, set()):
+                    records.append(Record(partition.partition, position))
+                    room -= 1
                 position += 1
-                room -= 1
             self.positions[partition] = position
             if records:
                 drained[partition] = records
@@ -86,6 +92,14 @@ class FailingConsumer:
     async def topics(self) -> set[str]:
         return set(self.topic_names)
 
+    def highwater(self, partition: TopicPartition) -> int | None:
+        return self.ends[partition] if partition in self.fetched else None
+
+    def records(self, partition: TopicPartition) -> list[int]:
+        """The offsets that hold a record (unreadable ones included)."""
+        return [o for o in range(self.ends[partition])
+                if o not in self.markers.get(partition, set())]
+
 
 @dataclass
 class Loop:
@@ -95,6 +109,7 @@ class Loop:
     received: dict[TopicPartition, list[int]] = field(default_factory=dict)
     skipped: list[tuple[int, int, str]] = field(default_factory=list)
     metrics: ConsumerMetrics = field(default_factory=ConsumerMetrics)
+    read_to: dict[TopicPartition, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.reader = BatchReader(
@@ -116,6 +131,16 @@ class Loop:
                 self.skipped.append((unreadable.partition.partition, unreadable.offset,
                                      unreadable.error.cause))
                 self.received.setdefault(unreadable.partition, []).append(unreadable.offset)
+            if batch.clean:
+                self.check_read_positions(await self.reader.read_positions())
+
+    def check_read_positions(self, positions: dict[TopicPartition, int]) -> None:
+        """What the commit may use: a position past a record never received loses it."""
+        for partition, position in positions.items():
+            missing = [o for o in self.consumer.records(partition)
+                       if o < position and o not in self.received.get(partition, [])]
+            assert not missing, (partition, position, missing)
+            self.read_to[partition] = position
 
 
 @pytest.fixture(autouse=True)
@@ -226,3 +251,35 @@ async def test_a_missing_topic_is_refused(monkeypatch: pytest.MonkeyPatch) -> No
         await reader.ensure_topic(0.0)
     with pytest.raises(KafkaRefused, match="does not exist"):
         await reader.read(timeout_ms=0, max_records=1)
+
+
+async def test_read_positions_step_over_transaction_markers() -> None:
+    # Records 0-1, a commit marker at 2, records 3-4, a marker at 5 that ends the log.
+    failing = FailingConsumer({tp(0): 6, tp(1): 2}, markers={tp(0): {2, 5}})
+    loop = Loop(failing)
+    await loop.read_all(reads=5)
+    assert loop.received == {tp(0): [0, 1, 3, 4], tp(1): [0, 1]}
+    assert loop.read_to == {tp(0): 6, tp(1): 2}
+
+
+async def test_read_positions_never_pass_what_a_failed_poll_dropped(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every read is checked (Loop.check_read_positions): partition 0 is drained by the
+    # polls that then raise on partition 1, and only clean polls may report positions.
+    monkeypatch.setattr(consumer.batches, "ISOLATE_S", 0.05)
+    failing = FailingConsumer({tp(0): 9, tp(1): 6}, bad={tp(1): {2, 3}},
+                              markers={tp(0): {4, 8}, tp(1): {5}})
+    loop = Loop(failing)
+    await loop.read_all(max_records=3)
+    await asyncio.sleep(0.06)  # the one-at-a-time reads are over: polls are clean again
+    await loop.read_all(reads=3, max_records=3)
+    assert loop.received == {tp(0): [0, 1, 2, 3, 5, 6, 7], tp(1): [0, 1, 2, 3, 4]}
+    assert loop.read_to == {tp(0): 9, tp(1): 6}
+
+
+async def test_a_partition_never_fetched_reports_no_position() -> None:
+    failing = FailingConsumer({tp(0): 2, tp(1): 2})
+    loop = Loop(failing)
+    failing.fetched.add(tp(0))
+    assert await loop.reader.read_positions() == {tp(0): 0}

@@ -57,6 +57,9 @@ class FakeConsumer:
     polls: int = 0
     fail_next: list[Exception] = field(default_factory=list)  # raised by the next polls
     fail_commits: list[Exception] = field(default_factory=list)  # by the next commits
+    # Read positions: past every record handed out, and past markers `step_over` fed.
+    positions: dict[TopicPartition, int] = field(default_factory=dict)
+    _markers: dict[TopicPartition, int] = field(default_factory=dict)
     _queue: list[_Record] = field(default_factory=list)
     _fed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -65,6 +68,12 @@ class FakeConsumer:
         headers: tuple[tuple[str, bytes | None], ...] = (),
     ) -> None:
         self._queue.append(_Record(TOPIC, partition, offset, value, headers=headers))
+        self._fed.set()
+
+    def step_over(self, partition: int, position: int) -> None:
+        """Offsets up to `position` hold no record (a transaction's marker): the next poll
+        moves the read position there and hands nothing out for them."""
+        self._markers[TopicPartition(TOPIC, partition)] = position
         self._fed.set()
 
     async def start(self) -> None:
@@ -89,8 +98,17 @@ class FakeConsumer:
         ]
         for record in ready[:max_records]:
             self._queue.remove(record)
-            batch.setdefault(TopicPartition(TOPIC, record.partition), []).append(record)
+            tp = TopicPartition(TOPIC, record.partition)
+            batch.setdefault(tp, []).append(record)
+            self.positions[tp] = max(self.positions.get(tp, 0), record.offset + 1)
+        if not self._queue:
+            for tp, position in self._markers.items():
+                self.positions[tp] = max(self.positions.get(tp, 0), position)
+            self._markers.clear()
         return batch
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.positions.get(tp)
 
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
@@ -119,7 +137,7 @@ class FakeConsumer:
         return dict.fromkeys(partitions, 0)
 
     async def position(self, tp: TopicPartition) -> int:
-        return 0
+        return self.positions.get(tp, 0)
 
     async def stop(self) -> None:
         return None
@@ -230,6 +248,22 @@ async def test_a_copy_on_another_partition_finishes_there(running: Running) -> N
     assert [started[0] for started in running.runner.started] == ["t"], "the copy does not run"
     running.runner.let_go("t")
     assert await running.committed({0: 1, 1: 1}) == {0: 1, 1: 1}
+
+
+async def test_commits_pass_transaction_markers_once_the_work_before_is_done(
+    running: Running,
+) -> None:
+    # A transaction of two requests at 0-1 and its commit marker at 2: the commit stops at
+    # the unfinished work, then reaches 3 (not 2, a lag of 1 for good).
+    running.consumer.feed(0, 0, _value("t"))
+    running.consumer.feed(0, 1, _value("u"))
+    running.consumer.step_over(0, 3)
+    running.consumer.step_over(1, 5)  # an aborted transaction and its marker, read_committed
+    assert await running.committed({0: 0, 1: 5}) == {0: 0, 1: 5}
+    running.runner.let_go("u")
+    assert await running.committed({0: 0}) == {0: 0}
+    running.runner.let_go("t")
+    assert await running.committed({0: 3}) == {0: 3}
 
 
 async def test_an_interrupted_run_hands_its_copy_over(running: Running) -> None:

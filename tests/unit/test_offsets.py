@@ -35,6 +35,31 @@ def test_gaps_in_offsets_are_not_arithmetic() -> None:
     assert offsets.position() == 21
 
 
+def test_the_read_position_moves_the_commit_past_offsets_with_no_record() -> None:
+    # Records 0 and 1 in a transaction, its commit marker at 2: Kafka's own clients commit
+    # 3 once both are done, so the group's lag is 0, not 1 for good.
+    offsets = PartitionOffsets()
+    offsets.received(0)
+    offsets.received(1)
+    offsets.read_to(3)
+    assert offsets.position() == 0
+    offsets.done(1)
+    assert offsets.position() == 0  # never past an unfinished record
+    offsets.done(0)
+    assert offsets.position() == 3
+    offsets.read_to(2)  # a position read after a rewind may be behind: it never goes back
+    assert offsets.position() == 3
+    offsets.received(7)  # an aborted transaction at 3-6 was skipped by the reader
+    assert offsets.position() == 7
+
+
+def test_a_partition_with_only_markers_read_commits_the_read_position() -> None:
+    offsets = PartitionOffsets()
+    assert offsets.position() is None
+    offsets.read_to(5)
+    assert offsets.position() == 5
+
+
 def test_redelivered_offsets_are_ignored() -> None:
     offsets = PartitionOffsets()
     assert offsets.received(5)
@@ -95,3 +120,32 @@ def test_random_completion_never_commits_past_unfinished(
             assert position == offsets_seen[-1] + 1
         # Everything below the position is finished.
         assert all(o in finished for o in offsets_seen if o < position)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_read_positions_never_commit_past_an_unfinished_record(data: st.DataObject) -> None:
+    """Records and markers interleave; the reader reports its position only when every
+    record below it was received (the caller's duty), at any moment. The commit position
+    never passes an unfinished record, and it reaches the read position once all is done."""
+    kinds = data.draw(st.lists(st.sampled_from(["record", "marker"]), min_size=1, max_size=40))
+    offsets = PartitionOffsets()
+    unfinished: set[int] = set()
+    read = 0
+    for offset, kind in enumerate(kinds):
+        if kind == "record":
+            offsets.received(offset)
+            unfinished.add(offset)
+        read = offset + 1
+        if data.draw(st.booleans()):
+            offsets.read_to(read)
+        for done in data.draw(st.sets(st.sampled_from(sorted(unfinished)))) if unfinished else ():
+            offsets.done(done)
+            unfinished.discard(done)
+        position = offsets.position()
+        if unfinished:
+            assert position == min(unfinished)
+    for done in sorted(unfinished):
+        offsets.done(done)
+    offsets.read_to(read)
+    assert offsets.position() == read

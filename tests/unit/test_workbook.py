@@ -48,6 +48,30 @@ def test_a_new_request_starts_and_its_offset_commits_when_it_finishes() -> None:
     assert book.running("t") is None
 
 
+def test_read_positions_move_commits_of_assigned_partitions_only() -> None:
+    book = _book(0, 1)
+    run = _started(_task(book, 0, 4)).run
+    book.read_to({0: 6, 1: 3, 2: 9}, epoch=book.epoch)  # 5 is a marker; 2 is not ours
+    assert book.to_commit(force=False) == {0: 4, 1: 3}
+    book.finished(run)
+    assert book.to_commit(force=False) == {0: 6, 1: 3}
+    assert book.resume_offset(0) == 6 and book.resume_offset(2) is None
+    book.revoked([1])
+    book.read_to({1: 8}, epoch=book.epoch)  # its next owner's now
+    assert book.to_commit(force=True) == {0: 6, 1: 3}
+
+
+def test_read_positions_asked_across_a_rebalance_are_dropped() -> None:
+    book = _book(0)
+    asked = book.epoch
+    book.revoked([0])
+    book.assigned([0])  # lost and back meanwhile? Either way the position is stale
+    book.read_to({0: 9}, epoch=asked)
+    assert book.to_commit(force=False) == {}
+    book.read_to({0: 9}, epoch=book.epoch)
+    assert book.to_commit(force=False) == {0: 9}
+
+
 def test_a_copy_follows_and_finishes_with_the_run_on_its_own_partition() -> None:
     book = _book()
     run = _started(_task(book, 0, 0)).run

@@ -4,8 +4,10 @@ consumer loop and the Kafka group around it.
 The world is a few partitions whose logs grow, a committed position per partition, a fetch
 position that restarts from the committed one after every assignment (aiokafka's eager
 rebalance), and another group member that works and commits the partitions moved away from
-us. The machine calls the book exactly as consumer/loop.py does: `wants` then `receive` for
-every polled record, one of `finished`, `raised` or `interrupted` when a run ends (a run the
+us. Logs hold requests, unreadable bytes, cancels and transaction markers (offsets with no
+record, which a poll steps over). The machine calls the book exactly as consumer/loop.py
+does: `wants` then `receive` for every polled record, `read_to` with the fetch positions
+after a poll, one of `finished`, `raised` or `interrupted` when a run ends (a run the
 book cancelled may end any of the three ways, since cancellation lands at the run's next
 await), a forced commit before `revoked`, `assigned`, `to_commit`/`committed`, and `drain`
 at shutdown.
@@ -69,20 +71,24 @@ RARELY = st.sampled_from((False, False, False, False, False, True))
 
 @dataclass(frozen=True)
 class Entry:
-    """A record in the broker's log: a request, bytes no decoder reads (task_id None), or
-    a control record (a cancel of `task_id`)."""
+    """A record in the broker's log: a request, bytes no decoder reads (task_id None), a
+    control record (a cancel of `task_id`), or no record at all (a transaction marker)."""
 
     task_id: str | None
     content: str = "x"
     force: bool = False
     control: bool = False
+    marker: bool = False
 
 
-entries = st.builds(
-    lambda task_id, content, force: Entry(task_id, content, force and task_id is not None),
-    st.one_of(st.sampled_from(TASK_IDS), st.none()),
-    st.sampled_from(CONTENTS),
-    st.booleans(),
+entries = st.one_of(
+    st.builds(
+        lambda task_id, content, force: Entry(task_id, content, force and task_id is not None),
+        st.one_of(st.sampled_from(TASK_IDS), st.none()),
+        st.sampled_from(CONTENTS),
+        st.booleans(),
+    ),
+    st.just(Entry(None, marker=True)),
 )
 
 
@@ -176,7 +182,7 @@ class WorkBookMachine(RuleBasedStateMachine):
         self.book.revoked(set(self.world.ours))
         # A record fetched just before the revoke, handed over after it, is not taken.
         for partition, log in self.world.logs.items():
-            if log:
+            if log and not log[-1].marker:
                 late = self.receive(partition, len(log) - 1)
                 assert late.start is None and not late.cancel, late
 
@@ -234,6 +240,8 @@ class WorkBookMachine(RuleBasedStateMachine):
         end = min(world.fetch[partition] + most, len(log))
         for offset in range(world.fetch[partition], end):
             world.fetch[partition] = offset + 1
+            if log[offset].marker:
+                continue  # aiokafka steps over it and hands nothing out
             wanted = self.book.wants(partition, offset)
             decision = self.receive(partition, offset)
             if not wanted:
@@ -259,6 +267,17 @@ class WorkBookMachine(RuleBasedStateMachine):
             world.fetch[partition] = offset + 1
             if self.book.wants(partition, offset):
                 self.receive(partition, offset)
+
+    @precondition(lambda self: not self.world.window and not self.draining and self.world.ours)
+    @rule(stale=RARELY)
+    def read_positions(self, stale: bool) -> None:
+        """The loop hands the book the fetch positions after a poll whose records it all
+        received; one asked before a rebalance that ended meanwhile carries an old epoch."""
+        epoch = self.book.epoch - 2 if stale else self.book.epoch
+        self.book.read_to({p: self.world.fetch[p] for p in self.world.ours}, epoch=epoch)
+
+    def no_record(self, partition: int) -> set[int]:
+        return {o for o, entry in enumerate(self.world.logs[partition]) if entry.marker}
 
     def running_tasks(self) -> list[Work[int, str]]:
         return [
@@ -354,7 +373,8 @@ class WorkBookMachine(RuleBasedStateMachine):
     def commit(self, *, force: bool, ok: bool) -> None:
         positions = self.book.to_commit(force=force)
         for partition, position in positions.items():
-            unfinished = set(range(position)) - self.world.done[partition]
+            unfinished = (set(range(position)) - self.world.done[partition]
+                          - self.no_record(partition))
             assert not unfinished, (
                 f"commit of {partition}@{position} passes unfinished offsets {unfinished}"
             )
@@ -398,7 +418,8 @@ class WorkBookMachine(RuleBasedStateMachine):
 
     def committed_never_passes_unfinished_work(self) -> None:
         for partition, position in self.world.committed.items():
-            unfinished = set(range(position)) - self.world.done[partition]
+            unfinished = (set(range(position)) - self.world.done[partition]
+                          - self.no_record(partition))
             assert not unfinished, f"{partition}@{position} committed past {unfinished}"
 
     def every_pending_offset_has_a_run_to_finish_it(self) -> None:

@@ -1,0 +1,67 @@
+import java.io.BufferedReader;
+import java.io.InputStreamReader;
+import java.nio.charset.StandardCharsets;
+import java.util.ArrayList;
+import java.util.LinkedHashMap;
+import java.util.List;
+import java.util.Map;
+import java.util.Properties;
+
+import org.apache.kafka.clients.producer.KafkaProducer;
+import org.apache.kafka.clients.producer.ProducerConfig;
+import org.apache.kafka.clients.producer.ProducerRecord;
+import org.apache.kafka.clients.producer.RecordMetadata;
+import org.apache.kafka.common.serialization.StringSerializer;
+
+/**
+ * Publishes OCR requests in Kafka transactions, as an exactly-once Java service does (a
+ * Kafka Streams app with processing.guarantee=exactly_once_v2 writes the same way): one
+ * transactional.id, each group of lines in its own transaction, committed or aborted.
+ * Nothing here knows ocr-stream beyond its README.
+ *
+ * Usage: java TransactionalProducer BOOTSTRAP TOPIC TRANSACTIONAL_ID < requests.tsv
+ * Each input line: transaction number TAB commit|abort TAB task id TAB request JSON; lines
+ * of one number form one transaction, in the order they first appear.
+ * Each output line: task id TAB partition TAB offset TAB commit|abort.
+ */
+public final class TransactionalProducer {
+    public static void main(String[] args) throws Exception {
+        String bootstrap = args[0];
+        String topic = args[1];
+        Map<String, List<String[]>> transactions = new LinkedHashMap<>();
+        try (BufferedReader in = new BufferedReader(
+                new InputStreamReader(System.in, StandardCharsets.UTF_8))) {
+            String line;
+            while ((line = in.readLine()) != null) {
+                if (line.isEmpty()) continue;
+                String[] parts = line.split("\t", 4);
+                transactions.computeIfAbsent(parts[0], k -> new ArrayList<>()).add(parts);
+            }
+        }
+        Properties props = new Properties();
+        props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
+        props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
+        props.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, args[2]);
+        props.put(ProducerConfig.CLIENT_ID_CONFIG, "interop-java-transactional");
+        try (KafkaProducer<String, String> producer = new KafkaProducer<>(props)) {
+            producer.initTransactions();
+            for (List<String[]> transaction : transactions.values()) {
+                producer.beginTransaction();
+                List<String> written = new ArrayList<>();
+                for (String[] parts : transaction) {
+                    RecordMetadata meta =
+                            producer.send(new ProducerRecord<>(topic, parts[2], parts[3])).get();
+                    written.add(parts[2] + "\t" + meta.partition() + "\t" + meta.offset()
+                            + "\t" + parts[1]);
+                }
+                if (transaction.get(0)[1].equals("commit")) {
+                    producer.commitTransaction();
+                } else {
+                    producer.abortTransaction();
+                }
+                written.forEach(System.out::println);
+            }
+        }
+    }
+}
