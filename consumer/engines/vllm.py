@@ -28,6 +28,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 from PIL import Image
@@ -56,6 +57,9 @@ from schemas.result import EngineIdentity
 log = get_logger(__name__)
 
 V2_RUNNER_ENV = "VLLM_USE_V2_MODEL_RUNNER"
+# vLLM's folder of fused-MoE tables, looked up before its own (moe_configs/README.md).
+MOE_CONFIGS_ENV = "VLLM_TUNED_CONFIG_FOLDER"
+MOE_CONFIGS = Path(__file__).resolve().parent / "moe_configs"
 MAX_IDENTITY_MODEL = 256  # EngineIdentity.model's limit; a long local path must still fit
 
 Preprocess = Literal["renderer", "inline"]
@@ -218,6 +222,12 @@ class VllmEngine:
                 "the no-repeat n-gram processor: unset it, or set OCR_NGRAM_SIZE=0"
             )
 
+    def _prepare_moe_configs(self) -> None:
+        if os.environ.get(MOE_CONFIGS_ENV):
+            return  # the operator's tables (or, to compare, none)
+        # Read by vLLM in the engine core: our tuned fused-MoE tables, on the GPUs they name.
+        os.environ[MOE_CONFIGS_ENV] = str(MOE_CONFIGS)
+
     def _prepare_start_method(self) -> None:
         if os.environ.get(MP_METHOD_ENV) == "spawn" or not fork_poisoned():
             return
@@ -233,6 +243,7 @@ class VllmEngine:
         if self._engine is not None:
             return
         self._prepare_runner_env()
+        self._prepare_moe_configs()
         self._prepare_start_method()
         self._prepare_mode()
         # Read by RealVllm here and by vLLM's plugin hook in the engine core it starts.

@@ -23,7 +23,7 @@ from consumer.config import Detokenize, NgramProcessor, ResolutionMode, Settings
 from consumer.engines import deepseek_modes, deepseek_pixels
 from consumer.engines.base import EngineHealth, PageImage, PageRequest
 from consumer.engines.deepseek_prompts import PROMPTS, build_prompt, clean_locate_text
-from consumer.engines.vllm import V2_RUNNER_ENV, VllmEngine
+from consumer.engines.vllm import MOE_CONFIGS, MOE_CONFIGS_ENV, V2_RUNNER_ENV, VllmEngine
 from consumer.engines.vllm_backend import AsyncEngineLike, StatsSink
 from consumer.engines.vllm_params import NGRAM_PROCESSORS
 from consumer.errors import EngineError, OcrError
@@ -448,6 +448,19 @@ async def test_start_exports_the_uint8_pixel_switch_for_the_engine_core(uint8: b
 
     await started(vision_uint8=uint8)
     assert os.environ[deepseek_pixels.ENV] == ("1" if uint8 else "0")
+
+
+async def test_start_points_vllm_at_our_moe_tables_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import os
+
+    await started()
+    assert os.environ[MOE_CONFIGS_ENV] == str(MOE_CONFIGS)
+    assert (MOE_CONFIGS / "README.md").exists()  # shipped as package data
+    monkeypatch.setenv(MOE_CONFIGS_ENV, "/nonexistent")  # the baseline of an A/B run
+    await started()
+    assert os.environ[MOE_CONFIGS_ENV] == "/nonexistent"
 
 
 async def test_explicit_v2_runner_conflicts_with_ngram(monkeypatch: pytest.MonkeyPatch) -> None:
