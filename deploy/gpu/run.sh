@@ -1,6 +1,6 @@
 #!/bin/bash
 # On the GPU host: assemble vLLM once, then run the engine benchmark and/or tests/gpu.
-# Usage: bash deploy/gpu/run.sh bench|steady|decoding|passes|pipeline|scaleout|tests|all [args...]
+# Usage: bash deploy/gpu/run.sh bench|steady|decoding|passes|pipeline|scaleout|tune-moe|tests|all [args...]
 #   bench     ocr-bench engine (pages straight into the engine)
 #   steady    bench/steady.py [its arguments]: closed-loop steady state, the engine at each
 #             length and (--pipeline-lengths) the pipeline; py-spy of both processes when
@@ -17,6 +17,9 @@
 #   pipeline  ocr-bench all: the engine run, then the same pages as documents through
 #             Kafka (Tansu) -> consumer -> result topics with the same started engine
 #   all       pipeline, then tests/gpu
+#   tune-moe  bench/tune_moe.py [its arguments]: fused-MoE tables for DeepSeek-OCR's shapes
+#             on this GPU (no engine started); the table also goes to /tmp/moe-tuned for
+#             later calls on the warm host (VLLM_TUNED_CONFIG_FOLDER=/tmp/moe-tuned)
 # Expects the wheel parts in /tmp/acc and the pipeline bundle in /tmp/pipe (earlier
 # commands copy them there, see deploy/gpu/README.md); logs and the result JSON go to $OUT.
 set -uo pipefail
@@ -36,6 +39,13 @@ fi
 source deploy/gpu/env.sh
 python3 -c "import vllm, consumer.engines.vllm; print('vllm', vllm.__version__)" || exit 1
 rc=0
+if [[ $what == tune-moe ]]; then
+  python3 -m bench.tune_moe --out "$OUT" "$@" 2>&1 | tee "$OUT/tune-moe.log"
+  rc=${PIPESTATUS[0]}
+  mkdir -p /tmp/moe-tuned && cp "$OUT"/moe/*.json /tmp/moe-tuned/ 2>/dev/null
+  echo "tune-moe exit $rc after $(($(date +%s) - began)) s"
+  exit "$rc"
+fi
 command=engine
 [[ $what == passes ]] && command=decoding
 if [[ $what == pipeline || $what == all || $what == scaleout || $what == decoding || $what == steady ]]; then
