@@ -246,7 +246,9 @@ class BatchReader:
                 if error.kind is ReadErrorKind.TRANSIENT:
                     log.warning("kafka_read_retry", error=error.message)
                     return batch
-                batch.unreadable.append(await self._step_past(partition, exc, error))
+                skipped = await self._step_past(partition, exc, error)
+                if skipped is not None:
+                    batch.unreadable.append(skipped)
                 return batch
         if not batch.records:
             await asyncio.sleep(STEP_WAIT_MS / 1000)
@@ -254,14 +256,20 @@ class BatchReader:
 
     async def _step_past(
         self, partition: TopicPartition, exc: Exception, error: ReadError
-    ) -> Unreadable:
+    ) -> Unreadable | None:
+        """The offset that failed, skipped; None when the partition was revoked meanwhile
+        (its next owner meets the batch and skips it the same way)."""
         too_large = _too_large_at(exc)
         if too_large is not None:
             return self._skipped(*too_large, error)
         # Read one at a time, the partition's position is the first offset not handed
         # over: the unreadable batch starts there.
-        offset = await self._consumer.position(partition)
-        self._consumer.seek(partition, offset + 1)
+        try:
+            offset = await self._consumer.position(partition)
+            self._consumer.seek(partition, offset + 1)
+        except IllegalStateError:
+            log.info("kafka_step_past_revoked", partition=partition.partition)
+            return None
         self._stepping.add(partition)
         self._isolate_until = time.monotonic() + ISOLATE_S
         return self._skipped(partition, offset, error)

@@ -283,3 +283,20 @@ async def test_a_partition_never_fetched_reports_no_position() -> None:
     loop = Loop(failing)
     failing.fetched.add(tp(0))
     assert await loop.reader.read_positions() == {tp(0): 0}
+
+
+@dataclass
+class RevokedWhileStepping(FailingConsumer):
+    """Its partition is revoked between the failing read and the look-up of its position."""
+
+    async def position(self, partition: TopicPartition) -> int:
+        raise kafka_errors.IllegalStateError(f"Partition {partition} is not assigned")
+
+
+async def test_a_partition_revoked_while_stepping_past_is_left_to_its_next_owner() -> None:
+    # Before: IllegalStateError escaped read() and ended the consumer (exit 1).
+    failing = RevokedWhileStepping({tp(0): 3}, bad={tp(0): {1}})
+    loop = Loop(failing)
+    await loop.read_all(reads=10)
+    assert loop.received == {tp(0): [0]}
+    assert loop.skipped == []
