@@ -20,7 +20,10 @@ What it guarantees:
   each time.
 
 What it does not guarantee: a record inside an unreadable batch is gone for this consumer
-group; its dead letter holds where it was (topic, partition, offset), not its bytes.
+group; its dead letter holds where it was (topic, partition, offset), not its bytes. A
+transaction marker (or an aborted transaction's batch) just before an unreadable batch
+holds the first offset not handed over, so it gets a dead letter of its own: aiokafka's
+error does not say where the failing batch starts.
 """
 
 from __future__ import annotations
