@@ -14,15 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import os
-import re
 import subprocess
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 from confluent_kafka import Producer
 
 from consumer.config import Settings
@@ -37,7 +33,6 @@ from tests.support.kafka import TopicReader
 
 CODECS = ["none", "gzip", "snappy", "lz4", "zstd"]
 REPO = Path(__file__).resolve().parents[2]
-KAFKA_DATA = Path(os.environ.get("OCR_RUN_DIR", REPO / ".run")) / "kafka-data"
 # What each client sends on its requests with headers (InteropProducer.java has Java's).
 JAVA_TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 LIBRDKAFKA_TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -80,17 +75,6 @@ def produce_with_librdkafka(
                                  on_delivery=delivered)
         assert producer.flush(30) == 0
     return partitions
-
-
-def batch_codecs(topic: str, java_classpath: str) -> Counter[str]:
-    """The codec of every record batch of `topic`, as the broker stored it (Kafka's own
-    log dump tool on the local stack's log segments)."""
-    files = sorted(str(f) for f in KAFKA_DATA.glob(f"{topic}-*/*.log"))
-    if not files:
-        pytest.skip(f"no log segments of {topic} under {KAFKA_DATA} (not the local stack?)")
-    done = java_support.java(java_classpath, "kafka.tools.DumpLogSegments",
-                             "--files", ",".join(files))
-    return Counter(c.lower() for c in re.findall(r"compresscodec: (\w+)", done.stdout))
 
 
 async def test_foreign_producers_every_codec_and_a_java_reader(
@@ -152,7 +136,7 @@ async def test_foreign_producers_every_codec_and_a_java_reader(
              if t != "framed" and p != task_partition(t.encode(), 6)]
     assert moved, "every librdkafka key happened to land where murmur2 puts it"
     # Every codec really reached the broker, from both clients (plus our own DLQ record).
-    stored = batch_codecs(settings.topic_requests, java_classpath)
+    stored = java_support.batch_codecs(java_classpath, settings.topic_requests)
     # (librdkafka may put its two records of a codec in one batch; Java sends one at a time.)
     assert all(stored[codec] >= 3 for codec in CODECS), stored
 

@@ -13,9 +13,13 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
+from collections import Counter
 from pathlib import Path
+
+import pytest
 
 HERE = Path(__file__).resolve().parent / "java"
 SOURCES = sorted((HERE / "src").glob("*.java"))
@@ -23,6 +27,9 @@ CACHE = Path(os.environ.get("OCR_CACHE_DIR", Path.home() / ".cache" / "ocr-strea
 KAFKA_VERSION = os.environ.get("OCR_KAFKA_VERSION", "4.1.1")
 KAFKA_LIBS = CACHE / f"kafka-{KAFKA_VERSION}" / "libs"
 MAVEN_TIMEOUT_S = 600
+REPO = HERE.parents[2]
+# The local stack's broker data (deploy/local/stack.sh).
+KAFKA_DATA = Path(os.environ.get("OCR_RUN_DIR", REPO / ".run")) / "kafka-data"
 
 
 class JavaUnavailable(RuntimeError):
@@ -91,3 +98,13 @@ def java(classpath_: str, main: str, *args: str, stdin: str = "",
             f"java {main} exited {done.returncode}:\n{(done.stdout + done.stderr)[-4000:]}"
         )
     return done
+
+
+def batch_codecs(classpath_: str, topic: str) -> Counter[str]:
+    """The codec of every record batch of `topic`, as the broker stored it (Kafka's own
+    log dump tool on the local stack's log segments)."""
+    files = sorted(str(f) for f in KAFKA_DATA.glob(f"{topic}-*/*.log"))
+    if not files:
+        pytest.skip(f"no log segments of {topic} under {KAFKA_DATA} (not the local stack?)")
+    done = java(classpath_, "kafka.tools.DumpLogSegments", "--files", ",".join(files))
+    return Counter(c.lower() for c in re.findall(r"compresscodec: (\w+)", done.stdout))
