@@ -33,7 +33,8 @@ install: $(VENV)
 deps:
 	$(STACK) deps
 
-# deps, and the S3 server the s3:// tests read from (built once with Go, cached likewise).
+# deps, the S3 server the s3:// tests read from (built once with Go, cached likewise), and
+# the Go interop clients' modules (tests/support/go).
 test-deps:
 	$(STACK) test-deps
 

@@ -5,9 +5,10 @@
 #
 #   stack.sh up | down | status
 #   stack.sh deps                       install/fetch Java, Maven, Kafka jars, redis-server
-#   stack.sh test-deps                  deps, a JDK and Maven for the Java interop clients, and
-#                                       build the S3 server the s3:// tests read from and
-#                                       kustomize (needs Go; `up` and the demo do not)
+#   stack.sh test-deps                  deps, a JDK and Maven for the Java interop clients,
+#                                       the Go interop clients' modules, and build the S3
+#                                       server the s3:// tests read from and kustomize
+#                                       (needs Go; `up` and the demo do not)
 #   stack.sh s3-bin                     print that S3 server's path (building it if needed)
 #   stack.sh kustomize-bin              print the path of kustomize (built with Go, cached),
 #                                       which the tests render deploy/k8s with
@@ -271,6 +272,17 @@ ensure_s3_server() {
 ensure_kustomize() {
     go_build_cached "$KUSTOMIZE_BIN" "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" \
         "kustomize (the tests render deploy/k8s with it)"
+}
+
+# The Go interop clients (tests/support/go: franz-go, kafka-go, sarama at the versions its
+# go.sum pins), from the Go module proxy into Go's module cache; the tests build the program
+# from there once (tests/support/go.py caches it under $CACHE_DIR).
+ensure_go_interop_modules() {
+    command -v go >/dev/null || die "the Go interop tests need Go (1.26 or newer): install it"
+    local started=$SECONDS
+    (cd "$REPO/tests/support/go" && go mod download) \
+        || die "go mod download in tests/support/go failed"
+    ((SECONDS - started < 2)) || say "downloaded the Go interop modules in $((SECONDS - started))s"
 }
 
 deps() {
@@ -607,7 +619,8 @@ main() {
         status) status ;;
         deps) deps ;;
         test-deps)
-            deps; ensure_interop_tools; ensure_s3_server; ensure_kustomize; ensure_chromium
+            deps; ensure_interop_tools; ensure_go_interop_modules; ensure_s3_server; ensure_kustomize
+            ensure_chromium
             say "test tools ready: versitygw $VERSITYGW_VERSION, kustomize $KUSTOMIZE_VERSION, $(chromium --version 2>/dev/null || echo chromium)"
             ;;
         s3-bin) ensure_s3_server >&2; echo "$VERSITYGW_BIN" ;;
