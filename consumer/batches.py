@@ -29,6 +29,7 @@ error does not say where the failing batch starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -59,8 +60,8 @@ TRANSIENT_FIRST_S = 0.1
 TRANSIENT_MAX_S = 5.0
 # With nothing assigned, whether the topic still exists is asked at most this often.
 TOPIC_CHECK_S = 10.0
-# A read position being reset (out of range) is not waited for; it is asked again later.
-POSITION_WAIT_S = 0.05
+# A read position being reset (out of range) is waited for at most this long.
+POSITION_WAIT_S = 1.0
 
 
 class Consumer(Protocol):
@@ -100,8 +101,9 @@ class Unreadable:
 class Batch:
     records: dict[TopicPartition, list[Any]] = field(default_factory=dict)
     unreadable: list[Unreadable] = field(default_factory=list)
-    # From one poll that raised nothing: once its records are received, each partition's
-    # read position is past nothing the loop lacks (see `read_positions`).
+    # From one poll that raised nothing, not a one-at-a-time read after an unreadable
+    # batch: once its records are received, each partition's read position is past nothing
+    # the loop lacks (see `read_positions`).
     clean: bool = False
 
 
@@ -157,18 +159,33 @@ class BatchReader:
         Only meaningful right after the records of a `clean` batch were received, before
         the next `read`: a position then lies past no record the loop lacks, only past
         offsets with no record for us (transaction markers, aborted transactions, offsets
-        compacted away), which aiokafka steps over without handing anything out. Meanwhile
-        a rebalance or a rewind can only move a position back, which is safe."""
+        compacted away), which aiokafka steps over without handing anything out.
+
+        A valid position is returned without a suspension, so in the normal case nothing
+        else runs between the poll and these reads. Only a position being reset (out of
+        range) waits; a rebalance meanwhile is caught by the caller's epoch check, and a
+        partition no longer assigned is skipped."""
         positions: dict[TopicPartition, int] = {}
-        for partition in self._consumer.assignment():
-            if self._consumer.highwater(partition) is None:
-                continue  # no fetch yet: its position may still be being looked up
-            try:
-                positions[partition] = await asyncio.wait_for(
-                    self._consumer.position(partition), POSITION_WAIT_S
-                )
-            except (IllegalStateError, TimeoutError):
-                continue  # revoked meanwhile, or being reset: asked again next time
+        with contextlib.suppress(TimeoutError):  # those found so far are valid
+            async with asyncio.timeout(POSITION_WAIT_S):
+                for partition in self._consumer.assignment():
+                    if partition not in self._consumer.assignment():
+                        continue  # reassigned while an earlier position was awaited
+                    try:
+                        if self._consumer.highwater(partition) is None:
+                            continue  # no fetch yet: its position may still be looked up
+                        positions[partition] = await self._consumer.position(partition)
+                    except (IllegalStateError, AssertionError):
+                        continue  # aiokafka's word for "not assigned (any more)"
+                    except Exception as exc:
+                        # position() raises what the coordinator queued for the consumer:
+                        # the same errors a poll would, judged the same way.
+                        error = classify(exc, self._who)
+                        self._metrics.read_error(error.kind.value)
+                        if error.kind is ReadErrorKind.FATAL:
+                            self._refuse(error, exc)
+                        log.warning("kafka_position_retry", error=error.message)
+                        break
         return positions
 
     # -- errors --------------------------------------------------------------------------

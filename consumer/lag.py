@@ -8,7 +8,9 @@ a slow or failing broker only delays the next figure, logged, never raised.
 
 Lag is measured from the offset the group would resume at: the oldest unfinished record of
 the partition (what the next commit will say), or the consumer's fetch position on a
-partition it has not received a record from yet.
+partition it has not received a record from yet. With read_committed (the default) the log
+end is the last stable offset, so `ocr_consumer_unstable_records` reports what lies beyond
+it: records held back by a transaction still open.
 """
 
 from __future__ import annotations
@@ -97,6 +99,20 @@ class LagReporter:
             offset = resume.get(tp)
             if tp in owned and offset is not None:
                 self._metrics.set_lag(tp.topic, tp.partition, end - offset)
+        self._report_unstable(owned)
+
+    def _report_unstable(self, owned: set[TopicPartition]) -> None:
+        """Records past the last stable offset: with read_committed, the log end above is
+        that offset, so a transaction left open holds its partition while the lag says 0.
+        Both offsets come with each fetch response (frozen while a partition is paused)."""
+        assigned = self._consumer.assignment()
+        for tp in owned & assigned:
+            try:
+                high, stable = self._consumer.highwater(tp), self._consumer.last_stable_offset(tp)
+            except AssertionError:  # aiokafka's "not assigned" here: revoked meanwhile
+                continue
+            if high is not None and stable is not None:
+                self._metrics.set_unstable(tp.topic, tp.partition, high - stable)
 
     async def _resume_at(self, tp: TopicPartition) -> int | None:
         offset = self._resume_offset(tp)

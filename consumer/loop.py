@@ -286,7 +286,9 @@ class ConsumerLoop:
             ErrorCode.REQUEST_UNREADABLE,
             f"the record at offset {offset} could not be read: its batch is {error.cause} "
             f"({error.message}); the consumer skipped it, so this dead letter holds no "
-            "value: re-send the request, and check the producer's compression codec",
+            "value: re-send the request, and check the producer's compression codec (an "
+            "offset just before an unreadable batch may instead hold a transaction marker "
+            "or an aborted transaction's record, which needs nothing)",
         ))
 
     def _dead_letter(

@@ -97,6 +97,13 @@ class ConsumerMetrics:
             "partition (paused ones included).",
             ["topic", "partition"], registry=r,
         )
+        self.unstable_records = Gauge(
+            "ocr_consumer_unstable_records",
+            "Records past the partition's last stable offset, per assigned partition: in "
+            "transactions not yet committed or aborted, and every record behind them, which "
+            "read_committed waits for (from the latest fetch response).",
+            ["topic", "partition"], registry=r,
+        )
         self.paused_partitions = Gauge(
             "ocr_paused_partitions",
             "Assigned partitions paused because the in-flight budget is full.", registry=r,
@@ -176,6 +183,7 @@ class ConsumerMetrics:
         self.info = Info("ocr_consumer", "Identity of this consumer process.", registry=r)
         self._engine_totals = (0, 0, 0)
         self._lag_series: set[tuple[str, str]] = set()
+        self._unstable_series: set[tuple[str, str]] = set()
 
         for status in PAGE_STATUSES:
             self.pages.labels(status=status)
@@ -212,6 +220,11 @@ class ConsumerMetrics:
         self._lag_series.add(key)
         self.consumer_lag.labels(topic=key[0], partition=key[1]).set(max(lag, 0))
 
+    def set_unstable(self, topic: str, partition: int, records: int) -> None:
+        key = (topic, str(partition))
+        self._unstable_series.add(key)
+        self.unstable_records.labels(topic=key[0], partition=key[1]).set(max(records, 0))
+
     def forget_partition(self, topic: str, partition: int) -> None:
         # A revoked partition's lag now belongs to another consumer; a stale series here would
         # double-count it in sum(ocr_consumer_lag) and in the autoscaler's view.
@@ -219,6 +232,9 @@ class ConsumerMetrics:
         if key in self._lag_series:
             self._lag_series.discard(key)
             self.consumer_lag.remove(*key)
+        if key in self._unstable_series:
+            self._unstable_series.discard(key)
+            self.unstable_records.remove(*key)
 
     def set_paused(self, paused_partitions: int) -> None:
         self.paused_partitions.set(paused_partitions)

@@ -6,7 +6,8 @@ while it keeps its group membership, falls in one of three classes:
 - UNREADABLE: the bytes the broker handed over cannot be read: a checksum that does not
   match (CorruptRecordException), a codec this process cannot decompress
   (UnsupportedCodecError), a payload that does not decompress (lz4, zstd, snappy and gzip
-  raise their own exceptions, not Kafka's), a record larger than the fetch size. Reading
+  raise their own exceptions, not Kafka's), a record larger than the fetch size, a
+  transaction marker batch with no record in it. Reading
   again gives the same error: the offset is skipped (dead-lettered without its bytes, see
   consumer/batches.py) and reading goes on.
 - FATAL: Kafka refuses this consumer, and no retry changes that: authorization or
@@ -86,6 +87,7 @@ _GROUP_SETTINGS = (
     kafka_errors.InvalidSessionTimeoutError,
     kafka_errors.InvalidGroupIdError,
 )
+_EMPTY_CONTROL_BATCH = "Control batch did not contain any records"
 _UNREADABLE = (
     kafka_errors.CorruptRecordException,
     kafka_errors.UnsupportedCodecError,
@@ -132,6 +134,13 @@ def classify(exc: BaseException, who: Identity) -> ReadError:
             kafka_errors.RecordTooLargeError: "record_too_large",
         }[next(kind for kind in _UNREADABLE if isinstance(exc, kind))]
         return ReadError(ReadErrorKind.UNREADABLE, cause, f"{name}: {exc}"[:512])
+    if type(exc) is kafka_errors.KafkaError and _EMPTY_CONTROL_BATCH in str(exc):
+        # aiokafka's plain KafkaError for a transaction marker batch without its record
+        # (read_committed parses them): the same bytes fail every read, as a corrupt batch
+        # does, and it is raised after other partitions were drained (their records lost
+        # unless the reader rewinds, which it does for UNREADABLE).
+        return ReadError(ReadErrorKind.UNREADABLE, "malformed_control_batch",
+                         f"{name}: {exc}"[:512])
     if isinstance(exc, kafka_errors.KafkaError):
         return ReadError(ReadErrorKind.TRANSIENT, "kafka", f"{name}: {exc}"[:512])
     # Not Kafka's own: raised while decompressing or parsing records (lz4's RuntimeError,

@@ -17,16 +17,18 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer as RdKafkaConsumer
+from confluent_kafka import Producer
 from confluent_kafka import TopicPartition as RdPartition
 
 from consumer.config import Settings
 from consumer.settings.service import IsolationLevel
+from schemas.keys import task_partition
 from tests.integration.test_interop import request_json
 from tests.support import java as java_support
 from tests.support.apps import running_app
 from tests.support.documents import make_png
 from tests.support.engines import ScriptedEngine
-from tests.support.kafka import TopicReader
+from tests.support.kafka import TopicReader, wait_until
 
 PARTITIONS = 6
 
@@ -101,3 +103,48 @@ async def test_aborted_requests_are_not_run_and_commits_pass_the_markers(
     assert aborted_seen == [], "a request of an aborted transaction was run or dead-lettered"
     assert behind == {}, f"(committed, end) per partition behind the log end: {behind}"
     assert lag == dict.fromkeys(partitions_used, 0.0)
+
+
+async def test_an_open_transaction_holds_its_partition_and_says_so(
+    stack_settings: Settings, java_classpath: str, tmp_path: Path, run_id: str,
+) -> None:
+    """read_committed's price: a transaction left open holds back every later record of its
+    partition, non-transactional ones too, while the lag (measured to the last stable
+    offset) says 0. `ocr_consumer_unstable_records` shows it; the commit releases both."""
+    settings = stack_settings.model_copy(update={"metrics_port": 0, "commit_interval_s": 0.2})
+    png = base64.b64encode(make_png(tmp_path / "page.png").read_bytes()).decode()
+    held, plain = f"held-{run_id}", f"plain-{run_id}"
+    partition = task_partition(held.encode(), PARTITIONS)
+    tsv = f"1\tcommit\t{held}\t{request_json(held, 'java-txn', 'none', png)}\n"
+
+    async with running_app(settings, ScriptedEngine()) as app:
+        sample = app.metrics.registry.get_sample_value
+        labels = {"topic": settings.topic_requests, "partition": str(partition)}
+        producing = asyncio.create_task(asyncio.to_thread(
+            java_support.java, java_classpath, "TransactionalProducer",
+            settings.kafka_bootstrap, settings.topic_requests, f"txn-{run_id}", "20",
+            stdin=tsv,
+        ))
+        await wait_until(lambda: (sample("ocr_consumer_unstable_records", labels) or 0) > 0,
+                         timeout=15)
+        # A plain request behind it, on the same partition.
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        producer.produce(settings.topic_requests, key=plain.encode(), partition=partition,
+                         value=request_json(plain, "librdkafka", "none", png).encode())
+        assert producer.flush(10) == 0
+        async with TopicReader(settings, settings.topic_progress) as reader:
+            await asyncio.sleep(3.0)
+            await reader.poll()
+            assert reader.final(settings, plain) == [] and reader.final(settings, held) == []
+            lag = sample("ocr_consumer_lag", labels)
+            produced = await producing  # the transaction commits after its 20 s
+            assert held in produced.stdout
+            await reader.wait_for(
+                lambda r: bool(r.final(settings, plain)) and bool(r.final(settings, held)),
+                timeout=60,
+            )
+        await wait_until(lambda: sample("ocr_consumer_unstable_records", labels) == 0,
+                         timeout=15)
+        assert app.ready and not app.exit_code
+
+    assert lag == 0, "the lag counts up to the last stable offset only"

@@ -110,6 +110,9 @@ class FakeConsumer:
     def highwater(self, tp: TopicPartition) -> int | None:
         return self.positions.get(tp)
 
+    def last_stable_offset(self, tp: TopicPartition) -> int | None:
+        return self.positions.get(tp)
+
     def assignment(self) -> set[TopicPartition]:
         return set(self.assigned)
 

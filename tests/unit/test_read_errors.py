@@ -38,6 +38,9 @@ WHO = Identity("ocr.requests", "ocr-stream", "ocr-0")
         (RuntimeError("lz4: ERROR_contentChecksum_invalid"), "unreadable", "undecodable_batch"),
         (zlib.error("Error -3 while decompressing data"), "unreadable", "undecodable_batch"),
         (OSError("Not a gzipped file"), "unreadable", "undecodable_batch"),
+        # read_committed parses markers; an empty marker batch fails every read alike.
+        (kafka_errors.KafkaError("Control batch did not contain any records"),
+         "unreadable", "malformed_control_batch"),
         (kafka_errors.KafkaError("Unexpected exception in heartbeat task: UnknownError()"),
          "transient", "kafka"),
         (kafka_errors.CommitFailedError(), "transient", "kafka"),

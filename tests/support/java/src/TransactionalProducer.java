@@ -19,10 +19,13 @@ import org.apache.kafka.common.serialization.StringSerializer;
  * transactional.id, each group of lines in its own transaction, committed or aborted.
  * Nothing here knows ocr-stream beyond its README.
  *
- * Usage: java TransactionalProducer BOOTSTRAP TOPIC TRANSACTIONAL_ID < requests.tsv
+ * Usage: java TransactionalProducer BOOTSTRAP TOPIC TRANSACTIONAL_ID [HOLD_S] < requests.tsv
  * Each input line: transaction number TAB commit|abort TAB task id TAB request JSON; lines
- * of one number form one transaction, in the order they first appear.
- * Each output line: task id TAB partition TAB offset TAB commit|abort.
+ * of one number form one transaction, in the order they first appear. With HOLD_S, the
+ * last transaction stays open that many seconds after its records are written, before it
+ * ends (a slow or stuck upstream service).
+ * Each output line: task id TAB partition TAB offset TAB commit|abort, printed as soon as
+ * the transaction's records are written, before it ends.
  */
 public final class TransactionalProducer {
     public static void main(String[] args) throws Exception {
@@ -44,9 +47,12 @@ public final class TransactionalProducer {
         props.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
         props.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, args[2]);
         props.put(ProducerConfig.CLIENT_ID_CONFIG, "interop-java-transactional");
+        long holdMs = args.length > 3 ? (long) (Double.parseDouble(args[3]) * 1000) : 0;
         try (KafkaProducer<String, String> producer = new KafkaProducer<>(props)) {
             producer.initTransactions();
+            int left = transactions.size();
             for (List<String[]> transaction : transactions.values()) {
+                left--;
                 producer.beginTransaction();
                 List<String> written = new ArrayList<>();
                 for (String[] parts : transaction) {
@@ -55,12 +61,16 @@ public final class TransactionalProducer {
                     written.add(parts[2] + "\t" + meta.partition() + "\t" + meta.offset()
                             + "\t" + parts[1]);
                 }
+                written.forEach(System.out::println);
+                System.out.flush();
+                if (left == 0 && holdMs > 0) {
+                    Thread.sleep(holdMs);
+                }
                 if (transaction.get(0)[1].equals("commit")) {
                     producer.commitTransaction();
                 } else {
                     producer.abortTransaction();
                 }
-                written.forEach(System.out::println);
             }
         }
     }
