@@ -76,6 +76,8 @@ SHARED_MEMORY_BYTES = 227 * 1024
 BF16_BYTES = 2
 GRAPH_CALLS = 10  # kernel pairs captured in one graph: launch cost spread as in decode
 TIMED_REPLAYS = 5
+# A candidate replaces vLLM's heuristic only when this much faster: closer is noise.
+MIN_GAIN = 0.03
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,13 @@ def config_key(config: MoeConfig) -> tuple[int, ...]:
     return tuple(config[name] for name in sorted(config))
 
 
+def kernel_variant(batch: int, shape: MoeShape) -> tuple[int, int]:
+    """What else Triton compiles a kernel for, beyond the config: vLLM's unsorted path for
+    tiny batches, and whether the token-expert pairs divide by 16 (Triton specialises
+    integer arguments on it)."""
+    return int(shape.naive_assignment(batch)), int(batch * shape.topk % 16 == 0)
+
+
 @dataclass
 class Plan:
     batches: list[int]
@@ -157,9 +166,23 @@ def plan(batches: Sequence[int], shape: MoeShape, space: str) -> Plan:
     return Plan(list(batches), {b: candidates(b, shape, SPACES[space]) for b in batches})
 
 
-def vllm_table(best: dict[int, MoeConfig], triton_version: str | None) -> dict[str, Any]:
-    """The JSON vLLM's `get_moe_configs` reads: batch size (a string) -> config."""
-    table: dict[str, Any] = {str(b): best[b] for b in sorted(best)}
+def pick(default: MoeConfig, default_us: float, timed: list[tuple[float, MoeConfig]]
+         ) -> tuple[float, MoeConfig]:
+    """The fastest config, unless it beats vLLM's heuristic by less than MIN_GAIN."""
+    fastest = min(timed, key=lambda t: t[0], default=(default_us, default))
+    if fastest[0] > default_us * (1 - MIN_GAIN):
+        return default_us, default
+    return fastest
+
+
+def vllm_table(
+    best: dict[int, MoeConfig], untuned: dict[int, MoeConfig], triton_version: str | None
+) -> dict[str, Any]:
+    """The JSON vLLM's `get_moe_configs` reads: batch size (a string) -> config. vLLM runs
+    the nearest size's config for any batch, so the planned sizes not tuned (a run cut at
+    its deadline) keep vLLM's heuristic explicitly instead of inheriting a neighbour's."""
+    merged = {**untuned, **best}
+    table: dict[str, Any] = {str(b): merged[b] for b in sorted(merged)}
     if triton_version:
         table["triton_version"] = triton_version
     return table
@@ -171,7 +194,7 @@ class BatchResult:
     default_us: float | None
     best_us: float | None
     best: MoeConfig | None
-    tried: int
+    tried: int  # candidates timed, vLLM's heuristic not counted
     failed: int
     seconds: float
 
@@ -267,7 +290,9 @@ def _compile_worker(job: tuple[MoeShape, list[tuple[int, MoeConfig]], float]) ->
     for batch, config in work:
         if time.time() > deadline:
             break
-        bench = benches.setdefault(batch, MoeBench(shape, batch))
+        if batch not in benches:
+            benches[batch] = MoeBench(shape, batch)
+        bench = benches[batch]
         try:
             bench.run_once(config)
             compiled += 1
@@ -286,7 +311,7 @@ def compile_all(tuning: Plan, shape: MoeShape, workers: int, deadline: float) ->
     seen: set[tuple[int, ...]] = set()
     ordered: list[tuple[int, MoeConfig]] = []
     for batch, config in work:
-        key = (int(shape.naive_assignment(batch)), *config_key(config))
+        key = (*kernel_variant(batch, shape), *config_key(config))
         if key not in seen:
             seen.add(key)
             ordered.append((batch, config))
@@ -329,8 +354,7 @@ def tune(args: argparse.Namespace, shape: MoeShape, tuning: Plan) -> dict[str, A
         bench = MoeBench(shape, batch)
         default = vllm_default(batch, shape)
         default_us = bench.time_us(default)
-        # The heuristic competes too: the table never holds anything slower than it.
-        timed: list[tuple[float, MoeConfig]] = [(default_us, default)]
+        timed: list[tuple[float, MoeConfig]] = []
         failed = 0
         for config in tuning.per_batch[batch]:
             if time.time() > deadline:
@@ -341,20 +365,19 @@ def tune(args: argparse.Namespace, shape: MoeShape, tuning: Plan) -> dict[str, A
                 failed += 1
         del bench
         torch.cuda.empty_cache()
-        winner = min(timed, key=lambda t: t[0]) if timed else None
-        result = BatchResult(batch, round(default_us, 2),
-                             round(winner[0], 2) if winner else None,
-                             winner[1] if winner else None,
+        winner = pick(default, default_us, timed)  # the table is never slower than vLLM
+        result = BatchResult(batch, round(default_us, 2), round(winner[0], 2), winner[1],
                              len(timed), failed, round(time.time() - started, 1))
         results.append(result)
-        if winner is not None:
-            best[batch] = winner[1]
+        best[batch] = winner[1]
         print(f"M={batch}: default {result.default_us} us, best {result.best_us} us "
               f"({result.speedup}x) of {result.tried} ({failed} failed) in {result.seconds} s",
               flush=True)
         report["batches"] = [{**asdict(r), "speedup": r.speedup} for r in results]
         report["seconds"] = round(time.time() - began, 1)
-        _write_json(table_path, vllm_table(best, triton.__version__))
+        untuned = {b: vllm_default(b, shape) for b in tuning.batches if b not in best}
+        report["untuned_batches"] = sorted(untuned)
+        _write_json(table_path, vllm_table(best, untuned, triton.__version__))
         _write_json(args.out / "tune-moe.json", report)
     return report
 

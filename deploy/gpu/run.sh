@@ -18,8 +18,7 @@
 #             Kafka (Tansu) -> consumer -> result topics with the same started engine
 #   all       pipeline, then tests/gpu
 #   tune-moe  bench/tune_moe.py [its arguments]: fused-MoE tables for DeepSeek-OCR's shapes
-#             on this GPU (no engine started); the table also goes to /tmp/moe-tuned for
-#             later calls on the warm host (VLLM_TUNED_CONFIG_FOLDER=/tmp/moe-tuned)
+#             on this GPU (no engine started), written to $OUT/moe
 # Expects the wheel parts in /tmp/acc and the pipeline bundle in /tmp/pipe (earlier
 # commands copy them there, see deploy/gpu/README.md); logs and the result JSON go to $OUT.
 set -uo pipefail
@@ -42,7 +41,6 @@ rc=0
 if [[ $what == tune-moe ]]; then
   python3 -m bench.tune_moe --out "$OUT" "$@" 2>&1 | tee "$OUT/tune-moe.log"
   rc=${PIPESTATUS[0]}
-  mkdir -p /tmp/moe-tuned && cp "$OUT"/moe/*.json /tmp/moe-tuned/ 2>/dev/null
   echo "tune-moe exit $rc after $(($(date +%s) - began)) s"
   exit "$rc"
 fi

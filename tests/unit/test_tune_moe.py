@@ -53,13 +53,30 @@ def test_decode_batches_get_short_tiles_and_prefill_tall_ones() -> None:
 
 
 def test_the_table_is_what_vllm_reads() -> None:
-    best = {256: {"BLOCK_SIZE_M": 32}, 16: {"BLOCK_SIZE_M": 16}, 1024: {"BLOCK_SIZE_M": 64}}
-    table = json.loads(json.dumps(vllm_table(best, "3.5.0")))
-    assert list(table) == ["16", "256", "1024", "triton_version"]
+    best = {256: {"BLOCK_SIZE_M": 32}, 16: {"BLOCK_SIZE_M": 16}}
+    untuned = {8192: {"BLOCK_SIZE_M": 128}}  # cut at the deadline: vLLM's heuristic kept
+    table = json.loads(json.dumps(vllm_table(best, untuned, "3.5.0")))
+    assert list(table) == ["16", "256", "8192", "triton_version"]
     # vLLM's get_moe_configs: drop triton_version, int keys, nearest batch size wins.
     table.pop("triton_version")
     configs = {int(k): v for k, v in table.items()}
     assert configs[min(configs, key=lambda m: abs(m - 300))] == {"BLOCK_SIZE_M": 32}
+    # A prefill chunk gets the heuristic, not the nearest tuned decode config.
+    assert configs[min(configs, key=lambda m: abs(m - 6000))] == {"BLOCK_SIZE_M": 128}
+
+
+def test_a_candidate_must_beat_the_heuristic_clearly() -> None:
+    default = {"BLOCK_SIZE_M": 64}
+    near, far = {"BLOCK_SIZE_M": 16}, {"BLOCK_SIZE_M": 32}
+    assert tune_moe.pick(default, 100.0, [(98.0, near)]) == (100.0, default)  # noise
+    assert tune_moe.pick(default, 100.0, [(98.0, near), (90.0, far)]) == (90.0, far)
+    assert tune_moe.pick(default, 100.0, []) == (100.0, default)  # none compiled
+
+
+def test_kernels_are_compiled_once_per_variant_triton_makes() -> None:
+    assert tune_moe.kernel_variant(2, SHAPE) == (1, 0)  # 12 pairs: unsorted, not /16
+    assert tune_moe.kernel_variant(4, SHAPE) == (0, 0)  # 24 pairs
+    assert tune_moe.kernel_variant(256, SHAPE) == (0, 1)
 
 
 def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
