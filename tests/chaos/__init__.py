@@ -9,6 +9,9 @@ Scenarios (each repeated for several rounds, with fault moments drawn from one s
 
 - sigkill    a consumer (static member, as deployed) is SIGKILLed mid-document and
              restarted in place (same id) or replaced (new id)
+- transactions  requests in Kafka transactions (each round's tasks committed, two more
+             aborted before them), a static member SIGKILLed mid-document: no aborted
+             request runs, commits reach the log end past the markers
 - sigterm    a consumer is stopped with SIGTERM mid-document (graceful drain: it must exit
              within OCR_SHUTDOWN_GRACE_S + a margin) and replaced; no page may be recomputed
 - kafka      the broker is SIGKILLed and restarted from its data (last round: > 30 s down)

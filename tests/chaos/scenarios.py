@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from typing import TextIO
 
 import structlog
+from aiokafka import AIOKafkaProducer
 from aiokafka import codec as aiokafka_codec
 
 from consumer.documents.render import shutdown_renderers
 from consumer.engines.rapidocr import RapidOcrEngine
+from consumer.settings.kafka import client_kwargs
 from schemas.common import ErrorCode
+from schemas.request import OcrRequest, Source
 from tests.chaos.harness import (
     EXIT_MARGIN_S,
     GRACE_S,
@@ -26,6 +29,7 @@ from tests.chaos.harness import (
     ROUND_TIMEOUT_S,
     Harness,
 )
+from tests.chaos.observe import ExpectedTask
 from tests.support.apps import running_app
 from tests.support.documents import stroked_pdf
 from tests.support.engines import FaultyEngine
@@ -94,6 +98,65 @@ async def sigkill(h: Harness) -> None:
         await h.wait_round(batch, started)
     h.extra["restarts_in_place"] = in_place_rounds
     h.extra["replacements"] = h.rounds - in_place_rounds
+
+
+async def transactions(h: Harness) -> None:
+    """Two static members read requests published in Kafka transactions, as an
+    exactly-once upstream writes them: each round's tasks in one committed transaction,
+    with an aborted transaction of two more requests before it on the same partitions; a
+    member is SIGKILLed mid-document and restarted. No aborted request may run (a result of
+    one is a result for an unknown task), every committed one completes, and the round
+    ends only once the group's commits reach the log end, commit markers included."""
+    for _ in range(2):
+        await h.start_consumer(static=True)
+    producer = AIOKafkaProducer(
+        **client_kwargs(h.settings), transactional_id=f"chaos-{h.suite.run_id}",
+        enable_idempotence=True, acks="all",
+    )
+    await producer.start()
+    try:
+        for round_no in range(h.rounds):
+            plan = draw_plan(h, 4)
+            started = time.monotonic()
+            batch = [
+                ExpectedTask(h.task_id(round_no, index), pages, round=round_no + 1)
+                for index, pages in enumerate(plan.pages)
+            ]
+            aborted = [f"{h.task_id(round_no, 90 + n)}-aborted" for n in range(2)]
+            await producer.begin_transaction()
+            for task_id in aborted:
+                await _send_request(h, producer, task_id, 1)
+            await producer.abort_transaction()
+            async with producer.transaction():
+                for task in batch:
+                    await _send_request(h, producer, task.task_id, task.pages)
+                    h.expected[task.task_id] = task
+            h.note(f"round {round_no + 1}: {len(aborted)} requests aborted, "
+                   f"{len(batch)} tasks ({sum(plan.pages)} pages) committed")
+            busy, where = await h.until_mid_document(
+                batch, plan.target, plan.after_pages, plan.extra_s
+            )
+            victim = h.pick_victim(busy, plan.fallback)
+            h.note(f"round {round_no + 1}: SIGKILL {victim.consumer_id} (pid {victim.pid}), "
+                   f"{where}")
+            victim.kill()
+            await victim.wait_exit(10.0)
+            victim.reap_children()
+            h.kills += 1
+            h.faults += 1
+            await asyncio.sleep(plan.pause_s)
+            await h.start_consumer(victim.consumer_id, static=True)
+            await h.wait_round(batch, started)
+    finally:
+        await producer.stop()
+
+
+async def _send_request(h: Harness, producer: AIOKafkaProducer, task_id: str, pages: int) -> None:
+    request = OcrRequest(task_id=task_id, source=Source(uri=h.suite.documents[pages].as_uri()))
+    await producer.send_and_wait(
+        h.settings.topic_requests, value=request.model_dump_json().encode(),
+        key=task_id.encode(),
+    )
 
 
 async def sigterm(h: Harness) -> None:
@@ -474,6 +537,7 @@ def silence_in_process_logs() -> None:
 SCENARIOS: dict[str, Scenario] = {
     "sigkill": sigkill,
     "sigterm": sigterm,
+    "transactions": transactions,
     "kafka": kafka,
     "redis": redis,
     "rebalance": rebalance,
