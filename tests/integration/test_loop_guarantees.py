@@ -53,14 +53,18 @@ def settings(stack_settings: Settings, tmp_path: Path) -> Settings:
 
 
 async def _committed_soon(settings: Settings, expected: dict[int, int]) -> dict[int, int]:
-    """The committed positions once they equal `expected`, or what they are after 10 s."""
+    """The committed positions of the partitions `expected` names once they equal it, or
+    what they are after 10 s. The other partitions, which got no request, may be committed
+    at their read position, 0 here, as Kafka's own clients commit (never past it)."""
     committed: dict[int, int] = {}
     for _ in range(50):
         committed = await committed_offsets(settings)
-        if committed == expected:
+        if {p: committed.get(p) for p in expected} == expected:
             break
         await asyncio.sleep(0.2)
-    return committed
+    idle = {p: o for p, o in committed.items() if p not in expected}
+    assert set(idle.values()) <= {0}, idle
+    return {p: o for p, o in committed.items() if p in expected}
 
 
 async def test_a_copy_on_another_partition_is_committed_with_the_run(
@@ -139,7 +143,8 @@ async def test_a_dead_engine_leaves_the_task_resumable_and_stops_the_consumer(
         await reader.poll()
         assert reader.final(settings, "dies-1") == []
         assert all(r.status is PageStatus.OK for r in reader.results(settings))
-        assert await committed_offsets(settings) in ({}, {task_partition(b"dies-1", 6): 0})
+        # Nothing past the unfinished request (nor past any other partition's start).
+        assert set((await committed_offsets(settings)).values()) <= {0}
 
         healthy = ScriptedEngine()
         async with running_app(settings, healthy):
