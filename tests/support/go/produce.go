@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/IBM/sarama"
@@ -59,6 +60,7 @@ func produceFranz(bootstrap, topic string, g group, requests []request) ([]deliv
 // go in one WriteMessages call, in input order, so RoundRobin's pattern shows.
 func produceKafkaGo(bootstrap, topic string, g group, requests []request) ([]delivered, error) {
 	byKey := map[string]delivered{}
+	var mu sync.Mutex // Completion runs on each partition writer's own goroutine
 	writer := &kafkago.Writer{
 		Addr:         kafkago.TCP(bootstrap),
 		Topic:        topic,
@@ -68,6 +70,8 @@ func produceKafkaGo(bootstrap, topic string, g group, requests []request) ([]del
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			defer mu.Unlock()
 			for _, m := range messages {
 				byKey[string(m.Key)] = delivered{int32(m.Partition), m.Offset}
 			}
