@@ -20,16 +20,15 @@ What it guarantees:
   each time.
 
 What it does not guarantee: a record inside an unreadable batch is gone for this consumer
-group; its dead letter holds where it was (topic, partition, offset), not its bytes. A
-transaction marker (or an aborted transaction's batch) just before an unreadable batch
-holds the first offset not handed over, so it gets a dead letter of its own: aiokafka's
-error does not say where the failing batch starts.
+group; its dead letter holds where it was (topic, partition, offset), not its bytes. The
+offsets between the last record handed over and an unreadable batch may hold transaction
+markers or an aborted transaction's records: each gets a dead letter of its own, since
+aiokafka's error does not say where the failing batch starts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -60,8 +59,9 @@ TRANSIENT_FIRST_S = 0.1
 TRANSIENT_MAX_S = 5.0
 # With nothing assigned, whether the topic still exists is asked at most this often.
 TOPIC_CHECK_S = 10.0
-# A read position being reset (out of range) is waited for at most this long.
-POSITION_WAIT_S = 1.0
+# Read positions being reset (out of range) are waited for at most this long in all:
+# the poll loop must get back to getmany() within its 200 ms.
+POSITION_WAIT_S = 0.05
 
 
 class Consumer(Protocol):
@@ -123,6 +123,7 @@ class BatchReader:
         self._rewind_due = False
         self._transient_delay = TRANSIENT_FIRST_S
         self._topic_checked = 0.0
+        self._slow_positions: set[TopicPartition] = set()
 
     async def ensure_topic(self, wait_s: float) -> None:
         """Raise KafkaRefused unless the requests topic exists within `wait_s` (it may be
@@ -166,11 +167,17 @@ class BatchReader:
         range) waits; a rebalance meanwhile is caught by the caller's epoch check, and a
         partition no longer assigned is skipped."""
         positions: dict[TopicPartition, int] = {}
-        with contextlib.suppress(TimeoutError):  # those found so far are valid
+        # A partition whose position had to be waited for goes last: one being reset
+        # must not keep the others from reporting theirs, call after call.
+        ordered = sorted(self._consumer.assignment(),
+                         key=lambda tp: (tp in self._slow_positions, tp.partition))
+        asking: TopicPartition | None = None
+        try:
             async with asyncio.timeout(POSITION_WAIT_S):
-                for partition in self._consumer.assignment():
+                for partition in ordered:
                     if partition not in self._consumer.assignment():
                         continue  # reassigned while an earlier position was awaited
+                    asking = partition
                     try:
                         if self._consumer.highwater(partition) is None:
                             continue  # no fetch yet: its position may still be looked up
@@ -186,6 +193,10 @@ class BatchReader:
                             self._refuse(error, exc)
                         log.warning("kafka_position_retry", error=error.message)
                         break
+                    self._slow_positions.discard(partition)
+        except TimeoutError:  # those found so far are valid
+            if asking is not None:
+                self._slow_positions.add(asking)
         return positions
 
     # -- errors --------------------------------------------------------------------------

@@ -372,3 +372,16 @@ async def test_a_marker_batch_without_its_record_is_skipped_not_retried_for_ever
     await loop.read_all()
     assert loop.received == {tp(0): [0, 1, 2, 3], tp(1): [0, 1, 2]}
     assert loop.skipped == [(1, 1, "malformed_control_batch")]
+
+
+async def test_a_position_being_reset_does_not_starve_the_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review: with one wait for the whole set, partition 0 (first in order, never valid)
+    # kept every later partition from reporting, call after call.
+    monkeypatch.setattr(consumer.batches, "POSITION_WAIT_S", 0.05)
+    shifting = ShiftingConsumer({tp(0): 1, tp(1): 1, tp(2): 1}, hang=True)
+    loop = Loop(shifting)
+    await loop.reader.read(timeout_ms=0, max_records=10)
+    assert await loop.reader.read_positions() == {}  # partition 0 first, and it hangs
+    assert await loop.reader.read_positions() == {tp(1): 1, tp(2): 1}
