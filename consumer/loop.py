@@ -43,6 +43,7 @@ from consumer.read_errors import Identity, KafkaRefused, ReadErrorKind, classify
 from consumer.records import RequestRecord
 from consumer.scheduler import PageScheduler
 from consumer.settings.kafka import client_kwargs
+from consumer.settings.service import IsolationLevel
 from consumer.tasks import TaskInterrupted
 from consumer.workbook import Decision, Reason, Request, Start, Work, WorkBook, WorkKind
 from schemas.common import ErrorCode
@@ -148,6 +149,7 @@ class ConsumerLoop:
         self._lag = LagReporter(
             self._consumer, metrics, assigned=lambda: set(self._book.owned),
             resume_offset=self._book.resume_offset,
+            read_committed=settings.isolation_level is IsolationLevel.READ_COMMITTED,
         )
 
     # -- life cycle ----------------------------------------------------------------------
@@ -286,9 +288,9 @@ class ConsumerLoop:
             ErrorCode.REQUEST_UNREADABLE,
             f"the record at offset {offset} could not be read: its batch is {error.cause} "
             f"({error.message}); the consumer skipped it, so this dead letter holds no "
-            "value: re-send the request, and check the producer's compression codec (an "
-            "offset just before an unreadable batch may instead hold a transaction marker "
-            "or an aborted transaction's record, which needs nothing)",
+            "value: re-send the request, and check the producer's compression codec (the "
+            "offsets before an unreadable batch may instead hold transaction markers or an "
+            "aborted transaction's records, which need nothing)",
         ))
 
     def _dead_letter(

@@ -101,7 +101,14 @@ class ConsumerMetrics:
             "ocr_consumer_unstable_records",
             "Records past the partition's last stable offset, per assigned partition: in "
             "transactions not yet committed or aborted, and every record behind them, which "
-            "read_committed waits for (from the latest fetch response).",
+            "read_committed waits for (from the latest fetch response; not reported while "
+            "the partition is paused).",
+            ["topic", "partition"], registry=r,
+        )
+        self.unstable_seconds = Gauge(
+            "ocr_consumer_unstable_seconds",
+            "How long the partition's last stable offset has not moved while records wait "
+            "past it: a transaction left open (0 while transactions keep committing).",
             ["topic", "partition"], registry=r,
         )
         self.paused_partitions = Gauge(
@@ -220,10 +227,18 @@ class ConsumerMetrics:
         self._lag_series.add(key)
         self.consumer_lag.labels(topic=key[0], partition=key[1]).set(max(lag, 0))
 
-    def set_unstable(self, topic: str, partition: int, records: int) -> None:
+    def set_unstable(self, topic: str, partition: int, records: int, seconds: float) -> None:
         key = (topic, str(partition))
         self._unstable_series.add(key)
         self.unstable_records.labels(topic=key[0], partition=key[1]).set(max(records, 0))
+        self.unstable_seconds.labels(topic=key[0], partition=key[1]).set(max(seconds, 0.0))
+
+    def forget_unstable(self, topic: str, partition: int) -> None:
+        key = (topic, str(partition))
+        if key in self._unstable_series:
+            self._unstable_series.discard(key)
+            self.unstable_records.remove(*key)
+            self.unstable_seconds.remove(*key)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         # A revoked partition's lag now belongs to another consumer; a stale series here would
@@ -232,9 +247,7 @@ class ConsumerMetrics:
         if key in self._lag_series:
             self._lag_series.discard(key)
             self.consumer_lag.remove(*key)
-        if key in self._unstable_series:
-            self._unstable_series.discard(key)
-            self.unstable_records.remove(*key)
+        self.forget_unstable(topic, partition)
 
     def set_paused(self, paused_partitions: int) -> None:
         self.paused_partitions.set(paused_partitions)

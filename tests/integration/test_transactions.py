@@ -110,7 +110,8 @@ async def test_an_open_transaction_holds_its_partition_and_says_so(
 ) -> None:
     """read_committed's price: a transaction left open holds back every later record of its
     partition, non-transactional ones too, while the lag (measured to the last stable
-    offset) says 0. `ocr_consumer_unstable_records` shows it; the commit releases both."""
+    offset) says 0. `ocr_consumer_unstable_records` shows it; the commit releases both.
+    (How long it held, `ocr_consumer_unstable_seconds`, is unit-tested in test_lag.py.)"""
     settings = stack_settings.model_copy(update={"metrics_port": 0, "commit_interval_s": 0.2})
     png = base64.b64encode(make_png(tmp_path / "page.png").read_bytes()).decode()
     held, plain = f"held-{run_id}", f"plain-{run_id}"
@@ -122,11 +123,13 @@ async def test_an_open_transaction_holds_its_partition_and_says_so(
         labels = {"topic": settings.topic_requests, "partition": str(partition)}
         producing = asyncio.create_task(asyncio.to_thread(
             java_support.java, java_classpath, "TransactionalProducer",
-            settings.kafka_bootstrap, settings.topic_requests, f"txn-{run_id}", "20",
+            settings.kafka_bootstrap, settings.topic_requests, f"txn-{run_id}", "30",
             stdin=tsv,
         ))
+        # JVM start, the transaction coordinator and one 5 s lag report: well inside the
+        # 30 s the transaction stays open, with room for what follows.
         await wait_until(lambda: (sample("ocr_consumer_unstable_records", labels) or 0) > 0,
-                         timeout=15)
+                         timeout=20)
         # A plain request behind it, on the same partition.
         producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
         producer.produce(settings.topic_requests, key=plain.encode(), partition=partition,
@@ -137,7 +140,7 @@ async def test_an_open_transaction_holds_its_partition_and_says_so(
             await reader.poll()
             assert reader.final(settings, plain) == [] and reader.final(settings, held) == []
             lag = sample("ocr_consumer_lag", labels)
-            produced = await producing  # the transaction commits after its 20 s
+            produced = await producing  # the transaction commits after its 30 s
             assert held in produced.stdout
             await reader.wait_for(
                 lambda r: bool(r.final(settings, plain)) and bool(r.final(settings, held)),
