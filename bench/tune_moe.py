@@ -10,9 +10,11 @@ how much they matter (decode batches first, then prefill chunks), and writes:
 - `<out>/moe/E=64,N=896,device_name=<GPU>.json`, the table as vLLM reads it (file name
   from vLLM's own `get_config_file_name`); committed under consumer/engines/moe_configs/,
   the engine points `VLLM_TUNED_CONFIG_FOLDER` there (consumer/engines/vllm.py);
-- `<out>/tune-moe.json`: per M the time of vLLM's default config and of the best one
-  found (both graph-replayed, the way decode steps run), the best config, how many
-  configs were tried or failed to compile.
+- `<out>/tune-moe.json`: per M the time of vLLM's default config and of the one kept
+  (both graph-replayed, the way decode steps run): the fastest candidate, or the heuristic
+  when none beats it by 3%; how many configs were tried or failed to compile, and which
+  planned sizes the deadline left untuned (the table keeps vLLM's heuristic for those
+  sizes; vLLM takes the nearest size's config for any batch in between).
 
 The space is pruned, not exhaustive: a tile taller than twice the tokens an expert gets
 only computes padding; GROUP_SIZE_M > 1 only matters with several M tiles per expert; a
@@ -346,6 +348,11 @@ def tune(args: argparse.Namespace, shape: MoeShape, tuning: Plan) -> dict[str, A
         "compile_workers": args.compile_workers, "kernels_compiled_first": compiled,
         "batches": [],
     }
+    untuned = {b: vllm_default(b, shape) for b in tuning.batches}
+    # Written before the first size too: a run cut before it still leaves a whole table.
+    report["untuned_batches"] = sorted(untuned)
+    _write_json(table_path, vllm_table(best, untuned, triton.__version__))
+    _write_json(args.out / "tune-moe.json", report)
     for batch in tuning.batches:
         if time.time() > deadline - 20:
             print(f"deadline: stopping before M={batch}", flush=True)
@@ -375,7 +382,7 @@ def tune(args: argparse.Namespace, shape: MoeShape, tuning: Plan) -> dict[str, A
               flush=True)
         report["batches"] = [{**asdict(r), "speedup": r.speedup} for r in results]
         report["seconds"] = round(time.time() - began, 1)
-        untuned = {b: vllm_default(b, shape) for b in tuning.batches if b not in best}
+        untuned.pop(batch, None)
         report["untuned_batches"] = sorted(untuned)
         _write_json(table_path, vllm_table(best, untuned, triton.__version__))
         _write_json(args.out / "tune-moe.json", report)

@@ -21,6 +21,7 @@ from consumer.documents.render import shutdown_renderers
 from consumer.engines.rapidocr import RapidOcrEngine
 from consumer.settings.kafka import client_kwargs
 from schemas.common import ErrorCode
+from schemas.keys import task_partition
 from schemas.request import OcrRequest, Source
 from tests.chaos.harness import (
     EXIT_MARGIN_S,
@@ -103,7 +104,8 @@ async def sigkill(h: Harness) -> None:
 async def transactions(h: Harness) -> None:
     """Two static members read requests published in Kafka transactions, as an
     exactly-once upstream writes them: each round's tasks in one committed transaction,
-    with an aborted transaction of two more requests before it on the same partitions; a
+    with an aborted transaction of two more requests before it on the partitions of the
+    first two tasks; a
     member is SIGKILLed mid-document and restarted. No aborted request may run (a result of
     one is a result for an unknown task), every committed one completes, and the round
     ends only once the group's commits reach the log end, commit markers included."""
@@ -124,8 +126,11 @@ async def transactions(h: Harness) -> None:
             ]
             aborted = [f"{h.task_id(round_no, 90 + n)}-aborted" for n in range(2)]
             await producer.begin_transaction()
-            for task_id in aborted:
-                await _send_request(h, producer, task_id, 1)
+            for n, task_id in enumerate(aborted):
+                # On the partitions of committed tasks: aborted batches and their markers
+                # sit right before records the consumer must run.
+                home = task_partition(batch[n].task_id.encode(), h.settings.topic_partitions)
+                await _send_request(h, producer, task_id, 1, partition=home)
             await producer.abort_transaction()
             async with producer.transaction():
                 for task in batch:
@@ -151,11 +156,14 @@ async def transactions(h: Harness) -> None:
         await producer.stop()
 
 
-async def _send_request(h: Harness, producer: AIOKafkaProducer, task_id: str, pages: int) -> None:
+async def _send_request(
+    h: Harness, producer: AIOKafkaProducer, task_id: str, pages: int,
+    partition: int | None = None,
+) -> None:
     request = OcrRequest(task_id=task_id, source=Source(uri=h.suite.documents[pages].as_uri()))
     await producer.send_and_wait(
         h.settings.topic_requests, value=request.model_dump_json().encode(),
-        key=task_id.encode(),
+        key=task_id.encode(), partition=partition,
     )
 
 
