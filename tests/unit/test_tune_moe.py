@@ -87,3 +87,12 @@ def test_dry_run_prints_the_plan(capsys: pytest.CaptureFixture[str]) -> None:
         "256": len(candidates(256, SHAPE, SPACES["pruned"])),
         "8192": len(candidates(8192, SHAPE, SPACES["pruned"])),
     }
+
+
+def test_tiny_batches_rotate_weights_past_the_l2_cache() -> None:
+    # One token reads 6 experts' weights (41 MB): it would stay in L2 across the timed calls.
+    assert SHAPE.active_weight_bytes(1) == 6 * 3 * 896 * 1280 * 2
+    copies = tune_moe.weight_copies(1, SHAPE)
+    assert (copies - 1) * SHAPE.active_weight_bytes(1) >= 2 * tune_moe.L2_BYTES
+    assert copies <= tune_moe.MAX_WEIGHT_COPIES
+    assert tune_moe.weight_copies(256, SHAPE) == 1  # all 64 experts: 440 MB
