@@ -419,15 +419,21 @@ class Harness:
         """A valid request for one of the suite's text PDFs, sent raw (a chosen partition
         or codec) and expected to complete."""
         task_id = self.task_id(round_no, index)
-        document = self.suite.documents[pages]
-        request = OcrRequest(task_id=task_id, source=Source(uri=document.as_uri()))
         await self.send_raw(
-            request.model_dump_json().encode(), task_id.encode(), compression=compression,
+            self.request_value(task_id, pages), task_id.encode(), compression=compression,
             partition=partition,
         )
         task = ExpectedTask(task_id, pages, round=round_no + 1)
         self.expected[task_id] = task
         return task
+
+    def request_value(
+        self, task_id: str, pages: int, documents: dict[int, Path] | None = None
+    ) -> bytes:
+        """A request for the suite's document of `pages` pages (or `documents`' one)."""
+        document = (documents or self.suite.documents)[pages]
+        request = OcrRequest(task_id=task_id, source=Source(uri=document.as_uri()))
+        return request.model_dump_json().encode()
 
     def task_id(self, round_no: int, index: int) -> str:
         return f"{self.name}-{self.suite.run_id}-r{round_no + 1}-t{index + 1}"
@@ -443,11 +449,9 @@ class Harness:
         batch = []
         for index, count in enumerate(pages, start=first_index):
             task_id = self.task_id(round_no, index)
-            document = (documents or self.suite.documents)[count]
-            request = OcrRequest(task_id=task_id, source=Source(uri=document.as_uri()))
             await self._producer.send_and_wait(
-                self.settings.topic_requests, value=request.model_dump_json().encode(),
-                key=task_id.encode(),
+                self.settings.topic_requests,
+                value=self.request_value(task_id, count, documents), key=task_id.encode(),
             )
             task = ExpectedTask(task_id, count, dict(failed or {}), round=round_no + 1)
             self.expected[task_id] = task

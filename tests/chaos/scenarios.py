@@ -22,7 +22,6 @@ from consumer.engines.rapidocr import RapidOcrEngine
 from consumer.settings.kafka import client_kwargs
 from schemas.common import ErrorCode
 from schemas.keys import task_partition
-from schemas.request import OcrRequest, Source
 from tests.chaos.harness import (
     EXIT_MARGIN_S,
     GRACE_S,
@@ -31,6 +30,7 @@ from tests.chaos.harness import (
     Harness,
 )
 from tests.chaos.observe import ExpectedTask
+from tests.chaos.procs import ConsumerProcess
 from tests.support.apps import running_app
 from tests.support.documents import stroked_pdf
 from tests.support.engines import FaultyEngine
@@ -80,17 +80,7 @@ async def sigkill(h: Harness) -> None:
         in_place = h.rng.random() < 0.5
         started = time.monotonic()
         batch = await h.submit(round_no, plan.pages)
-        busy, where = await h.until_mid_document(
-            batch, plan.target, plan.after_pages, plan.extra_s
-        )
-        victim = h.pick_victim(busy, plan.fallback)
-        h.note(f"round {round_no + 1}: SIGKILL {victim.consumer_id} (pid {victim.pid}), {where}")
-        victim.kill()
-        await victim.wait_exit(10.0)
-        victim.reap_children()
-        h.kills += 1
-        h.faults += 1
-        await asyncio.sleep(plan.pause_s)
+        victim = await _sigkill_mid_document(h, round_no, batch, plan)
         if in_place:
             in_place_rounds += 1
             await h.start_consumer(victim.consumer_id, static=True)
@@ -138,31 +128,36 @@ async def transactions(h: Harness) -> None:
                     h.expected[task.task_id] = task
             h.note(f"round {round_no + 1}: {len(aborted)} requests aborted, "
                    f"{len(batch)} tasks ({sum(plan.pages)} pages) committed")
-            busy, where = await h.until_mid_document(
-                batch, plan.target, plan.after_pages, plan.extra_s
-            )
-            victim = h.pick_victim(busy, plan.fallback)
-            h.note(f"round {round_no + 1}: SIGKILL {victim.consumer_id} (pid {victim.pid}), "
-                   f"{where}")
-            victim.kill()
-            await victim.wait_exit(10.0)
-            victim.reap_children()
-            h.kills += 1
-            h.faults += 1
-            await asyncio.sleep(plan.pause_s)
+            victim = await _sigkill_mid_document(h, round_no, batch, plan)
             await h.start_consumer(victim.consumer_id, static=True)
             await h.wait_round(batch, started)
     finally:
         await producer.stop()
 
 
+async def _sigkill_mid_document(
+    h: Harness, round_no: int, batch: list[ExpectedTask], plan: Plan
+) -> ConsumerProcess:
+    """SIGKILL the member working on the plan's document once it is half done, reap what
+    it left, and wait the plan's pause; returns the dead member."""
+    busy, where = await h.until_mid_document(batch, plan.target, plan.after_pages, plan.extra_s)
+    victim = h.pick_victim(busy, plan.fallback)
+    h.note(f"round {round_no + 1}: SIGKILL {victim.consumer_id} (pid {victim.pid}), {where}")
+    victim.kill()
+    await victim.wait_exit(10.0)
+    victim.reap_children()
+    h.kills += 1
+    h.faults += 1
+    await asyncio.sleep(plan.pause_s)
+    return victim
+
+
 async def _send_request(
     h: Harness, producer: AIOKafkaProducer, task_id: str, pages: int,
     partition: int | None = None,
 ) -> None:
-    request = OcrRequest(task_id=task_id, source=Source(uri=h.suite.documents[pages].as_uri()))
     await producer.send_and_wait(
-        h.settings.topic_requests, value=request.model_dump_json().encode(),
+        h.settings.topic_requests, value=h.request_value(task_id, pages),
         key=task_id.encode(), partition=partition,
     )
 
