@@ -1,8 +1,4 @@
-import java.io.BufferedReader;
-import java.io.InputStreamReader;
 import java.nio.charset.StandardCharsets;
-import java.util.ArrayList;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
@@ -26,16 +22,7 @@ public final class InteropProducer {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0];
         String topic = args[1];
-        Map<String, List<String[]>> byCodec = new LinkedHashMap<>();
-        try (BufferedReader in = new BufferedReader(
-                new InputStreamReader(System.in, StandardCharsets.UTF_8))) {
-            String line;
-            while ((line = in.readLine()) != null) {
-                if (line.isEmpty()) continue;
-                String[] parts = line.split("\t", 4);
-                byCodec.computeIfAbsent(parts[0], k -> new ArrayList<>()).add(parts);
-            }
-        }
+        Map<String, List<String[]>> byCodec = StdinTsv.groupedByFirstField(4);
         for (Map.Entry<String, List<String[]>> entry : byCodec.entrySet()) {
             Properties props = new Properties();
             props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);

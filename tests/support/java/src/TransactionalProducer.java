@@ -1,8 +1,4 @@
-import java.io.BufferedReader;
-import java.io.InputStreamReader;
-import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
-import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.Properties;
@@ -31,16 +27,7 @@ public final class TransactionalProducer {
     public static void main(String[] args) throws Exception {
         String bootstrap = args[0];
         String topic = args[1];
-        Map<String, List<String[]>> transactions = new LinkedHashMap<>();
-        try (BufferedReader in = new BufferedReader(
-                new InputStreamReader(System.in, StandardCharsets.UTF_8))) {
-            String line;
-            while ((line = in.readLine()) != null) {
-                if (line.isEmpty()) continue;
-                String[] parts = line.split("\t", 4);
-                transactions.computeIfAbsent(parts[0], k -> new ArrayList<>()).add(parts);
-            }
-        }
+        Map<String, List<String[]>> transactions = StdinTsv.groupedByFirstField(4);
         Properties props = new Properties();
         props.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
         props.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class.getName());
