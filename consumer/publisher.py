@@ -115,6 +115,7 @@ class EventPublisher:
 
     # The first wait before sending again to a broker that is away; it doubles up to 10 s.
     retry_delay_s = 0.5
+    retry_max_s = 10.0
 
     def __init__(
         self, settings: Settings, *, consumer_id: str,
@@ -184,6 +185,17 @@ class EventPublisher:
         except Exception as exc:  # its sender died with the error that broke it
             log.warning("producer_stop_failed", error=repr(exc))
 
+    async def _back_off(
+        self, event: str, counted_for: str, exc: Exception, delay: float, **fields: str
+    ) -> float:
+        """One retry logged (`event`) and counted against the topic `counted_for`, then a
+        wait of `delay`; returns the next wait, doubled up to `retry_max_s`."""
+        log.warning(event, error=repr(exc), retry_in=delay, **fields)
+        if self._on_retry is not None:
+            self._on_retry(counted_for)
+        await asyncio.sleep(delay)
+        return min(delay * 2, self.retry_max_s)
+
     async def _started_producer(self, topic: str) -> AIOKafkaProducer:
         """A new producer, started: while the broker cannot be reached (a restart), tried
         again with backoff, each try logged and counted. Only a started producer is put in
@@ -200,11 +212,7 @@ class EventPublisher:
                     await fresh.stop()
                 if not _retriable(exc):
                     raise
-                log.warning("producer_start_retry", error=repr(exc), retry_in=delay)
-                if self._on_retry is not None:
-                    self._on_retry(topic)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+                delay = await self._back_off("producer_start_retry", topic, exc, delay)
 
     async def _send(
         self, topic: str, key: str, event: BaseModel, event_id: str, ce_type: str,
@@ -251,11 +259,7 @@ class EventPublisher:
                     # back after a restart): keep the page's work and retry; keys make a
                     # duplicate harmless, a dropped record would be loss. Unbounded like the
                     # outage, but every retry is logged and counted (publish_retries).
-                    log.warning("publish_retry", topic=topic, error=repr(exc), retry_in=delay)
-                    if self._on_retry is not None:
-                        self._on_retry(topic)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 10.0)
+                    delay = await self._back_off("publish_retry", topic, exc, delay, topic=topic)
                 elif producer is self._producer:
                     raise
                 # Else caught in the replacement of a broken producer: sent again on the new
