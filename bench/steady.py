@@ -21,8 +21,11 @@ budget stays full, ramped in over the engine phase's p50 latency. The result fil
 rewritten after every phase, so a run cut short keeps what it measured.
 
 Profiles (vLLM only): `--pyspy` samples both processes for 8 s inside the first engine
-phase's window; `--torch-profile` records the engine core's GPU timeline for 2 s after that
-window closes (the load still on) and files every kernel under its stage (bench/gpu_trace.py).
+phase's window and inside each pipeline phase's window (where the engine core ran slower:
+bench/README.md); every phase also reports the CPU share of the frontend, the engine core
+and the render workers, and the host's load (bench/samplers.py). `--torch-profile`
+records the engine core's GPU timeline for 2 s after the first window closes (the load
+still on) and files every kernel under its stage (bench/gpu_trace.py).
 
 `--scripted-latency-s S --scripted-slots K` swaps the engine for a CPU stand-in that
 decodes K pages at a time in S seconds each (bench/slot_engine.py): the pipeline's own
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -361,11 +365,17 @@ async def run(
                     continue
                 from bench.steady_pipeline import pipeline_phase
 
+                pipeline_profile = None
+                if args.pyspy is not None and args.profile_dir is not None and probe is not None:
+                    pipeline_profile = functools.partial(
+                        pyspy_both, args.pyspy, args.profile_dir, f"pipeline-L{length}"
+                    )
                 figures = await pipeline_phase(
                     engine, settings, mixed_images(), length=length,
                     warmup=args.pipeline_warmup, measure=args.measure,
                     ramp_s=args.ramp_s if args.ramp_s is not None else (engine_latency or 0.0),
                     deadline_s=remaining - args.reserve_s, gpu=gpu, dpi=PAGE_DPI,
+                    profile=pipeline_profile,
                 )  # fmt: skip
                 engine_rate = next(
                     (p.get("pages_per_s") for p in result["phases"]
@@ -385,7 +395,9 @@ async def run(
 def _line(figures: dict[str, Any]) -> str:
     keys = ("kind", "max_tokens", "in_flight", "pages_per_s", "output_tokens_per_s",
             "latency_p50_s", "latency_p95_s", "kv_cache_usage_mean", "gpu_busy_nvml_mean",
-            "decode_ms_per_token", "measured_pages", "partial", "pipeline_over_engine")  # fmt: skip
+            "decode_ms_per_token", "measured_pages", "partial", "pipeline_over_engine",
+            "cpu_frontend", "cpu_engine_core", "cpu_other_children",
+            "host_load_1m_mean")  # fmt: skip
     return "steady " + " ".join(f"{key}={figures[key]}" for key in keys if key in figures)
 
 

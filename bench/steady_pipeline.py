@@ -24,7 +24,7 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,7 @@ from schemas.result import PageResult, PageStatus, PageTimings
 
 READY_TIMEOUT_S = 180.0
 STOP_TIMEOUT_S = 120.0
+PROFILE_WAIT_S = 60.0  # py-spy records 8 s, 10 s into the window
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +106,10 @@ async def pipeline_phase(
     deadline_s: float,
     gpu: Callable[[], float | None] | None,
     dpi: int,
+    profile: Callable[[asyncio.Event], Coroutine[Any, Any, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
+    """The pipeline's steady state; `profile` (py-spy of both processes) is started with an
+    event that is set when the window opens."""
     from consumer.engines.vllm import VllmEngine
     from consumer.engines.vllm_params import configured_decoding
 
@@ -135,6 +139,10 @@ async def pipeline_phase(
     timings: dict[str, PageTimings] = {}
     sampler = Sampler(engine, gpu)
     sampling: asyncio.Task[None] | None = None
+    opened = asyncio.Event()
+    profiling: asyncio.Task[dict[str, Any]] | None = None
+    if profile is not None:
+        profiling = asyncio.create_task(profile(opened))
     outstanding = documents = 0
     await reader.start()
     await producer.start()
@@ -181,6 +189,8 @@ async def pipeline_phase(
                         )
                     )  # fmt: skip
                     timings[f"{result.task_id}/{result.page}"] = result.timings
+            if window.opened_at is not None:
+                opened.set()
     finally:
         if sampling is not None:
             sampling.cancel()
@@ -203,4 +213,12 @@ async def pipeline_phase(
         [timings[c.key] for c in window.in_window() if c.key in timings]
     )
     figures["broker"] = bench.kafka_bootstrap
+    if profiling is not None and not opened.is_set():
+        profiling.cancel()
+        figures["pyspy"] = {"error": "the window never opened"}
+    elif profiling is not None:
+        try:
+            figures["pyspy"] = await asyncio.wait_for(profiling, PROFILE_WAIT_S)
+        except Exception as exc:  # a profile is a bonus: never lose the phase to it
+            figures["pyspy"] = {"error": f"{type(exc).__name__}: {exc}"}
     return figures
