@@ -295,8 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--prompt", default=PromptKind.MARKDOWN.value, choices=[p.value for p in PromptKind],
-        metavar="KIND", help="what to do with each page: "
-        + ", ".join(kind.value for kind in PromptKind) + " (default: markdown)",
+        metavar="KIND", help="per page: " + ", ".join(kind.value for kind in PromptKind)
+        + " (default: markdown)",
     )
     parser.add_argument(
         "--locate-text", default=None, metavar="T", help="what --prompt locate looks for"

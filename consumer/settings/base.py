@@ -75,6 +75,7 @@ class Secrets(SettingsPart):
     secrets_dir: Path | None = Field(
         None, description="Folder of secret files named like the variables (a mounted k8s "
         "Secret); each secret also takes OCR_<NAME>_FILE.",
+        json_schema_extra={"short": "Folder of secret files (a mounted k8s Secret)."},
     )
 
     @field_validator("secrets_dir")

@@ -35,9 +35,15 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import PydanticBaseSettingsSource
 
 # The user name travels with its password (the same Secret), so it may come from a file too.
-SECRET_FIELDS = ("kafka_sasl_username", "kafka_sasl_password", "redis_password")
+# Likewise the OAuth client id with its secret.
+SECRET_FIELDS = (
+    "kafka_sasl_username", "kafka_sasl_password", "kafka_oauth_client_id",
+    "kafka_oauth_client_secret", "redis_password",
+)
 # Only settings whose value is a secret are refused as flags; a user name is not one.
-SECRET_FLAG_FIELDS = ("kafka_sasl_password", "redis_password")
+SECRET_FLAG_FIELDS = (
+    "kafka_sasl_password", "kafka_oauth_client_secret", "redis_password",
+)
 SECRETS_DIR_FIELD = "secrets_dir"
 FILE_SUFFIX = "_FILE"
 

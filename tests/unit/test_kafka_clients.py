@@ -14,10 +14,18 @@ from pydantic import ValidationError
 
 from consumer import app
 from consumer.config import KafkaSecurityProtocol, SaslMechanism, Settings
+from consumer.oauth import TokenProvider
 from consumer.settings.kafka import KafkaTlsError, client_kwargs
 from tests.support.tls import TlsFiles
 
 PASSWORD = "hunter2-Kafka-secret"
+OAUTH: dict[str, Any] = {
+    "kafka_security_protocol": "SASL_SSL",
+    "kafka_sasl_mechanism": "OAUTHBEARER",
+    "kafka_oauth_token_url": "https://idp.example.com/token",
+    "kafka_oauth_client_id": "ocr-consumer",
+    "kafka_oauth_client_secret": PASSWORD,
+}
 
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -127,6 +135,18 @@ async def test_sasl_plaintext_plain() -> None:
     aiokafka_accepts(kwargs)
 
 
+async def test_oauthbearer_gets_a_token_provider_per_client() -> None:
+    settings = Settings(**OAUTH, kafka_oauth_extensions="logicalCluster=lkc-1, pool=p 2")
+    kwargs = client_kwargs(settings)
+    provider = kwargs.pop("sasl_oauth_token_provider")
+    assert isinstance(provider, TokenProvider)
+    assert provider.extensions() == {"logicalCluster": "lkc-1", "pool": "p 2"}
+    assert client_kwargs(settings)["sasl_oauth_token_provider"] is not provider
+    assert kwargs["sasl_mechanism"] == "OAUTHBEARER"
+    assert "sasl_plain_password" not in kwargs and PASSWORD not in repr(settings)
+    aiokafka_accepts({**kwargs, "sasl_oauth_token_provider": provider})
+
+
 async def test_sasl_without_a_mechanism_is_plain() -> None:
     assert client_kwargs(sasl("SASL_PLAINTEXT"))["sasl_mechanism"] == "PLAIN"
 
@@ -159,16 +179,17 @@ def test_names_are_read_in_either_case() -> None:
          "Input should be 'PLAINTEXT', 'SSL', 'SASL_PLAINTEXT' or 'SASL_SSL'"),
         ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "SCRAM-SHA-1",
           "kafka_sasl_username": "u", "kafka_sasl_password": "p"},
-         "Input should be 'PLAIN', 'SCRAM-SHA-256' or 'SCRAM-SHA-512'"),
+         "Input should be 'PLAIN', 'SCRAM-SHA-256', 'SCRAM-SHA-512' or 'OAUTHBEARER'"),
         ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "GSSAPI",
           "kafka_sasl_username": "u", "kafka_sasl_password": "p"},
          "SASL mechanism GSSAPI needs Kerberos options"),
         ({"kafka_security_protocol": "SASL_SSL"},
-         "OCR_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs OCR_KAFKA_SASL_USERNAME and "
-         "OCR_KAFKA_SASL_PASSWORD; set them"),
+         "OCR_KAFKA_SECURITY_PROTOCOL=SASL_SSL with SASL mechanism PLAIN needs "
+         "OCR_KAFKA_SASL_USERNAME and OCR_KAFKA_SASL_PASSWORD; set them"),
         ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_username": "u",
           "kafka_sasl_password": ""},
-         "OCR_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT needs OCR_KAFKA_SASL_PASSWORD; set it"),
+         "OCR_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT with SASL mechanism PLAIN needs "
+         "OCR_KAFKA_SASL_PASSWORD; set it"),
         ({"kafka_sasl_username": "u", "kafka_sasl_password": "p"},
          "OCR_KAFKA_SASL_USERNAME, OCR_KAFKA_SASL_PASSWORD set, but "
          "OCR_KAFKA_SECURITY_PROTOCOL=PLAINTEXT would not use them"),
@@ -182,10 +203,33 @@ def test_names_are_read_in_either_case() -> None:
          "OCR_KAFKA_SSL_CERTFILE=/tmp is not a file"),
         ({"kafka_security_protocol": "SSL", "kafka_ssl_keyfile": "/etc/hostname"},
          "OCR_KAFKA_SSL_KEYFILE is set without OCR_KAFKA_SSL_CERTFILE"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_mechanism": "oauthbearer",
+          "kafka_oauth_client_id": "c"},
+         "with SASL mechanism OAUTHBEARER needs OCR_KAFKA_OAUTH_TOKEN_URL "
+         "and OCR_KAFKA_OAUTH_CLIENT_SECRET; set them"),
+        ({**OAUTH, "kafka_sasl_username": "u", "kafka_sasl_password": "p"},
+         "OCR_KAFKA_SASL_USERNAME, OCR_KAFKA_SASL_PASSWORD set, but SASL mechanism "
+         "OAUTHBEARER would not use them"),
+        ({"kafka_security_protocol": "SASL_SSL", "kafka_sasl_username": "u",
+          "kafka_sasl_password": "p", "kafka_oauth_scope": "kafka"},
+         "OCR_KAFKA_OAUTH_SCOPE set, but SASL mechanism PLAIN would not use it"),
+        ({"kafka_oauth_client_id": "c"},
+         "OCR_KAFKA_OAUTH_CLIENT_ID set, but OCR_KAFKA_SECURITY_PROTOCOL=PLAINTEXT "
+         "would not use it"),
+        ({**OAUTH, "kafka_oauth_token_url": "idp.example.com/token"},
+         "'idp.example.com/token' is not an http(s) URL"),
+        ({**OAUTH, "kafka_oauth_extensions": "logicalCluster=lkc-1,auth=x"},
+         "SASL extension 'auth=x' is not key=value with a key of letters"),
+        ({**OAUTH, "kafka_oauth_extensions": "pool=\u00e9"},
+         "SASL extension 'pool' has a character RFC 7628 does not allow"),
+        ({**OAUTH, "kafka_oauth_cafile": "/nonexistent/ca.pem"},
+         "OCR_KAFKA_OAUTH_CAFILE=/nonexistent/ca.pem is not a file"),
     ],
     ids=["protocol-typo", "protocol-unknown", "mechanism-unknown", "mechanism-gssapi",
          "sasl-no-credentials", "sasl-empty-password", "credentials-unused", "ca-unused",
-         "ca-missing", "cert-directory", "key-without-cert"],
+         "ca-missing", "cert-directory", "key-without-cert", "oauth-incomplete",
+         "oauth-password-unused", "oauth-settings-unused-by-plain", "oauth-plaintext",
+         "oauth-url", "oauth-extension-key", "oauth-extension-value", "oauth-cafile"],
 )
 def test_bad_security_settings_are_refused_precisely(
     values: dict[str, Any], expected: str
