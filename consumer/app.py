@@ -18,7 +18,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable
 
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -35,6 +35,7 @@ from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
 from consumer.errors import EngineError, OcrError
 from consumer.health import HealthServer
+from consumer.kafka_login import login_refusal
 from consumer.log import configure_logging, get_logger
 from consumer.loop import ConsumerLoop, request_consumer
 from consumer.metrics import ConsumerMetrics
@@ -336,6 +337,11 @@ class App:
                 error = classify(exc, who)
                 if error.kind is ReadErrorKind.FATAL:
                     raise KafkaRefused(error) from exc
+                if isinstance(exc, KafkaConnectionError):
+                    # aiokafka's bootstrap hides a refused login behind "Unable to bootstrap".
+                    refusal = await login_refusal(settings, who)
+                    if refusal is not None:
+                        raise KafkaRefused(refusal) from exc
                 raise
 
         return attempt

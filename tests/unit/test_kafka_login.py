@@ -1,0 +1,95 @@
+"""What a failed login at start means (consumer/kafka_login.py): refusals no retry fixes are
+FATAL with the setting to change; outages stay TRANSIENT."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import pytest
+from aiokafka import errors as kafka_errors
+
+from consumer.config import SaslMechanism, Settings
+from consumer.kafka_login import judge, login_refusal
+from consumer.oauth import TokenRefused, TokenUnavailable
+from consumer.read_errors import Identity, ReadErrorKind
+from tests.support.tls import TlsFiles
+
+WHO = Identity("ocr.requests", "ocr-stream")
+
+pytestmark = pytest.mark.usefixtures("clean_env")
+
+
+def verify_failed() -> ssl.SSLCertVerificationError:
+    error = ssl.SSLCertVerificationError(1, "certificate verify failed")
+    error.verify_message = "unable to get local issuer certificate"
+    return error
+
+
+@pytest.mark.parametrize(
+    ("exc", "mechanism", "cause", "says"),
+    [
+        (kafka_errors.SaslAuthenticationFailed("Authentication failed: Invalid username"),
+         SaslMechanism.SCRAM_SHA_512, "authentication",
+         "check OCR_KAFKA_SASL_USERNAME and OCR_KAFKA_SASL_PASSWORD"),
+        (kafka_errors.SaslAuthenticationFailed("invalid_token"), SaslMechanism.OAUTHBEARER,
+         "authentication", "sasl.oauthbearer.expected.audience/issuer"),
+        (kafka_errors.UnsupportedSaslMechanismError("Kafka broker does not support PLAIN"),
+         SaslMechanism.PLAIN, "sasl_mechanism", "set OCR_KAFKA_SASL_MECHANISM"),
+        (verify_failed(), SaslMechanism.PLAIN, "tls_untrusted", "set OCR_KAFKA_SSL_CAFILE"),
+        (ssl.SSLError(1, "[SSL: TLSV13_ALERT_CERTIFICATE_REQUIRED] certificate required"),
+         SaslMechanism.PLAIN, "tls_handshake", "OCR_KAFKA_SSL_CERTFILE"),
+        (TokenRefused("the token endpoint refused us (HTTP 401, invalid_client)"),
+         SaslMechanism.OAUTHBEARER, "oauth_token_refused", "invalid_client"),
+    ],
+    ids=["wrong-password", "token-rejected", "mechanism", "untrusted", "client-cert",
+         "oauth-client"],
+)
+def test_refused_logins_are_fatal_and_name_the_setting(
+    exc: BaseException, mechanism: SaslMechanism, cause: str, says: str
+) -> None:
+    error = judge(exc, WHO, mechanism)
+    assert (error.kind, error.cause) == (ReadErrorKind.FATAL, cause)
+    assert says in error.message
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        TokenUnavailable("the token endpoint idp:443 did not answer"),
+        kafka_errors.KafkaConnectionError("Connection at 127.0.0.1:9093 closed"),
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ConnectionRefusedError(111, "Connect call failed"),
+        TimeoutError(),
+    ],
+    ids=["token-endpoint-down", "closed", "tls-cut", "refused", "timeout"],
+)
+def test_outages_stay_transient(exc: BaseException) -> None:
+    assert judge(exc, WHO, SaslMechanism.PLAIN).kind is not ReadErrorKind.FATAL
+
+
+async def listening(tls: TlsFiles) -> tuple[asyncio.Server, int]:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(
+        hang_up, "127.0.0.1", 0, ssl=tls.server_context(require_client_cert=False)
+    )
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def test_a_broker_certificate_we_do_not_trust_is_a_refusal(tls: TlsFiles) -> None:
+    server, port = await listening(tls)
+    async with server:
+        untrusted = Settings(kafka_bootstrap=f"127.0.0.1:{port}", kafka_security_protocol="SSL")  # type: ignore[arg-type]
+        error = await login_refusal(untrusted, WHO)
+        assert error is not None and error.cause == "tls_untrusted", error
+        # With our CA the handshake passes; the server hanging up is no refusal.
+        trusted: dict[str, Any] = {"kafka_ssl_cafile": tls.ca}
+        assert await login_refusal(untrusted.model_copy(update=trusted), WHO) is None
+
+
+async def test_nothing_listening_is_no_refusal(unused_tcp_port: int) -> None:
+    settings = Settings(kafka_bootstrap=f"127.0.0.1:{unused_tcp_port}")
+    assert await login_refusal(settings, WHO) is None
