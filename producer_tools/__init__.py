@@ -96,6 +96,22 @@ def _where(settings: SettingsPart) -> str:
     return " / ".join(places) or "a service"
 
 
+async def _login_refusal(settings: SettingsPart, exc: BaseException) -> str | None:
+    """Why Kafka refused our login, when a connection failure hides that (aiokafka reports a
+    wrong password or an untrusted certificate as "Unable to bootstrap")."""
+    from aiokafka.errors import KafkaConnectionError
+
+    from consumer.settings.kafka import KafkaConnection
+
+    if not isinstance(exc, KafkaConnectionError) or not isinstance(settings, KafkaConnection):
+        return None
+    from consumer.kafka_login import login_refusal
+    from consumer.read_errors import Identity
+
+    error = await login_refusal(settings, Identity(topic="", group=""))
+    return error.message if error is not None else None
+
+
 async def run_cli_async(
     parser: argparse.ArgumentParser, run: ToolRun[S], argv: list[str] | None,
     settings_type: type[S],
@@ -125,11 +141,14 @@ async def _run_parsed(args: argparse.Namespace, run: ToolRun[S], settings_type: 
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except _unreachable_errors() as exc:
+        refusal = await _login_refusal(settings, exc)
         print(
+            f"error: Kafka at {getattr(settings, 'kafka_bootstrap', '?')} refused us: {refusal}"
+            if refusal else
             f"error: {_where(settings)}: {exc!r}; check the address (--kafka-bootstrap, "
             "--redis-url or their OCR_* variables) and that the service is up",
             file=sys.stderr,
-        )
+        )  # fmt: skip
         return EXIT_UNREACHABLE
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from producer_tools import (
     topics,
     watch,
 )
+from tests.support.tls import TlsFiles
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -78,6 +82,27 @@ def test_failures_become_the_exit_codes_of_the_table(
     err = capsys.readouterr().err
     assert message in err
     assert "Traceback" not in err
+
+
+def test_a_refused_login_is_named_not_called_unreachable(
+    tls: TlsFiles, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A TLS listener whose certificate our settings do not trust: aiokafka says only
+    # "Unable to bootstrap"; the tool probes and says which setting to change.
+    context = tls.server_context(require_client_cert=False)
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            with contextlib.suppress(OSError), listener.accept()[0] as conn:
+                context.wrap_socket(conn, server_side=True).close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        port = listener.getsockname()[1]
+        code = tiny(raising(KafkaConnectionError("Unable to bootstrap")))(
+            ["--kafka-bootstrap", f"127.0.0.1:{port}", "--kafka-security-protocol", "SSL"]
+        )
+    assert code == EXIT_UNREACHABLE
+    err = capsys.readouterr().err
+    assert f"Kafka at 127.0.0.1:{port} refused us" in err and "OCR_KAFKA_SSL_CAFILE" in err
 
 
 def test_invalid_settings_are_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
