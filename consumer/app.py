@@ -35,7 +35,6 @@ from consumer.documents.render import shutdown_renderers, warm_up_renderers
 from consumer.engines.base import Engine
 from consumer.errors import EngineError, OcrError
 from consumer.health import HealthServer
-from consumer.kafka_login import login_refusal
 from consumer.log import configure_logging, get_logger
 from consumer.loop import ConsumerLoop, request_consumer
 from consumer.metrics import ConsumerMetrics
@@ -44,11 +43,13 @@ from consumer.read_errors import (
     EXIT_KAFKA_REFUSED,
     Identity,
     KafkaRefused,
+    ReadError,
     ReadErrorKind,
     classify,
 )
 from consumer.scheduler import PageScheduler
 from consumer.settings import add_version_argument
+from consumer.settings.kafka_login import login_refusal
 from consumer.startup import Service, Unreachable, kafka_service, reach, redis_service
 from consumer.state import TaskStateStore, redis_client
 from consumer.tasks import TaskRunner
@@ -339,9 +340,10 @@ class App:
                     raise KafkaRefused(error) from exc
                 if isinstance(exc, KafkaConnectionError):
                     # aiokafka's bootstrap hides a refused login behind "Unable to bootstrap".
-                    refusal = await login_refusal(settings, who)
-                    if refusal is not None:
-                        raise KafkaRefused(refusal) from exc
+                    refused = await login_refusal(settings)
+                    if refused is not None:
+                        error = ReadError(ReadErrorKind.FATAL, refused.cause, refused.message)
+                        raise KafkaRefused(error) from exc
                 raise
 
         return attempt

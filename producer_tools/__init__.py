@@ -105,11 +105,10 @@ async def _login_refusal(settings: SettingsPart, exc: BaseException) -> str | No
 
     if not isinstance(exc, KafkaConnectionError) or not isinstance(settings, KafkaConnection):
         return None
-    from consumer.kafka_login import login_refusal
-    from consumer.read_errors import Identity
+    from consumer.settings.kafka_login import login_refusal
 
-    error = await login_refusal(settings, Identity(topic="", group=""))
-    return error.message if error is not None else None
+    refused = await login_refusal(settings)
+    return refused.message if refused is not None else None
 
 
 async def run_cli_async(

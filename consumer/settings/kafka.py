@@ -50,7 +50,7 @@ class CompressionType(StrEnum):
 
 class SaslMechanism(StrEnum):
     """PLAIN and SCRAM log in with a user name and password; OAUTHBEARER with an access
-    token from an OAuth 2 token endpoint (consumer/oauth.py)."""
+    token from an OAuth 2 token endpoint (consumer/settings/kafka_oauth.py)."""
 
     PLAIN = "PLAIN"
     SCRAM_SHA_256 = "SCRAM-SHA-256"
@@ -316,7 +316,7 @@ def client_kwargs(settings: KafkaConnection) -> dict[str, Any]:
         mechanism = settings.kafka_sasl_mechanism or SaslMechanism.PLAIN
         kwargs["sasl_mechanism"] = mechanism.value
         if mechanism is SaslMechanism.OAUTHBEARER:
-            from consumer.oauth import TokenProvider
+            from consumer.settings.kafka_oauth import TokenProvider
 
             kwargs["sasl_oauth_token_provider"] = TokenProvider.from_settings(settings)
         else:

@@ -14,8 +14,8 @@ from pydantic import ValidationError
 
 from consumer import app
 from consumer.config import KafkaSecurityProtocol, SaslMechanism, Settings
-from consumer.oauth import TokenProvider
 from consumer.settings.kafka import KafkaTlsError, client_kwargs
+from consumer.settings.kafka_oauth import TokenProvider
 from tests.support.tls import TlsFiles
 
 PASSWORD = "hunter2-Kafka-secret"

@@ -1,5 +1,5 @@
-"""What a failed login at start means (consumer/kafka_login.py): refusals no retry fixes are
-FATAL with the setting to change; outages stay TRANSIENT."""
+"""What a failed login at start means (consumer/settings/kafka_login.py): refusals no retry
+fixes name the setting to change; outages are no refusal."""
 
 from __future__ import annotations
 
@@ -11,12 +11,9 @@ import pytest
 from aiokafka import errors as kafka_errors
 
 from consumer.config import SaslMechanism, Settings
-from consumer.kafka_login import judge, login_refusal
-from consumer.oauth import TokenRefused, TokenUnavailable
-from consumer.read_errors import Identity, ReadErrorKind
+from consumer.settings.kafka_login import judge, login_refusal
+from consumer.settings.kafka_oauth import TokenRefused, TokenUnavailable
 from tests.support.tls import TlsFiles
-
-WHO = Identity("ocr.requests", "ocr-stream")
 
 pytestmark = pytest.mark.usefixtures("clean_env")
 
@@ -49,9 +46,9 @@ def verify_failed() -> ssl.SSLCertVerificationError:
 def test_refused_logins_are_fatal_and_name_the_setting(
     exc: BaseException, mechanism: SaslMechanism, cause: str, says: str
 ) -> None:
-    error = judge(exc, WHO, mechanism)
-    assert (error.kind, error.cause) == (ReadErrorKind.FATAL, cause)
-    assert says in error.message
+    refused = judge(exc, mechanism)
+    assert refused is not None and refused.cause == cause
+    assert says in refused.message
 
 
 @pytest.mark.parametrize(
@@ -66,7 +63,7 @@ def test_refused_logins_are_fatal_and_name_the_setting(
     ids=["token-endpoint-down", "closed", "tls-cut", "refused", "timeout"],
 )
 def test_outages_stay_transient(exc: BaseException) -> None:
-    assert judge(exc, WHO, SaslMechanism.PLAIN).kind is not ReadErrorKind.FATAL
+    assert judge(exc, SaslMechanism.PLAIN) is None
 
 
 async def listening(tls: TlsFiles) -> tuple[asyncio.Server, int]:
@@ -83,13 +80,13 @@ async def test_a_broker_certificate_we_do_not_trust_is_a_refusal(tls: TlsFiles) 
     server, port = await listening(tls)
     async with server:
         untrusted = Settings(kafka_bootstrap=f"127.0.0.1:{port}", kafka_security_protocol="SSL")  # type: ignore[arg-type]
-        error = await login_refusal(untrusted, WHO)
-        assert error is not None and error.cause == "tls_untrusted", error
+        refused = await login_refusal(untrusted)
+        assert refused is not None and refused.cause == "tls_untrusted", refused
         # With our CA the handshake passes; the server hanging up is no refusal.
         trusted: dict[str, Any] = {"kafka_ssl_cafile": tls.ca}
-        assert await login_refusal(untrusted.model_copy(update=trusted), WHO) is None
+        assert await login_refusal(untrusted.model_copy(update=trusted)) is None
 
 
 async def test_nothing_listening_is_no_refusal(unused_tcp_port: int) -> None:
     settings = Settings(kafka_bootstrap=f"127.0.0.1:{unused_tcp_port}")
-    assert await login_refusal(settings, WHO) is None
+    assert await login_refusal(settings) is None

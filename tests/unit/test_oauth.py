@@ -1,5 +1,6 @@
-"""OAUTHBEARER tokens (consumer/oauth.py): the token endpoint's answers read as RFC 6749
-says, the refresh rule's invariant, and the provider against a token endpoint on loopback."""
+"""OAUTHBEARER tokens (consumer/settings/kafka_oauth.py): the token endpoint's answers read
+as RFC 6749 says, the refresh rule's invariant, and the provider against a token endpoint
+on loopback."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer import oauth
-from consumer.oauth import (
+from consumer.settings import kafka_oauth as oauth
+from consumer.settings.kafka_oauth import (
     Grant,
     HeldToken,
     TokenEndpoint,

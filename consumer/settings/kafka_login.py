@@ -6,8 +6,8 @@ refuses) and then raises the same "Unable to bootstrap" as for a broker that is 
 consumer would retry it until OCR_START_TIMEOUT_S and exit 4 saying "unreachable". So when
 the bootstrap fails, `login_refusal` opens one connection per bootstrap address the way
 our clients do (aiokafka's own `create_conn`, the same TLS context, SASL mechanism and
-token provider) and classifies what it raises (consumer/read_errors.py): a FATAL answer
-makes the consumer exit 5 at once, with what to change.
+token provider) and judges what it raises: a `LoginRefused` makes the consumer exit 5 at
+once (and a tool print it), with what to change.
 
 Does not guarantee: a verdict for every misconfiguration. A plaintext client talking to a
 TLS listener, or the wrong port, looks like a broker that does not answer (the broker just
@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from dataclasses import dataclass
 
 from aiokafka import errors as kafka_errors
 from aiokafka.conn import collect_hosts, create_conn
 
 from consumer.log import get_logger
-from consumer.oauth import TokenRefused, TokenUnavailable
-from consumer.read_errors import Identity, ReadError, ReadErrorKind, classify
 from consumer.settings.kafka import KafkaConnection, SaslMechanism, client_kwargs
+from consumer.settings.kafka_oauth import TokenRefused
 
 log = get_logger(__name__)
 
@@ -37,9 +37,18 @@ _CONNECTION_KWARGS = (
 )
 
 
-async def login_refusal(settings: KafkaConnection, who: Identity) -> ReadError | None:
-    """The FATAL reason a bootstrap address refuses our login, or None: every address
-    let us in, or failed in a way that may pass (down, slow, closed on us)."""
+@dataclass(frozen=True, slots=True)
+class LoginRefused:
+    """A login no retry fixes: `cause` short and stable (logs, metrics), `message` says
+    what happened and which setting to change."""
+
+    cause: str
+    message: str
+
+
+async def login_refusal(settings: KafkaConnection) -> LoginRefused | None:
+    """Why a bootstrap address refuses our login, or None: every address let us in, or
+    failed in a way that may pass (down, slow, closed on us)."""
     kwargs = client_kwargs(settings)
     connection = {name: kwargs[name] for name in _CONNECTION_KWARGS if name in kwargs}
     for host, port, _family in collect_hosts(settings.kafka_bootstrap, randomize=False):
@@ -50,11 +59,11 @@ async def login_refusal(settings: KafkaConnection, who: Identity) -> ReadError |
                     request_timeout_ms=int(PROBE_TIMEOUT_S * 1000), **connection,
                 )
         except Exception as exc:  # everything a connection attempt may raise is judged
-            error = judge(exc, who, settings.kafka_sasl_mechanism or SaslMechanism.PLAIN)
+            refused = judge(exc, settings.kafka_sasl_mechanism or SaslMechanism.PLAIN)
             log.info("kafka_login_probe", address=f"{host}:{port}", error=repr(exc),
-                     verdict=error.kind.value, cause=error.cause)
-            if error.kind is ReadErrorKind.FATAL:
-                return error
+                     refused=refused.cause if refused else None)
+            if refused is not None:
+                return refused
             continue
         conn.close()
     return None
@@ -65,13 +74,12 @@ _LOGIN_REFUSED = (kafka_errors.SaslAuthenticationFailed, kafka_errors.Authentica
 _TLS_CUT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
-def judge(exc: BaseException, who: Identity, mechanism: SaslMechanism) -> ReadError:
-    """What a failed connection attempt means, the login's own failures first."""
+def judge(exc: BaseException, mechanism: SaslMechanism) -> LoginRefused | None:
+    """The refusal a failed connection attempt stands for, or None when it may pass (the
+    token endpoint or the broker down, a connection closed, a TLS session cut short)."""
     name = type(exc).__name__
     if isinstance(exc, TokenRefused):
-        return ReadError(ReadErrorKind.FATAL, "oauth_token_refused", str(exc))
-    if isinstance(exc, TokenUnavailable):
-        return ReadError(ReadErrorKind.TRANSIENT, "oauth_token_unavailable", str(exc))
+        return LoginRefused("oauth_token_refused", str(exc))
     if isinstance(exc, _LOGIN_REFUSED):
         if mechanism is SaslMechanism.OAUTHBEARER:
             advice = (
@@ -85,28 +93,24 @@ def judge(exc: BaseException, who: Identity, mechanism: SaslMechanism) -> ReadEr
                 f"check OCR_KAFKA_SASL_USERNAME and OCR_KAFKA_SASL_PASSWORD, and that the "
                 f"broker knows this user for {mechanism.value} (OCR_KAFKA_SASL_MECHANISM)"
             )
-        return ReadError(
-            ReadErrorKind.FATAL, "authentication",
-            f"Kafka refused our login ({name}: {exc}); {advice}",
-        )
+        return LoginRefused("authentication", f"Kafka refused our login ({name}: {exc}); {advice}")
     if isinstance(exc, kafka_errors.UnsupportedSaslMechanismError):
-        return ReadError(
-            ReadErrorKind.FATAL, "sasl_mechanism",
-            f"{exc}; set OCR_KAFKA_SASL_MECHANISM to one the listener enables",
+        return LoginRefused(
+            "sasl_mechanism", f"{exc}; set OCR_KAFKA_SASL_MECHANISM to one the listener enables"
         )
     if isinstance(exc, ssl.SSLCertVerificationError):
-        return ReadError(
-            ReadErrorKind.FATAL, "tls_untrusted",
+        return LoginRefused(
+            "tls_untrusted",
             f"the broker's TLS certificate is not trusted ({exc.verify_message}): set "
             "OCR_KAFKA_SSL_CAFILE to the PEM bundle of the CA that signed it, and connect by "
             "a name the certificate holds (OCR_KAFKA_BOOTSTRAP)",
         )
     if isinstance(exc, ssl.SSLError) and not isinstance(exc, _TLS_CUT):
         reason = getattr(exc, "reason", None) or exc
-        return ReadError(
-            ReadErrorKind.FATAL, "tls_handshake",
+        return LoginRefused(
+            "tls_handshake",
             f"the TLS handshake with the broker failed ({reason}): if the "
             "listener wants a client certificate, set OCR_KAFKA_SSL_CERTFILE (and _KEYFILE) to one "
             "its CA signed; if it is not a TLS listener, check OCR_KAFKA_SECURITY_PROTOCOL",
         )
-    return classify(exc, who)
+    return None

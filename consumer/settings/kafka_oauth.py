@@ -14,7 +14,7 @@ Failures are aiokafka `KafkaError`s, so that aiokafka treats them as a connectio
 failed (logged, tried again) and never as a crash of its own tasks:
 - `TokenRefused`: the endpoint refused us or is not a token endpoint (a wrong client id or
   secret, an unknown scope, a wrong URL, an untrusted certificate). Retrying will not help;
-  at start the consumer exits 5 with the message (consumer/kafka_login.py).
+  at start the consumer exits 5 with the message (consumer/settings/kafka_login.py).
 - `TokenUnavailable`: the endpoint did not answer, or answered 5xx or 429. Worth retrying.
 While a token we hold is still valid, a failed refresh hands it out (logged), and the
 endpoint is asked again after a backoff: an identity provider's short outage costs nothing.
