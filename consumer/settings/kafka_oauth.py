@@ -47,6 +47,7 @@ from urllib.parse import quote, urlsplit
 import httpx
 from aiokafka import errors as kafka_errors
 from aiokafka.abc import AbstractTokenProvider
+from aiokafka.conn import AIOKafkaConnection, OAuthAuthenticator
 
 from consumer.log import get_logger
 
@@ -148,9 +149,13 @@ def parse_token_response(
     if isinstance(error, str):
         described = document.get("error_description") if document is not None else None
         detail = f"{error}: {described}" if isinstance(described, str) else error
+        # RFC 6749 5.2: a 401 means the client failed to authenticate, whatever code comes
+        # with it (Keycloak says unauthorized_client for a wrong secret).
+        advice = _ERROR_ADVICE["invalid_client"] if status == 401 else _ERROR_ADVICE.get(
+            error, f"check {CLIENT_SETTINGS} and its scope"
+        )
         raise TokenRefused(
-            f"the token endpoint refused us (HTTP {status}, {detail[:_DETAIL_CHARS]}); "
-            + _ERROR_ADVICE.get(error, f"check {CLIENT_SETTINGS} and its scope")
+            f"the token endpoint refused us (HTTP {status}, {detail[:_DETAIL_CHARS]}); {advice}"
         )
     raise TokenRefused(
         f"the token endpoint answered HTTP {status} ({_excerpt(body)}); check {URL_SETTING}"
@@ -236,8 +241,37 @@ class TokenEndpoint:
         return form
 
 
+class _ErrorChallengeAware(OAuthAuthenticator):  # type: ignore[misc]
+    """aiokafka's OAUTHBEARER exchange, with the broker's refusal read as one.
+
+    A broker that refuses a token answers with an error challenge, a JSON document
+    (RFC 7628 section 3.2.2), not with an error code. aiokafka 0.14 ends the exchange
+    after sending the token whatever comes back, takes the connection as logged in, and
+    the broker closes it at the next request: the clients retry for ever ("Unable to
+    update metadata") and nothing says the token was refused. A non-empty answer to our
+    token is that refusal."""
+
+    async def step(self, payload: bytes | None) -> tuple[bytes, bool] | None:
+        if self._token_sent and payload:
+            challenge = payload[:_DETAIL_CHARS].decode("utf-8", "replace")
+            raise kafka_errors.SaslAuthenticationFailed(
+                f"the broker refused our OAuth token: {challenge}"
+            )
+        answer: tuple[bytes, bool] | None = await super().step(payload)
+        return answer
+
+
+def _oauth_authenticator(connection: AIOKafkaConnection) -> _ErrorChallengeAware:
+    return _ErrorChallengeAware(
+        sasl_oauth_token_provider=connection._sasl_oauth_token_provider
+    )
+
+
 class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]
-    """aiokafka's `sasl_oauth_token_provider`: one per Kafka client, used in its loop."""
+    """aiokafka's `sasl_oauth_token_provider`: one per Kafka client, used in its loop.
+
+    Making one also makes every aiokafka connection of the process read a refused token
+    as SaslAuthenticationFailed (`_ErrorChallengeAware`)."""
 
     def __init__(
         self, endpoint: TokenEndpoint, extensions: Mapping[str, str] | None = None, *,
@@ -251,6 +285,7 @@ class TokenProvider(AbstractTokenProvider):  # type: ignore[misc]
         self._lock = asyncio.Lock()
         self._retry_at = -math.inf
         self._retry_delay = FIRST_RETRY_S
+        AIOKafkaConnection.authenticator_oauth = _oauth_authenticator
 
     @classmethod
     def from_settings(cls, settings: KafkaConnection) -> TokenProvider:

@@ -15,6 +15,8 @@ from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
+from aiokafka.conn import AIOKafkaConnection
+from aiokafka.errors import SaslAuthenticationFailed
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -75,12 +77,16 @@ def test_without_expires_in_the_jwt_exp_decides_then_a_default() -> None:
          "OCR_KAFKA_OAUTH_CLIENT_ID and _CLIENT_SECRET"),
         (400, {"error": "invalid_scope"}, "check OCR_KAFKA_OAUTH_SCOPE"),
         (400, {"error": "unauthorized_client"}, "client_credentials grant"),
+        # Keycloak's answer to a wrong secret: the 401 decides.
+        (401, {"error": "unauthorized_client", "error_description": "Invalid client or "
+               "Invalid client credentials"}, "check OCR_KAFKA_OAUTH_CLIENT_ID and _CLIENT_SECRET"),
         (404, "<html>Not Found</html>", "HTTP 404"),
         (200, {"id_token": "x"}, "holds no access_token"),
         (200, {"access_token": "t", "token_type": "mac"}, "issued a 'mac' token"),
         (302, {}, "redirects (HTTP 302)"),
     ],
-    ids=["invalid-client", "invalid-scope", "unauthorized-client", "not-found", "no-token",
+    ids=["invalid-client", "invalid-scope", "unauthorized-client", "keycloak-wrong-secret",
+         "not-found", "no-token",
          "not-bearer", "redirect"],
 )
 def test_refusals_say_what_to_change(status: int, document: object, says: str) -> None:
@@ -302,3 +308,26 @@ async def test_an_untrusted_certificate_names_the_ca_setting(tls: TlsFiles) -> N
             await TokenProvider(TokenEndpoint(url, "c", "s")).token()
         trusted = ssl.create_default_context(cafile=str(tls.ca))
         assert await TokenProvider(TokenEndpoint(url, "c", "s", verify=trusted)).token() == "t"
+
+
+# -- the broker's answer to our token ------------------------------------------------------
+
+
+async def test_an_error_challenge_after_the_token_is_a_refused_login() -> None:
+    # RFC 7628 3.2.2: the broker answers a token it refuses with a JSON challenge, not an
+    # error code; aiokafka 0.14 took it for success.
+    provider = TokenProvider(TokenEndpoint("https://idp/token", "c", "s"))
+    provider._held = HeldToken("t", 0.0, 1e9)
+    connection = AIOKafkaConnection(
+        "127.0.0.1", 9092, security_protocol="SASL_PLAINTEXT", sasl_mechanism="OAUTHBEARER",
+        sasl_oauth_token_provider=provider,
+    )
+    authenticator = connection.authenticator_oauth()
+    first = await authenticator.step(None)
+    assert first is not None and first[0].startswith(b"n,,\x01auth=Bearer t")
+    with pytest.raises(SaslAuthenticationFailed, match="invalid_token"):
+        await authenticator.step(b'{"status":"invalid_token"}')
+    # An empty answer is the broker's success.
+    accepted = connection.authenticator_oauth()
+    await accepted.step(None)
+    assert await accepted.step(b"") is None
