@@ -31,6 +31,7 @@ from consumer.settings.kafka_oauth import TokenRefused
 log = get_logger(__name__)
 
 PROBE_TIMEOUT_S = 15.0
+TLS_ALERT_WAIT_S = 3.0
 _CONNECTION_KWARGS = (
     "ssl_context", "security_protocol", "sasl_mechanism", "sasl_plain_username",
     "sasl_plain_password", "sasl_oauth_token_provider",
@@ -59,13 +60,44 @@ async def login_refusal(settings: KafkaConnection) -> LoginRefused | None:
                     request_timeout_ms=int(PROBE_TIMEOUT_S * 1000), **connection,
                 )
         except Exception as exc:  # everything a connection attempt may raise is judged
-            refused = judge(exc, settings.kafka_sasl_mechanism or SaslMechanism.PLAIN)
+            mechanism = settings.kafka_sasl_mechanism or SaslMechanism.PLAIN
+            refused = judge(exc, mechanism)
+            context = kwargs.get("ssl_context")
+            if refused is None and context is not None and _closed_on_us(exc):
+                alert = await tls_alert(host, port, context)
+                refused = judge(alert, mechanism) if alert is not None else None
             log.info("kafka_login_probe", address=f"{host}:{port}", error=repr(exc),
                      refused=refused.cause if refused else None)
             if refused is not None:
                 return refused
             continue
         conn.close()
+    return None
+
+
+def _closed_on_us(exc: BaseException) -> bool:
+    return isinstance(exc, kafka_errors.KafkaConnectionError | ConnectionError)
+
+
+async def tls_alert(host: str, port: int, context: ssl.SSLContext) -> ssl.SSLError | None:
+    """The TLS alert a server sends right after the handshake, if any.
+
+    With TLS 1.3 a broker that refuses our client certificate (none, or one its CA did not
+    sign) says so after the handshake has completed on our side; aiokafka, busy writing its
+    first request, sees only the connection close. A read on a fresh connection gets the
+    alert as an SSLError. A broker that accepts us sends nothing unasked: the read waits
+    out TLS_ALERT_WAIT_S and this answers None."""
+    try:
+        async with asyncio.timeout(TLS_ALERT_WAIT_S):
+            reader, writer = await asyncio.open_connection(host, port, ssl=context)
+            try:
+                await reader.read(1)
+            finally:
+                writer.close()
+    except ssl.SSLError as exc:
+        return exc
+    except (OSError, TimeoutError):
+        return None
     return None
 
 

@@ -4,14 +4,17 @@ fixes name the setting to change; outages are no refusal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import ssl
+import threading
 from typing import Any
 
 import pytest
 from aiokafka import errors as kafka_errors
 
 from consumer.config import SaslMechanism, Settings
-from consumer.settings.kafka_login import judge, login_refusal
+from consumer.settings.kafka_login import judge, login_refusal, tls_alert
 from consumer.settings.kafka_oauth import TokenRefused, TokenUnavailable
 from tests.support.tls import TlsFiles
 
@@ -90,3 +93,36 @@ async def test_a_broker_certificate_we_do_not_trust_is_a_refusal(tls: TlsFiles) 
 async def test_nothing_listening_is_no_refusal(unused_tcp_port: int) -> None:
     settings = Settings(kafka_bootstrap=f"127.0.0.1:{unused_tcp_port}")
     assert await login_refusal(settings) is None
+
+
+async def test_a_refused_client_certificate_is_read_from_the_alert(tls: TlsFiles) -> None:
+    # TLS 1.3: the server refuses a client without a certificate after the handshake; only
+    # a read sees why. A blocking server, as a JVM broker does, sends the alert before it
+    # closes (asyncio's own server closes without flushing it).
+    context = tls.server_context(require_client_cert=True)
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                conn = listener.accept()[0]
+            except OSError:
+                return  # the test closed the listener
+            with contextlib.suppress(OSError), context.wrap_socket(conn, server_side=True) as s:
+                s.settimeout(5)
+                s.recv(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    port = listener.getsockname()[1]
+    try:
+        no_certificate = ssl.create_default_context(cafile=str(tls.ca))
+        alert = await tls_alert("127.0.0.1", port, no_certificate)
+        assert alert is not None, "no alert read"
+        refused = judge(alert, SaslMechanism.PLAIN)
+        assert refused is not None and refused.cause == "tls_handshake"
+        assert "OCR_KAFKA_SSL_CERTFILE" in refused.message
+        with_certificate = ssl.create_default_context(cafile=str(tls.ca))
+        with_certificate.load_cert_chain(str(tls.client_cert), str(tls.client_key))
+        assert await tls_alert("127.0.0.1", port, with_certificate) is None
+    finally:
+        listener.close()
