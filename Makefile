@@ -33,8 +33,9 @@ install: $(VENV)
 deps:
 	$(STACK) deps
 
-# deps, the S3 server the s3:// tests read from (built once with Go, cached likewise), and
-# the Go interop clients' modules (tests/support/go).
+# deps, the S3 server the s3:// tests read from (built once with Go, cached likewise), the
+# Go interop clients' modules (tests/support/go), and Keycloak (Maven Central, cached; needs
+# a Java 21+) for the Kafka OAuth tests.
 test-deps:
 	$(STACK) test-deps
 

@@ -12,6 +12,9 @@
 #   stack.sh s3-bin                     print that S3 server's path (building it if needed)
 #   stack.sh kustomize-bin              print the path of kustomize (built with Go, cached),
 #                                       which the tests render deploy/k8s with
+#   stack.sh keycloak-home              print the Keycloak distribution's folder (fetched
+#                                       from Maven Central, cached), the tests' OAuth IdP
+#   stack.sh keycloak-java-home         print the JAVA_HOME of a Java 21+ for Keycloak
 #   stack.sh kill-kafka | start-kafka   SIGKILL / restart the broker (fault tests)
 #   stack.sh kill-redis | start-redis   SIGKILL / restart Redis (fault tests)
 #   stack.sh wipe-redis                 SIGKILL Redis and delete its data: the next
@@ -28,6 +31,9 @@
 #   OCR_CACHE_DIR [~/.cache/ocr-stream]    where the Kafka jars and the S3 server are cached
 #   OCR_VERSITYGW_VERSION [v1.8.0]         github.com/versity/versitygw, built with Go
 #   OCR_KUSTOMIZE_VERSION [v5.8.1]         sigs.k8s.io/kustomize/kustomize/v5, built with Go
+#   OCR_KEYCLOAK_VERSION [26.5.6]          org.keycloak:keycloak-quarkus-dist (tests only)
+#   OCR_KEYCLOAK_JAVA_HOME                 a Java 21+ for Keycloak (found if unset; the
+#                                          broker and the Java clients stay on `java`)
 #   OCR_REDIS_URL [redis://127.0.0.1:6379/0], OCR_REDIS_PASSWORD (sets requirepass)
 #   OCR_STACK_CONSUMER [1]                 `up` also starts .venv/bin/ocr-consumer --engine auto
 #   OCR_ARTIFACTS_URI [.run/artifacts]     that consumer's figure store ('' turns it off)
@@ -58,6 +64,10 @@ VERSITYGW_BIN="$CACHE_DIR/versitygw-$VERSITYGW_VERSION/versitygw"
 # does. v5.8.1: v5.8.2 and later need Go 1.27.
 KUSTOMIZE_VERSION=${OCR_KUSTOMIZE_VERSION:-v5.8.1}
 KUSTOMIZE_BIN="$CACHE_DIR/kustomize-$KUSTOMIZE_VERSION/kustomize"
+# The OAuth identity provider of the Kafka security tests (tests/support/keycloak.py): the
+# Keycloak server distribution from Maven Central, unpacked once per cache.
+KEYCLOAK_VERSION=${OCR_KEYCLOAK_VERSION:-26.5.6}
+KEYCLOAK_HOME="$CACHE_DIR/keycloak-$KEYCLOAK_VERSION"
 
 if [[ -n "${OCR_PYTHON:-}" ]]; then
     PYTHON=$OCR_PYTHON
@@ -272,6 +282,86 @@ ensure_s3_server() {
 ensure_kustomize() {
     go_build_cached "$KUSTOMIZE_BIN" "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION" \
         "kustomize (the tests render deploy/k8s with it)"
+}
+
+# A JAVA_HOME whose java is 21 or newer (Keycloak 26 needs it; Kafka runs on the default
+# java, 17 is enough there): OCR_KEYCLOAK_JAVA_HOME, else JAVA_HOME, else the default
+# java, else any JDK under /usr/lib/jvm, else Debian's openjdk-21 where apt has it.
+java_home_major() {
+    "$1/bin/java" -version 2>&1 \
+        | awk -F '"' '/version/ {split($2, v, "."); print (v[1] == "1" ? v[2] : v[1]); exit}'
+}
+
+find_keycloak_java_home() {
+    local candidate major
+    if [[ -n "${OCR_KEYCLOAK_JAVA_HOME:-}" ]]; then
+        major=$(java_home_major "$OCR_KEYCLOAK_JAVA_HOME" 2>/dev/null || true)
+        [[ "${major:-0}" -ge 21 ]] \
+            || die "OCR_KEYCLOAK_JAVA_HOME=$OCR_KEYCLOAK_JAVA_HOME is not a Java 21 or newer (found '${major:-no java}')"
+        echo "$OCR_KEYCLOAK_JAVA_HOME"
+        return 0
+    fi
+    local default=""
+    if command -v java >/dev/null; then
+        default=$(dirname "$(dirname "$(readlink -f "$(command -v java)")")")
+    fi
+    for candidate in "${JAVA_HOME:-}" "$default" /usr/lib/jvm/*; do
+        [[ -n "$candidate" && -x "$candidate/bin/java" ]] || continue
+        major=$(java_home_major "$candidate" 2>/dev/null || true)
+        if [[ "${major:-0}" -ge 21 ]]; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+
+ensure_keycloak_java() {
+    local home
+    if home=$(find_keycloak_java_home); then
+        echo "$home"
+        return 0
+    fi
+    if command -v apt-cache >/dev/null && apt-cache show openjdk-21-jdk-headless >/dev/null 2>&1; then
+        apt_install openjdk-21-jdk-headless >&2
+        if home=$(find_keycloak_java_home); then
+            echo "$home"
+            return 0
+        fi
+    fi
+    die "Keycloak $KEYCLOAK_VERSION (the OAuth tests' identity provider) needs Java 21 or newer, and none was found (java on PATH is $(java_major 2>/dev/null || echo none); /usr/lib/jvm has $(ls /usr/lib/jvm 2>/dev/null | tr '\n' ' ')). Install one: 'apt-get install openjdk-21-jdk-headless' where your release has it (Debian 13, Ubuntu 24.04), else Eclipse Temurin 21 or 25 (https://adoptium.net/installation/linux/: apt-get install temurin-21-jdk), then run this again or set OCR_KEYCLOAK_JAVA_HOME to its folder"
+}
+
+# The Keycloak server distribution (a zip on Maven Central), unpacked into the cache; a
+# staging folder renamed at the end, so an interrupted fetch never looks complete. The
+# tests start it from a copy of its small folders (tests/support/keycloak.py), never here.
+ensure_keycloak() {
+    if [[ -f "$KEYCLOAK_HOME/.complete" ]]; then
+        return 0
+    fi
+    command -v mvn >/dev/null || apt_install maven
+    command -v unzip >/dev/null || apt_install unzip
+    say "fetching Keycloak $KEYCLOAK_VERSION from Maven Central into $KEYCLOAK_HOME"
+    local staging="$KEYCLOAK_HOME.partial.$$" started=$SECONDS
+    rm -rf "$staging"
+    mkdir -p "$staging/zip"
+    if ! mvn -q -B -Dstyle.color=never dependency:copy \
+        -Dartifact="org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip" \
+        -DoutputDirectory="$staging/zip"; then
+        rm -rf "$staging"
+        die "Maven could not fetch org.keycloak:keycloak-quarkus-dist:$KEYCLOAK_VERSION:zip"
+    fi
+    unzip -q "$staging/zip/keycloak-quarkus-dist-$KEYCLOAK_VERSION.zip" -d "$staging/zip" \
+        || { rm -rf "$staging"; die "unpacking the Keycloak zip failed"; }
+    mv "$staging/zip/keycloak-$KEYCLOAK_VERSION" "$staging/dist"
+    rm -rf "$staging/zip"
+    mv "$staging/dist"/* "$staging/dist"/.[!.]* "$staging/" 2>/dev/null || true
+    rmdir "$staging/dist" 2>/dev/null || true
+    [[ -x "$staging/bin/kc.sh" ]] || { rm -rf "$staging"; die "the Keycloak zip has no bin/kc.sh"; }
+    touch "$staging/.complete"
+    rm -rf "$KEYCLOAK_HOME"
+    mv "$staging" "$KEYCLOAK_HOME"
+    say "fetched Keycloak $KEYCLOAK_VERSION in $((SECONDS - started))s"
 }
 
 # The Go interop clients (tests/support/go: franz-go, kafka-go, sarama at the versions its
@@ -621,10 +711,14 @@ main() {
         test-deps)
             deps; ensure_interop_tools; ensure_go_interop_modules; ensure_s3_server; ensure_kustomize
             ensure_chromium
-            say "test tools ready: versitygw $VERSITYGW_VERSION, kustomize $KUSTOMIZE_VERSION, $(chromium --version 2>/dev/null || echo chromium)"
+            ensure_keycloak
+            keycloak_java=$(ensure_keycloak_java)
+            say "test tools ready: versitygw $VERSITYGW_VERSION, kustomize $KUSTOMIZE_VERSION, $(chromium --version 2>/dev/null || echo chromium), Keycloak $KEYCLOAK_VERSION on Java $(java_home_major "$keycloak_java")"
             ;;
         s3-bin) ensure_s3_server >&2; echo "$VERSITYGW_BIN" ;;
         kustomize-bin) ensure_kustomize >&2; echo "$KUSTOMIZE_BIN" ;;
+        keycloak-home) ensure_keycloak >&2; echo "$KEYCLOAK_HOME" ;;
+        keycloak-java-home) ensure_keycloak_java ;;
         start-kafka) start_kafka ;;
         kill-kafka) stop_process kafka "$KAFKA_MARKER" 0 KILL ;;
         start-redis) start_redis ;;
@@ -640,7 +734,7 @@ main() {
         start-gateway) start_gateway ;;
         stop-gateway) stop_gateway ;;
         *)
-            echo "usage: $0 up|down|status|deps|test-deps|s3-bin|kustomize-bin|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer|start-gateway|stop-gateway" >&2
+            echo "usage: $0 up|down|status|deps|test-deps|s3-bin|kustomize-bin|keycloak-home|keycloak-java-home|start-kafka|kill-kafka|start-redis|kill-redis|wipe-redis|start-consumer|stop-consumer|start-gateway|stop-gateway" >&2
             exit 2
             ;;
     esac
