@@ -17,6 +17,7 @@ import re
 import shutil
 import subprocess
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -87,10 +88,18 @@ def classpath() -> str:
     return f"{classes}:{libs}"
 
 
+def java_command(
+    classpath_: str, main: str, *args: str, jvm_args: Sequence[str] = ()
+) -> list[str]:
+    """The command line running `main`; `jvm_args` are JVM options (-D...)."""
+    return ["java", "-Xmx256m", "-XX:TieredStopAtLevel=1", *jvm_args, "-cp", classpath_, main,
+            *args]
+
+
 def java(classpath_: str, main: str, *args: str, stdin: str = "",
          timeout: float = 180) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        ["java", "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", classpath_, main, *args],
+        java_command(classpath_, main, *args),
         input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
     )
     if done.returncode != 0:
