@@ -117,8 +117,9 @@ def judge(exc: BaseException, mechanism: SaslMechanism) -> LoginRefused | None:
             advice = (
                 "the broker did not accept the token the endpoint gave us: compare its "
                 "audience, issuer and scope with the listener's sasl.oauthbearer.expected."
-                "audience/issuer and scope claim settings, and check "
-                "OCR_KAFKA_OAUTH_CLIENT_ID"
+                "audience/issuer and scope claim settings; OCR_KAFKA_OAUTH_SCOPE (the scope "
+                "that brings the broker's audience), OCR_KAFKA_OAUTH_CLIENT_ID and "
+                "OCR_KAFKA_OAUTH_TOKEN_URL (the issuer) decide them"
             )
         else:
             advice = (
