@@ -154,6 +154,24 @@ def assert_completed(outcome: Outcome, task_ids: list[str], consumer: ConsumerPr
         == {t: {1: PageStatus.OK} for t in task_ids}, context
 
 
+async def two_requests_complete(
+    access: Access, settings: Settings, java_classpath: str, folder: Path, prefix: str,
+    producer_name: str,
+) -> None:
+    """Two one-page requests from the Java producer complete, the librdkafka reader sees
+    them, and the consumer was still running and stops cleanly."""
+    png = png_base64(folder)
+    task_ids = [f"{prefix}-{n}" for n in range(2)]
+    requests = [(0, t, request_json(t, producer_name, "none", png)) for t in task_ids]
+
+    consumer, outcome = await serve_and_read(access, settings, java_classpath, folder, requests)
+    still_running = consumer.returncode is None
+    code = await consumer.stop()
+
+    assert_completed(outcome, task_ids, consumer)
+    assert still_running and code == 0, consumer.tail()
+
+
 # --- it works: each way in, three clients -----------------------------------------------------
 
 CASES = {
@@ -176,18 +194,9 @@ async def test_java_producer_consumer_and_librdkafka_reader_on(
         access = mtls_access(broker, tls, tmp_path)
     else:
         access = sasl_access(broker, tls, protocol, mechanism, tmp_path / "secrets", secret_via)
-    png = png_base64(tmp_path)
-    task_ids = [f"{case}-{run_id}-{n}" for n in range(2)]
-    requests = [(0, t, request_json(t, "java-secure", "none", png)) for t in task_ids]
-
-    consumer, outcome = await serve_and_read(
-        access, case_settings, java_classpath, tmp_path, requests
+    await two_requests_complete(
+        access, case_settings, java_classpath, tmp_path, f"{case}-{run_id}", "java-secure"
     )
-    still_running = consumer.returncode is None
-    code = await consumer.stop()
-
-    assert_completed(outcome, task_ids, consumer)
-    assert still_running and code == 0, consumer.tail()
 
 
 # --- OAUTHBEARER with Keycloak ------------------------------------------------------------------
@@ -197,18 +206,9 @@ async def test_oauthbearer_over_sasl_ssl_java_consumer_and_librdkafka(
     java_classpath: str, tmp_path: Path, run_id: str,
 ) -> None:
     access = oauth_access(broker, tls, keycloak, tmp_path / "secrets", reauth=False)
-    png = png_base64(tmp_path)
-    task_ids = [f"oauth-{run_id}-{n}" for n in range(2)]
-    requests = [(0, t, request_json(t, "java-oauth", "none", png)) for t in task_ids]
-
-    consumer, outcome = await serve_and_read(
-        access, case_settings, java_classpath, tmp_path, requests
+    await two_requests_complete(
+        access, case_settings, java_classpath, tmp_path, f"oauth-{run_id}", "java-oauth"
     )
-    still_running = consumer.returncode is None
-    code = await consumer.stop()
-
-    assert_completed(outcome, task_ids, consumer)
-    assert still_running and code == 0, consumer.tail()
 
 
 async def test_oauthbearer_without_reauthentication_survives_expired_sessions(
