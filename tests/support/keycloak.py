@@ -36,6 +36,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.started import wait_until_ready
 from tests.support.tls import TlsFiles
 
 HERE = Path(__file__).resolve().parent
@@ -272,19 +273,10 @@ def running_keycloak(folder: Path, tls: TlsFiles) -> Iterator[Keycloak]:
     keycloak = Keycloak(http_url, f"https://127.0.0.1:{https_port}", process.pid, log_path)
     try:
         well_known = f"{keycloak.issuer}/.well-known/openid-configuration"
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(well_known):
-            if process.poll() is not None:
-                raise KeycloakUnavailable(
-                    f"Keycloak exited ({process.returncode}) during start-up:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
-                )
-            if time.monotonic() > deadline:
-                raise KeycloakUnavailable(
-                    f"Keycloak did not answer within {START_TIMEOUT_S:.0f}s:\n"
-                    + log_path.read_text(errors="replace")[-3000:]
-                )
-            time.sleep(0.3)
+        wait_until_ready(
+            process, lambda: _answers(well_known), what="Keycloak", waiting_for="answer",
+            timeout_s=START_TIMEOUT_S, log=log_path, tail_chars=3000, error=KeycloakUnavailable,
+        )
         _save_dev_build(dist, home)
         exposed = {
             (address, port) for address, port in _listening_addresses(_group_pids(process.pid))

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.java import KAFKA_LIBS
+from tests.support.started import wait_until_ready
 from tests.support.tls import TlsFiles
 
 REPO = Path(__file__).resolve().parents[2]
@@ -277,19 +278,11 @@ def running_secure_broker(
         tls=tls, log=log_path, pid=process.pid, passwords=passwords,
     )
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not all(_port_open(port) for port in ports.values()):
-            if process.poll() is not None:
-                raise SecureKafkaUnavailable(
-                    f"the secured broker exited ({process.returncode}) during start-up:\n"
-                    + log_path.read_text(errors="replace")[-4000:]
-                )
-            if time.monotonic() > deadline:
-                raise SecureKafkaUnavailable(
-                    f"the secured broker did not open {ports} within {START_TIMEOUT_S:.0f}s:\n"
-                    + log_path.read_text(errors="replace")[-4000:]
-                )
-            time.sleep(0.3)
+        deadline = wait_until_ready(
+            process, lambda: all(_port_open(port) for port in ports.values()),
+            what="the secured broker", waiting_for=f"open {ports}", timeout_s=START_TIMEOUT_S,
+            log=log_path, tail_chars=4000, error=SecureKafkaUnavailable,
+        )
         # An open port is not a serving broker; a metadata round trip is.
         waited = subprocess.run(
             [sys.executable, "-m", "producer_tools.topics", "wait", "--wait",
